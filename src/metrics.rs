@@ -1,0 +1,173 @@
+//! The one place metrics are registered and named (PROTOCOL.md §6). Every series is prefixed
+//! `xmpp_gateway_` and labelled only with low-cardinality values (transport, direction,
+//! reason): never a user, a domain or a session id.
+//!
+//! Counters are plain atomics behind the `prometheus` types, so recording on the per-stanza
+//! path costs an atomic add and no allocation: label lookups are done once, here.
+
+use std::sync::LazyLock;
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::session::Transport;
+
+/// Registered metrics of the process.
+pub struct Metrics {
+    registry: Registry,
+    sessions_started: IntCounterVec,
+    sessions_ended: IntCounterVec,
+    inputs_rejected: IntCounterVec,
+    upstream_connect_failures: IntCounterVec,
+    /// WebSocket sessions closed after unanswered pings.
+    pub websocket_pings_missed: IntCounter,
+    /// Per transport and direction, resolved once: `[transport][direction]`.
+    stanza_counters: [[IntCounter; 2]; 2],
+    byte_counters: [[IntCounter; 2]; 2],
+    active: [IntGauge; 2],
+}
+
+/// Direction of traffic through the gateway.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// From the browser toward the XMPP server.
+    ToUpstream = 0,
+    /// From the XMPP server toward the browser.
+    ToClient = 1,
+}
+
+const TRANSPORTS: [&str; 2] = ["websocket", "bosh"];
+const DIRECTIONS: [&str; 2] = ["to_upstream", "to_client"];
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(format!("xmpp_gateway_{name}"), help)
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let sessions_active =
+            IntGaugeVec::new(opts("sessions_active", "Sessions currently open."), &["transport"]).expect("metric");
+        let sessions_started =
+            IntCounterVec::new(opts("sessions_started_total", "Sessions started."), &["transport"]).expect("metric");
+        let sessions_ended = IntCounterVec::new(
+            opts("sessions_ended_total", "Sessions ended, by why they ended."),
+            &["transport", "reason"],
+        )
+        .expect("metric");
+        let stanzas = IntCounterVec::new(
+            opts("stanzas_total", "Top-level elements relayed."),
+            &["transport", "direction"],
+        )
+        .expect("metric");
+        let bytes =
+            IntCounterVec::new(opts("bytes_total", "XML bytes relayed."), &["transport", "direction"]).expect("metric");
+        let inputs_rejected = IntCounterVec::new(
+            opts("inputs_rejected_total", "Client inputs refused, by reason."),
+            &["reason"],
+        )
+        .expect("metric");
+        let upstream_connect_failures = IntCounterVec::new(
+            opts("upstream_connect_failures_total", "Failed attempts to open an upstream stream, by kind."),
+            &["kind"],
+        )
+        .expect("metric");
+        let websocket_pings_missed = IntCounter::with_opts(opts(
+            "websocket_pings_missed_total",
+            "WebSocket sessions closed because pings went unanswered.",
+        ))
+        .expect("metric");
+        for c in [
+            Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sessions_started.clone()),
+            Box::new(sessions_ended.clone()),
+            Box::new(stanzas.clone()),
+            Box::new(bytes.clone()),
+            Box::new(inputs_rejected.clone()),
+            Box::new(upstream_connect_failures.clone()),
+            Box::new(websocket_pings_missed.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        let pair = |v: &IntCounterVec, t: &str| {
+            [v.with_label_values(&[t, DIRECTIONS[0]]), v.with_label_values(&[t, DIRECTIONS[1]])]
+        };
+        let stanza_counters = [pair(&stanzas, TRANSPORTS[0]), pair(&stanzas, TRANSPORTS[1])];
+        let byte_counters = [pair(&bytes, TRANSPORTS[0]), pair(&bytes, TRANSPORTS[1])];
+        let active = [
+            sessions_active.with_label_values(&[TRANSPORTS[0]]),
+            sessions_active.with_label_values(&[TRANSPORTS[1]]),
+        ];
+        Self {
+            registry,
+            sessions_started,
+            sessions_ended,
+            inputs_rejected,
+            upstream_connect_failures,
+            websocket_pings_missed,
+            stanza_counters,
+            byte_counters,
+            active,
+        }
+    }
+
+    /// Counts one relayed element of `len` bytes.
+    pub fn relayed(&self, transport: Transport, direction: Direction, len: usize) {
+        self.stanza_counters[transport as usize][direction as usize].inc();
+        self.byte_counters[transport as usize][direction as usize].inc_by(len as u64);
+    }
+
+    /// A session started.
+    pub fn session_started(&self, transport: Transport) {
+        self.sessions_started.with_label_values(&[transport.as_str()]).inc();
+        self.active[transport as usize].inc();
+    }
+
+    /// A session ended for `reason` (a fixed, low-cardinality word).
+    pub fn session_ended(&self, transport: Transport, reason: &'static str) {
+        self.sessions_ended.with_label_values(&[transport.as_str(), reason]).inc();
+        self.active[transport as usize].dec();
+    }
+
+    /// Sessions open now on `transport`.
+    pub fn active_sessions(&self, transport: Transport) -> i64 {
+        self.active[transport as usize].get()
+    }
+
+    /// A client input was refused.
+    pub fn input_rejected(&self, reason: &'static str) {
+        self.inputs_rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// An upstream stream could not be opened.
+    pub fn connect_failed(&self, kind: &'static str) {
+        self.upstream_connect_failures.with_label_values(&[kind]).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4096);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_series_are_prefixed_and_rendered() {
+        METRICS.session_started(Transport::WebSocket);
+        METRICS.relayed(Transport::WebSocket, Direction::ToClient, 10);
+        METRICS.session_ended(Transport::WebSocket, "client_close");
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("xmpp_gateway_"), "{line}");
+        }
+        assert!(text.contains("xmpp_gateway_stanzas_total{direction=\"to_client\",transport=\"websocket\"}"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Listeners and their accept loops, the shared [`Gateway`] state, connection limits, and the
+//! wiring of shutdown into both. Each accepted connection is one task serving HTTP/1.1 (with
+//! upgrades) or HTTP/2 through hyper; WebSocket sessions continue in their own task.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+use crate::upstream::{UpstreamError, Upstreams};
+use crate::xml::Limits;
+
+/// What every connection and session shares.
+pub struct Gateway {
+    /// The configuration in force.
+    pub config: Config,
+    /// Routes, resolver and TLS toward the XMPP servers.
+    pub upstreams: Upstreams,
+    /// XML limits derived from the configuration.
+    pub xml_limits: Limits,
+    /// Drain state.
+    pub shutdown: Shutdown,
+}
+
+impl Gateway {
+    /// Builds the shared state from a configuration.
+    pub fn new(config: Config) -> Result<Self, UpstreamError> {
+        let upstreams = Upstreams::new(&config)?;
+        let xml_limits = Limits {
+            max_element_bytes: config.limits.max_stanza_bytes,
+            max_depth: config.limits.max_depth,
+            max_attributes: config.limits.max_attributes,
+        };
+        Ok(Self { config, upstreams, xml_limits, shutdown: Shutdown::default() })
+    }
+}
+
+/// A connection slot, held for as long as the connection or a session it upgraded lives.
+pub type ConnectionPermit = Arc<OwnedSemaphorePermit>;
+
+/// The bound listeners, ready to run.
+pub struct Server {
+    gateway: Arc<Gateway>,
+    public: TcpListener,
+    admin: TcpListener,
+}
+
+impl Server {
+    /// Binds both listeners.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let gateway = Gateway::new(config)?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+        };
+        let public = bind(gateway.config.listen).await?;
+        let admin = bind(gateway.config.admin_listen).await?;
+        Ok(Self { gateway: Arc::new(gateway), public, admin })
+    }
+
+    /// Address of the public listener.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.public.local_addr().expect("bound listener has an address")
+    }
+
+    /// Address of the admin listener.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// The shared state, for signal handling and tests.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.clone()
+    }
+
+    /// Serves until the drain begins, then stops accepting. Sessions keep running until they
+    /// end; wait for them with [`Shutdown::wait`].
+    pub async fn run(self) {
+        let admin = tokio::spawn(admin_loop(self.admin, self.gateway.clone()));
+        public_loop(self.public, self.gateway).await;
+        let _ = admin.await;
+    }
+}
+
+async fn public_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    let slots = Arc::new(Semaphore::new(gw.config.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = gw.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing connection");
+            continue;
+        };
+        let gw2 = gw.clone();
+        gw.shutdown.spawn(serve_public(tcp, peer, gw2, Arc::new(permit)));
+    }
+    tracing::info!("public listener closed");
+}
+
+async fn serve_public(tcp: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, permit: ConnectionPermit) {
+    let _ = tcp.set_nodelay(true);
+    let svc_gw = gw.clone();
+    let svc = service_fn(move |req| {
+        let gw = svc_gw.clone();
+        let permit = permit.clone();
+        async move { Ok::<_, Infallible>(crate::http::public(req, gw, peer, permit).await) }
+    });
+    serve_http(tcp, svc, &gw).await;
+}
+
+async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = gw.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let svc_gw = gw.clone();
+            let svc = service_fn(move |req| {
+                let gw = svc_gw.clone();
+                async move { Ok::<_, Infallible>(crate::http::admin(req, &gw)) }
+            });
+            serve_http(tcp, svc, &gw).await;
+        });
+    }
+}
+
+async fn serve_http<S>(tcp: TcpStream, svc: S, gw: &Gateway)
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<crate::http::Body>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header-read timeout only runs when a timer is configured.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(gw.config.limits.header_read_timeout_secs))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = gw.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The upstream configuration (CA bundle) is unusable.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}

@@ -1,0 +1,60 @@
+//! The drain and cancellation primitive every task observes: a cancellation token that tells
+//! sessions and accept loops to stop, and a task tracker to wait for them with a deadline.
+//! Sessions are never kept in a `JoinSet`, whose drop would abort them mid-stanza.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared shutdown state.
+#[derive(Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tracker: TaskTracker,
+    draining: AtomicBool,
+}
+
+impl Shutdown {
+    /// Starts the drain: readiness fails, listeners stop accepting, sessions are told to leave.
+    pub fn begin(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Completes when the drain begins.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// A token for tasks that need to own one.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Spawns a task the drain will wait for.
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tracker.spawn(fut)
+    }
+
+    /// Tasks still running.
+    pub fn tasks(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Waits for every tracked task, at most `deadline`. Returns whether all finished.
+    pub async fn wait(&self, deadline: Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+    }
+}

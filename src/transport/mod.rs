@@ -1,0 +1,3 @@
+//! Transports: adapters between a browser-side framing and the shared session core.
+
+pub mod websocket;

@@ -1,0 +1,225 @@
+//! One client-to-server XMPP stream to the upstream server (RFC 6120 §4): dial the endpoints in
+//! order, open the stream, do STARTTLS when the route wants it, and then carry elements both
+//! ways. Reading is cancel-safe so a session can wait on it inside `select!`.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::connect::UpstreamIo;
+use super::resolve::Endpoint;
+use super::{Route, UpstreamError, Upstreams};
+use crate::config::TlsPolicy;
+use crate::xml::features::summarize_features;
+use crate::xml::split::{Element, ElementKind, StreamHeader, StreamItem, StreamSplitter};
+use crate::xml::{escape_attr, Limits};
+
+/// What the client asked for in its stream header, passed on upstream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamParams {
+    /// The domain (`to`).
+    pub to: String,
+    /// The client's `from`, forwarded because some servers use it (SASL2/FAST).
+    pub from: Option<String>,
+    /// `xml:lang`.
+    pub lang: Option<String>,
+}
+
+/// A stream the server has answered: its header and its first features.
+#[derive(Debug)]
+pub struct Opened {
+    /// The server's stream header.
+    pub header: StreamHeader,
+    /// The server's `<stream:features/>`, unfiltered.
+    pub features: Element,
+}
+
+/// A connected upstream stream.
+pub struct UpstreamStream {
+    io: UpstreamIo,
+    splitter: StreamSplitter,
+}
+
+const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+const STREAM_END: &[u8] = b"</stream:stream>";
+
+impl UpstreamStream {
+    /// Dials the route's endpoints in order until one yields an open stream (with TLS as the
+    /// route's policy demands), each within the connect timeout.
+    pub async fn establish(
+        upstreams: &Upstreams,
+        route: &Route,
+        params: &StreamParams,
+        limits: &Limits,
+    ) -> Result<(Self, Opened), UpstreamError> {
+        let endpoints = upstreams.resolver.endpoints(route).await?;
+        let mut last = UpstreamError::Resolve("no endpoints".into());
+        for endpoint in &endpoints {
+            let attempt = Self::establish_one(upstreams, route, endpoint, params, limits);
+            match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
+                Ok(Ok(done)) => return Ok(done),
+                Ok(Err(e)) => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "upstream endpoint failed");
+                    // A server that answered with a stream error has spoken for the domain.
+                    if matches!(e, UpstreamError::StreamError(_)) {
+                        return Err(e);
+                    }
+                    last = e;
+                }
+                Err(_) => {
+                    tracing::warn!(endpoint = %endpoint, "upstream endpoint timed out");
+                    last = UpstreamError::Timeout;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn establish_one(
+        upstreams: &Upstreams,
+        route: &Route,
+        endpoint: &Endpoint,
+        params: &StreamParams,
+        limits: &Limits,
+    ) -> Result<(Self, Opened), UpstreamError> {
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await.map_err(|e| {
+            UpstreamError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() }
+        })?;
+        // Stanzas are small and latency matters more than packet count.
+        tcp.set_nodelay(true)?;
+        let tls_name = route.config.tls_name.as_deref().unwrap_or(&route.config.domain);
+        let io = if endpoint.direct_tls {
+            UpstreamIo::Tls(Box::new(upstreams.tls.handshake(tls_name, tcp).await?))
+        } else {
+            UpstreamIo::Plain(tcp)
+        };
+        let mut stream = Self { io, splitter: StreamSplitter::new(limits.clone()) };
+        let mut opened = stream.open(params).await?;
+        if !stream.io.is_tls() && route.config.tls != TlsPolicy::Disabled {
+            let offered = summarize_features(&opened.features.bytes)?.starttls;
+            if offered {
+                stream.starttls(upstreams, tls_name).await?;
+                opened = stream.open(params).await?;
+            } else if route.config.tls == TlsPolicy::Required {
+                return Err(UpstreamError::TlsUnavailable);
+            }
+        }
+        Ok((stream, opened))
+    }
+
+    /// Sends a stream header and waits for the server's header and features.
+    async fn open(&mut self, params: &StreamParams) -> Result<Opened, UpstreamError> {
+        self.splitter.reset();
+        self.send(header(params).as_bytes()).await?;
+        let header = match self.next_item().await? {
+            StreamItem::Header(h) => h,
+            _ => return Err(UpstreamError::Protocol("expected a stream header")),
+        };
+        match self.next_item().await? {
+            StreamItem::Element(e) if e.kind == ElementKind::Features => Ok(Opened { header, features: e }),
+            StreamItem::Element(e) if e.kind == ElementKind::StreamError => Err(UpstreamError::StreamError(e.bytes)),
+            _ => Err(UpstreamError::Protocol("expected stream features")),
+        }
+    }
+
+    /// RFC 6120 §5.4: ask for TLS, wait for `<proceed/>`, then handshake on the same socket.
+    async fn starttls(&mut self, upstreams: &Upstreams, tls_name: &str) -> Result<(), UpstreamError> {
+        self.send(STARTTLS).await?;
+        match self.next_item().await? {
+            StreamItem::Element(e) if e.kind == ElementKind::TlsProceed => {}
+            StreamItem::Element(e) if e.kind == ElementKind::TlsFailure => {
+                return Err(UpstreamError::Tls("server refused STARTTLS".into()))
+            }
+            _ => return Err(UpstreamError::Protocol("expected <proceed/>")),
+        }
+        // Bytes after <proceed/> but before the handshake would be plaintext injected into the
+        // encrypted stream (the STARTTLS command-injection class of bugs): refuse them.
+        if self.splitter.buffered() != 0 {
+            return Err(UpstreamError::Protocol("data after <proceed/>"));
+        }
+        let io = std::mem::replace(&mut self.io, UpstreamIo::Closed);
+        let UpstreamIo::Plain(tcp) = io else {
+            return Err(UpstreamError::Protocol("STARTTLS on an encrypted stream"));
+        };
+        self.io = UpstreamIo::Tls(Box::new(upstreams.tls.handshake(tls_name, tcp).await?));
+        Ok(())
+    }
+
+    /// The next item from the server. Cancel-safe: an item is either returned or stays
+    /// buffered. The end of the TCP stream without `</stream:stream>` is an I/O error.
+    pub async fn next_item(&mut self) -> Result<StreamItem, UpstreamError> {
+        loop {
+            if let Some(item) = self.splitter.next_item()? {
+                return Ok(item);
+            }
+            // Nothing partial is buffered: give the read buffer back while idle.
+            self.splitter.release_idle_memory();
+            let n = self.io.read_into(self.splitter.buffer_mut()).await?;
+            if n == 0 {
+                return Err(UpstreamError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// An item that is already buffered, without waiting; lets a transport batch writes.
+    pub fn buffered_item(&mut self) -> Result<Option<StreamItem>, UpstreamError> {
+        Ok(self.splitter.next_item()?)
+    }
+
+    /// Writes bytes to the server.
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+        self.io.write_all(data).await?;
+        if self.io.is_tls() {
+            self.io.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Stream restart after SASL success (RFC 6120 §6.4.6): a new header; the server answers
+    /// with a new header and features, read through [`next_item`](Self::next_item).
+    pub async fn restart(&mut self, params: &StreamParams) -> Result<(), UpstreamError> {
+        self.splitter.reset();
+        self.send(header(params).as_bytes()).await
+    }
+
+    /// Closes the XMPP stream (`</stream:stream>`); the server answers with its own close.
+    pub async fn close_stream(&mut self) -> Result<(), UpstreamError> {
+        self.send(STREAM_END).await
+    }
+
+    /// Shuts the socket down (TLS close_notify, then FIN), bounded in time.
+    pub async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.io.is_tls()
+    }
+
+    /// Bytes received and not yet handed out.
+    pub fn buffered(&self) -> usize {
+        self.splitter.buffered()
+    }
+}
+
+/// The stream header sent upstream for a client's `<open/>`.
+fn header(p: &StreamParams) -> String {
+    let mut h = String::with_capacity(200);
+    h.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='");
+    h.push_str(&escape_attr(&p.to));
+    h.push_str("' version='1.0'");
+    if let Some(from) = &p.from {
+        h.push_str(" from='");
+        h.push_str(&escape_attr(from));
+        h.push('\'');
+    }
+    if let Some(lang) = &p.lang {
+        h.push_str(" xml:lang='");
+        h.push_str(&escape_attr(lang));
+        h.push('\'');
+    }
+    h.push('>');
+    h
+}
