@@ -146,6 +146,44 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// BOSH transport options (PROTOCOL.md §4). Client requests are capped by these.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoshConfig {
+    /// Longest `wait` granted, in seconds.
+    pub max_wait_secs: u64,
+    /// Largest `hold` granted.
+    pub max_hold: u64,
+    /// Seconds without a held request before a session is ended (`inactivity`). Generous,
+    /// because browsers throttle timers in background tabs.
+    pub inactivity_secs: u64,
+    /// Shortest interval between empty requests when `hold` is 0 (`polling`).
+    pub polling_secs: u64,
+    /// Longest `pause` granted (`maxpause`).
+    pub max_pause_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Responses at least this large are gzip-compressed when the client accepts it.
+    pub gzip_min_bytes: usize,
+    /// Origins allowed by CORS; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for BoshConfig {
+    fn default() -> Self {
+        Self {
+            max_wait_secs: 60,
+            max_hold: 2,
+            inactivity_secs: 75,
+            polling_secs: 2,
+            max_pause_secs: 120,
+            max_body_bytes: 1024 * 1024,
+            gzip_min_bytes: 1024,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
 /// Limits that protect the gateway and other users from one session (PROTOCOL.md §2).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -213,6 +251,8 @@ pub struct Config {
     pub log: LogConfig,
     /// WebSocket transport.
     pub websocket: WebSocketConfig,
+    /// BOSH transport.
+    pub bosh: BoshConfig,
     /// Limits.
     pub limits: LimitsConfig,
     /// XEP-0156 discovery.
@@ -229,6 +269,7 @@ impl Default for Config {
             static_dir: None,
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
+            bosh: BoshConfig::default(),
             limits: LimitsConfig::default(),
             discovery: DiscoveryConfig::default(),
         }
@@ -329,12 +370,23 @@ impl Config {
                 "websocket.ping_interval_secs and websocket.max_missed_pongs must be at least 1".into(),
             ));
         }
+        let b = &self.bosh;
+        if b.max_wait_secs == 0 || b.inactivity_secs == 0 || b.max_body_bytes < 1024 {
+            return Err(ConfigError::Value(
+                "bosh: max_wait_secs and inactivity_secs must be at least 1, max_body_bytes at least 1024".into(),
+            ));
+        }
         if let Some(ca) = &self.upstream_ca {
             if !ca.is_file() {
                 return Err(ConfigError::Value(format!("upstream_ca {} is not a readable file", ca.display())));
             }
         }
         Ok(())
+    }
+
+    /// BOSH inactivity period as a duration.
+    pub fn bosh_inactivity(&self) -> Duration {
+        Duration::from_secs(self.bosh.inactivity_secs)
     }
 
     /// Ping interval as a duration.
@@ -400,7 +452,10 @@ fn merge_routes(file: &[RouteConfig], flags: &[String]) -> Result<Vec<RouteConfi
 /// `limits.max_depth`; values are read as TOML (numbers, booleans, arrays) and as plain strings
 /// otherwise. `XMPP_GATEWAY_ROUTE` takes flag syntax, several routes separated by spaces.
 fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
-    let path = key[ENV_PREFIX.len()..].to_ascii_lowercase();
+    let Some(path) = key.strip_prefix(ENV_PREFIX) else {
+        return Ok(());
+    };
+    let path = path.to_ascii_lowercase();
     if path == "config" {
         return Ok(());
     }
@@ -418,10 +473,9 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), Conf
         return Ok(());
     }
     let parts: Vec<&str> = path.split("__").collect();
-    let parsed = value
-        .parse::<toml::Value>()
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
-        .or_else(|| toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v")))
+        .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
     let mut node = table;
     for (i, part) in parts.iter().enumerate() {

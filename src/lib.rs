@@ -16,5 +16,4 @@ pub mod session; // transport-agnostic session: client side <-> upstream stream
 pub mod shutdown; // drain/cancellation primitive shared by all tasks
 pub mod transport; // WebSocket (and later BOSH) framing adapters
 pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
-#[path = "/tmp/xmlstub/mod.rs"]
 pub mod xml; // incremental splitter, client input validation, feature filtering

@@ -28,6 +28,8 @@ pub struct Gateway {
     pub xml_limits: Limits,
     /// Drain state.
     pub shutdown: Shutdown,
+    /// Live BOSH sessions by sid.
+    pub bosh_sessions: Arc<crate::transport::bosh::Sessions>,
 }
 
 impl Gateway {
@@ -39,7 +41,7 @@ impl Gateway {
             max_depth: config.limits.max_depth,
             max_attributes: config.limits.max_attributes,
         };
-        Ok(Self { config, upstreams, xml_limits, shutdown: Shutdown::default() })
+        Ok(Self { config, upstreams, xml_limits, shutdown: Shutdown::default(), bosh_sessions: Arc::default() })
     }
 }
 

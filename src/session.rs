@@ -71,6 +71,8 @@ pub struct OpenedSession {
     pub header: StreamHeader,
     /// The server's features, filtered for the client.
     pub features: Bytes,
+    /// Whether the upstream stream is encrypted.
+    pub tls: bool,
 }
 
 impl Session {
@@ -91,6 +93,7 @@ impl Session {
         tracing::debug!(tls = upstream.is_tls(), "upstream stream open");
         METRICS.session_started(transport);
         Ok(OpenedSession {
+            tls: upstream.is_tls(),
             session: Session { transport, upstream, params, ended: None },
             header: opened.header,
             features,

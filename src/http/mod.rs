@@ -23,6 +23,7 @@ pub async fn public(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, 
     let path = req.uri().path();
     match (req.method(), path) {
         (_, "/xmpp-websocket") => crate::transport::websocket::upgrade(req, gw, peer, permit),
+        (_, "/http-bind" | "/http-bind/") => crate::transport::bosh::handle(req, gw, peer).await,
         (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &gw),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => hostmeta::json(&req, &gw),

@@ -1,0 +1,460 @@
+//! The BOSH session state machine (XEP-0124, PROTOCOL.md §4), free of I/O: requests, upstream
+//! elements and the clock go in, [`Action`]s come out. The session task carries the actions
+//! out; tests drive this type directly with paused tokio time.
+//!
+//! What it keeps: the rid window (requests processed strictly in rid order, out-of-order ones
+//! parked until the gap fills), the held requests, the last `requests` responses for repeated
+//! rids, stanzas waiting for a request to carry them, the key chain, and the wait, inactivity,
+//! pause and polling clocks.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// Negotiated session parameters.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Longest time a request is held (XEP-0124 `wait`).
+    pub wait: Duration,
+    /// Requests held at most (`hold`).
+    pub hold: usize,
+    /// Simultaneous requests allowed (`requests`, hold + 1).
+    pub requests: usize,
+    /// Time without any held request before the session ends (`inactivity`).
+    pub inactivity: Duration,
+    /// Shortest interval between empty requests when `hold` is 0 (`polling`).
+    pub polling: Duration,
+    /// Longest `pause` a client may ask for (`maxpause`).
+    pub maxpause: Duration,
+    /// Whether the client asked for acknowledgements (`ack` on the session request).
+    pub acks: bool,
+}
+
+/// What a request asks for, beyond carrying payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An ordinary request.
+    Normal,
+    /// `xmpp:restart='true'` (XEP-0206 §5).
+    Restart,
+    /// `type='terminate'`.
+    Terminate,
+}
+
+/// One client request, parsed.
+#[derive(Debug)]
+pub struct Request<R> {
+    /// Request id.
+    pub rid: u64,
+    /// `key` attribute (XEP-0124 §15).
+    pub key: Option<String>,
+    /// `newkey` attribute.
+    pub newkey: Option<String>,
+    /// Restart, terminate or neither.
+    pub kind: Kind,
+    /// Payload elements, each standalone, in order.
+    pub payload: Vec<Bytes>,
+    /// `pause` in seconds.
+    pub pause: Option<u64>,
+    /// `ack`: highest rid whose response the client has received.
+    pub ack: Option<u64>,
+    /// Where the answer goes.
+    pub reply: R,
+}
+
+/// Why a session is terminated (XEP-0124 §17.2 conditions, or none for a plain terminate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Terminate {
+    /// Client asked for it, or the server closed the stream.
+    Normal,
+    /// A protocol condition such as `item-not-found` or `policy-violation`.
+    Condition(&'static str),
+    /// The upstream server sent a stream error (carried in the body).
+    RemoteStreamError(Bytes),
+}
+
+/// What the session task must do.
+#[derive(Debug)]
+pub enum Action<R> {
+    /// Forward these elements upstream, in order.
+    Forward(Vec<Bytes>),
+    /// Restart the upstream stream.
+    Restart,
+    /// Send `</stream:stream>` upstream (client terminate).
+    CloseUpstream,
+    /// Answer a request with this complete `<body/>`.
+    Respond(R, Bytes),
+    /// The session is over; the task ends after carrying out the other actions.
+    End(&'static str),
+}
+
+struct Held<R> {
+    rid: u64,
+    reply: R,
+    deadline: Instant,
+}
+
+/// The state of one BOSH session.
+pub struct BoshState<R> {
+    params: Params,
+    /// Highest rid processed; the next in-order rid is this plus one.
+    last_rid: u64,
+    /// Requests that arrived ahead of a gap.
+    parked: BTreeMap<u64, Request<R>>,
+    held: VecDeque<Held<R>>,
+    /// Last responses by rid, for repeated requests (XEP-0124 §14.3).
+    cache: VecDeque<(u64, Bytes)>,
+    /// Elements from upstream waiting for a request.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    key: Option<String>,
+    /// When the last request was answered or arrived; inactivity counts from here.
+    idle_since: Instant,
+    /// A granted pause replaces the inactivity period until the next request.
+    pause: Option<Duration>,
+    last_empty_poll: Option<Instant>,
+    ended: bool,
+    /// The terminate body, kept for a client that had no request held when the session ended.
+    final_body: Option<Bytes>,
+    final_delivered: bool,
+}
+
+/// The XEP-0124 body namespace.
+pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+
+impl<R> BoshState<R> {
+    /// State after the session request `rid`, whose response is `created` (already sent).
+    pub fn new(params: Params, rid: u64, newkey: Option<String>, created: Bytes, now: Instant) -> Self {
+        let mut cache = VecDeque::with_capacity(params.requests);
+        cache.push_back((rid, created));
+        Self {
+            params,
+            last_rid: rid,
+            parked: BTreeMap::new(),
+            held: VecDeque::new(),
+            cache,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            key: newkey,
+            idle_since: now,
+            pause: None,
+            last_empty_poll: None,
+            ended: false,
+            final_body: None,
+            final_delivered: false,
+        }
+    }
+
+    /// Bytes of upstream elements waiting for a request: the session stops reading upstream
+    /// while this is over its limit.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Requests held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Whether the client has been told how the session ended.
+    pub fn end_delivered(&self) -> bool {
+        self.final_delivered
+    }
+
+    /// A request arrived.
+    pub fn on_request(&mut self, req: Request<R>, now: Instant) -> Vec<Action<R>> {
+        let mut out = Vec::new();
+        if self.ended {
+            let body = match &self.final_body {
+                Some(b) if !self.final_delivered => b.clone(),
+                _ => terminate_body(&Terminate::Condition("item-not-found")),
+            };
+            self.final_delivered = true;
+            out.push(Action::Respond(req.reply, body));
+            return out;
+        }
+        if req.rid <= self.last_rid {
+            self.repeated(req, &mut out);
+            return out;
+        }
+        // XEP-0124 §14.2: beyond the window of `requests` is an error.
+        if req.rid > self.last_rid + self.params.requests as u64 {
+            self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), &mut out);
+            return out;
+        }
+        // More simultaneous requests than allowed is overactivity (XEP-0124 §11).
+        if self.held.len() + self.parked.len() + 1 > self.params.requests {
+            self.terminate(Terminate::Condition("policy-violation"), Some(req.reply), &mut out);
+            return out;
+        }
+        if req.rid != self.last_rid + 1 {
+            // Out of order: wait for the gap (XEP-0124 §14.1).
+            if self.parked.insert(req.rid, req).is_some() {
+                // The same rid twice ahead of a gap: keep the newer connection, drop the older.
+            }
+            return out;
+        }
+        self.process(req, now, &mut out);
+        while !self.ended {
+            let next = self.last_rid + 1;
+            let Some(req) = self.parked.remove(&next) else { break };
+            self.process(req, now, &mut out);
+        }
+        out
+    }
+
+    fn repeated(&mut self, req: Request<R>, out: &mut Vec<Action<R>>) {
+        if let Some(h) = self.held.iter_mut().find(|h| h.rid == req.rid) {
+            // The client gave up on the held connection and asked again: answer the new one.
+            h.reply = req.reply;
+            return;
+        }
+        match self.cache.iter().find(|(rid, _)| *rid == req.rid) {
+            Some((_, body)) => out.push(Action::Respond(req.reply, body.clone())),
+            None => self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), out),
+        }
+    }
+
+    fn process(&mut self, req: Request<R>, now: Instant, out: &mut Vec<Action<R>>) {
+        self.last_rid = req.rid;
+        if !self.check_key(&req) {
+            self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), out);
+            return;
+        }
+        if let Some(ack) = req.ack {
+            // Responses the client has seen need not be kept for repeats.
+            self.cache.retain(|(rid, _)| *rid > ack);
+        }
+        self.pause = None;
+        self.idle_since = now;
+        let empty = req.payload.is_empty() && req.kind == Kind::Normal && req.pause.is_none();
+        if !req.payload.is_empty() {
+            out.push(Action::Forward(req.payload));
+        }
+        match req.kind {
+            Kind::Terminate => {
+                out.push(Action::CloseUpstream);
+                self.terminate(Terminate::Normal, Some(req.reply), out);
+                return;
+            }
+            Kind::Restart => out.push(Action::Restart),
+            Kind::Normal => {}
+        }
+        if self.params.hold == 0 && empty && self.pending.is_empty() {
+            if let Some(last) = self.last_empty_poll {
+                if now.duration_since(last) < self.params.polling {
+                    self.terminate(Terminate::Condition("policy-violation"), Some(req.reply), out);
+                    return;
+                }
+            }
+            self.last_empty_poll = Some(now);
+        }
+        self.held.push_back(Held { rid: req.rid, reply: req.reply, deadline: now + self.params.wait });
+        if let Some(secs) = req.pause {
+            // XEP-0124 §10: answer everything now and keep the session for the pause.
+            self.pause = Some(Duration::from_secs(secs).min(self.params.maxpause));
+            while !self.held.is_empty() {
+                self.answer_oldest(out);
+            }
+            return;
+        }
+        // Keep at most `hold` requests: the oldest beyond that is answered at once.
+        while self.held.len() > self.params.hold {
+            self.answer_oldest(out);
+        }
+        if !self.pending.is_empty() && !self.held.is_empty() {
+            self.answer_oldest(out);
+        }
+    }
+
+    /// XEP-0124 §15: each key is the SHA-1 (hex) preimage of the previous one.
+    fn check_key(&mut self, req: &Request<R>) -> bool {
+        let Some(expected) = &self.key else {
+            // Keys were not in use; a client may start using them with newkey.
+            if req.newkey.is_some() {
+                self.key = req.newkey.clone();
+            }
+            return true;
+        };
+        let Some(key) = &req.key else { return false };
+        if !sha1_hex(key).eq_ignore_ascii_case(expected) {
+            return false;
+        }
+        self.key = Some(req.newkey.clone().unwrap_or_else(|| key.clone()));
+        true
+    }
+
+    /// An element arrived from upstream.
+    pub fn on_upstream(&mut self, element: Bytes) {
+        self.pending_bytes += element.len();
+        self.pending.push(element);
+    }
+
+    /// Call after a batch of [`on_upstream`](Self::on_upstream): answers the oldest held
+    /// request with everything pending.
+    pub fn flush(&mut self, out: &mut Vec<Action<R>>) {
+        if !self.pending.is_empty() && !self.held.is_empty() {
+            self.answer_oldest(out);
+        }
+    }
+
+    /// The upstream stream ended (closed, failed or with a stream error).
+    pub fn on_upstream_end(&mut self, why: Terminate, out: &mut Vec<Action<R>>) {
+        self.terminate(why, None, out);
+    }
+
+    /// The gateway is draining (PROTOCOL.md §6).
+    pub fn on_shutdown(&mut self, out: &mut Vec<Action<R>>) {
+        out.push(Action::CloseUpstream);
+        self.terminate(Terminate::Condition("system-shutdown"), None, out);
+    }
+
+    /// The next instant [`on_tick`](Self::on_tick) has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        match self.held.front() {
+            Some(h) => Some(h.deadline),
+            None if self.parked.is_empty() => Some(self.idle_since + self.pause.unwrap_or(self.params.inactivity)),
+            None => Some(self.idle_since + self.params.inactivity),
+        }
+    }
+
+    /// Time passed: answer expired held requests empty, end an inactive session.
+    pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Action<R>>) {
+        while self.held.front().is_some_and(|h| h.deadline <= now) {
+            self.answer_oldest(out);
+        }
+        if self.held.is_empty() {
+            let limit = self.pause.unwrap_or(self.params.inactivity);
+            if now.duration_since(self.idle_since) >= limit {
+                // XEP-0124 §10: nobody is listening; close upstream and forget the session.
+                out.push(Action::CloseUpstream);
+                self.ended = true;
+                self.final_delivered = true;
+                self.parked.clear();
+                out.push(Action::End("inactivity"));
+            }
+        }
+    }
+
+    fn answer_oldest(&mut self, out: &mut Vec<Action<R>>) {
+        let Some(h) = self.held.pop_front() else { return };
+        let body = self.body_with_pending(h.rid);
+        self.remember(h.rid, body.clone());
+        if self.held.is_empty() {
+            // Inactivity counts from the moment no request is held.
+            self.idle_since = self.idle_since.max(Instant::now());
+        }
+        out.push(Action::Respond(h.reply, body));
+    }
+
+    fn body_with_pending(&mut self, rid: u64) -> Bytes {
+        let ack = (self.params.acks && rid < self.last_rid).then_some(self.last_rid);
+        let mut body = String::with_capacity(64 + self.pending_bytes);
+        body.push_str("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:stream='http://etherx.jabber.org/streams'");
+        if let Some(ack) = ack {
+            body.push_str(&format!(" ack='{ack}'"));
+        }
+        if self.pending.is_empty() {
+            body.push_str("/>");
+            return Bytes::from(body);
+        }
+        body.push('>');
+        let mut bytes = body.into_bytes();
+        for el in self.pending.drain(..) {
+            bytes.extend_from_slice(&el);
+        }
+        bytes.extend_from_slice(b"</body>");
+        self.pending_bytes = 0;
+        Bytes::from(bytes)
+    }
+
+    fn remember(&mut self, rid: u64, body: Bytes) {
+        if self.cache.len() >= self.params.requests.max(1) {
+            self.cache.pop_front();
+        }
+        self.cache.push_back((rid, body));
+    }
+
+    fn terminate(&mut self, why: Terminate, reply: Option<R>, out: &mut Vec<Action<R>>) {
+        let body = terminate_body_with(&why, &mut self.pending);
+        self.pending_bytes = 0;
+        if let Some(reply) = reply {
+            out.push(Action::Respond(reply, body.clone()));
+            self.final_delivered = true;
+        }
+        while let Some(h) = self.held.pop_front() {
+            out.push(Action::Respond(h.reply, body.clone()));
+            self.final_delivered = true;
+        }
+        self.final_body = Some(body.clone());
+        for (_, req) in std::mem::take(&mut self.parked) {
+            out.push(Action::Respond(req.reply, body.clone()));
+        }
+        self.ended = true;
+        let reason = match why {
+            Terminate::Normal => "closed",
+            Terminate::Condition("system-shutdown") => "shutdown",
+            Terminate::Condition(_) => "bad_input",
+            Terminate::RemoteStreamError(_) => "upstream_stream_error",
+        };
+        out.push(Action::End(reason));
+    }
+}
+
+/// A terminate body for a condition, carrying nothing else.
+pub fn terminate_body(why: &Terminate) -> Bytes {
+    terminate_body_with(why, &mut Vec::new())
+}
+
+fn terminate_body_with(why: &Terminate, pending: &mut Vec<Bytes>) -> Bytes {
+    let mut s = String::from("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:stream='http://etherx.jabber.org/streams' type='terminate'");
+    match why {
+        Terminate::Normal => {}
+        Terminate::Condition(c) => s.push_str(&format!(" condition='{c}'")),
+        Terminate::RemoteStreamError(_) => s.push_str(" condition='remote-stream-error'"),
+    }
+    let error = match why {
+        Terminate::RemoteStreamError(e) => Some(e.clone()),
+        _ => None,
+    };
+    if pending.is_empty() && error.is_none() {
+        s.push_str("/>");
+        return Bytes::from(s);
+    }
+    s.push('>');
+    let mut bytes = s.into_bytes();
+    // Stanzas that arrived before the end still reach the client (no loss while it lives).
+    for el in pending.drain(..) {
+        bytes.extend_from_slice(&el);
+    }
+    if let Some(e) = error {
+        bytes.extend_from_slice(&e);
+    }
+    bytes.extend_from_slice(b"</body>");
+    Bytes::from(bytes)
+}
+
+/// Lower-case hex SHA-1 of a key, as XEP-0124 §15 chains them.
+pub fn sha1_hex(key: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(key.as_bytes());
+    let mut hex = String::with_capacity(40);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,655 @@
+//! The validating scanner for one XML element, shared by the upstream splitter, the browser
+//! input parser and the features filter.
+//!
+//! It is the "check" half of check-then-parse (STYLE.md): it walks quick-xml events over a byte
+//! slice to find where a complete element ends, enforcing well-formedness, RFC 6120 §11.1
+//! restrictions, namespace declarations and the configured limits on the way. It never builds a
+//! tree. What a caller wants to learn on the way (the kind of the root, injection attempts,
+//! which features to drop) it gets through the [`Observer`] hooks.
+//!
+//! A scan can be resumed when more bytes arrive: the scanner remembers the last complete
+//! markup boundary and its own stack of open element names and namespace declarations, so
+//! the bytes of a large element are parsed once, not once per socket read. Because a resumed
+//! quick-xml reader does not know the elements opened before it, end-tag names are checked
+//! against this module's own stack rather than with quick-xml's `check_end_names`.
+
+use std::ops::Range;
+
+use quick_xml::errors::{Error as QxError, SyntaxError};
+use quick_xml::events::attributes::Attribute;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{PrefixDeclaration, QName};
+use quick_xml::Reader;
+
+use super::text::{check_attr_value, check_name, check_text, check_text_prefix, decode_attr_value, XML_NS};
+use super::{Limits, XmlError};
+
+/// Namespace bindings in force around the scanned element (the stream header's, for instance).
+pub(crate) trait OuterScope {
+    /// Default namespace, if any.
+    fn default_ns(&self) -> Option<&[u8]>;
+    /// Namespace bound to `prefix`, with an index identifying the binding.
+    fn lookup(&self, prefix: &[u8]) -> Option<(usize, &[u8])>;
+}
+
+/// No bindings at all: the scanned element must declare everything it uses.
+pub(crate) struct NoScope;
+
+impl OuterScope for NoScope {
+    fn default_ns(&self) -> Option<&[u8]> {
+        None
+    }
+    fn lookup(&self, _prefix: &[u8]) -> Option<(usize, &[u8])> {
+        None
+    }
+}
+
+/// A start tag (or empty-element tag), with its names resolved.
+pub(crate) struct StartTag<'a> {
+    /// Depth of the element; the scanned root is 1.
+    pub depth: usize,
+    /// Position of the tag, `<` to `>`, in the scanned slice.
+    pub span: Range<usize>,
+    /// Name as written, prefix included.
+    pub name: &'a [u8],
+    /// Name without its prefix.
+    pub local: &'a [u8],
+    /// Namespace the name resolves to.
+    pub ns: Option<&'a [u8]>,
+    /// The tag itself, for reading attributes (already validated).
+    pub tag: &'a BytesStart<'a>,
+}
+
+/// The end of an element: its end tag, or the empty-element tag again.
+pub(crate) struct EndTag<'a> {
+    /// Depth of the element being closed; 0 for an end tag without a start.
+    pub depth: usize,
+    /// Position of the tag in the scanned slice.
+    pub span: Range<usize>,
+    /// Name as written.
+    pub name: &'a [u8],
+    /// Name without its prefix.
+    pub local: &'a [u8],
+    /// Namespace the name resolves to (`None` as well when the prefix is undeclared).
+    pub ns: Option<&'a [u8]>,
+}
+
+/// Hooks called while an element is scanned. Each piece of markup is reported once, even
+/// across resumed scans. Character data may be reported in several pieces.
+pub(crate) trait Observer {
+    /// A start or empty-element tag passed all checks.
+    fn start(&mut self, _tag: &StartTag<'_>) -> Result<(), XmlError> {
+        Ok(())
+    }
+    /// An end tag, before it is matched against its start tag; also called right after
+    /// [`Observer::start`] for an empty-element tag.
+    fn end(&mut self, _tag: &EndTag<'_>) -> Result<(), XmlError> {
+        Ok(())
+    }
+    /// Checked character data (raw, references not replaced) or CDATA content.
+    fn text(
+        &mut self,
+        _depth: usize,
+        _raw: &[u8],
+        _span: Range<usize>,
+        _cdata: bool,
+    ) -> Result<(), XmlError> {
+        Ok(())
+    }
+}
+
+/// Outcome of a scan.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Scan {
+    /// The element ends at this offset (exclusive) of the scanned slice.
+    Complete(usize),
+    /// More bytes are needed.
+    Incomplete,
+}
+
+/// Resumable scanner of one element. The slice passed to [`ElementScanner::scan`] must start
+/// with the element's `<` and may only grow between calls.
+pub(crate) struct ElementScanner {
+    max_bytes: usize,
+    max_depth: usize,
+    max_attributes: usize,
+    /// Offset up to which the slice has been checked.
+    resume: usize,
+    depth: usize,
+    /// Names of the open elements, concatenated; `name_starts` indexes them.
+    names: Vec<u8>,
+    name_starts: Vec<usize>,
+    ns: NsStack,
+    /// Indices of outer bindings the element relies on, in order of first use.
+    used_outer: Vec<usize>,
+    root_name_end: usize,
+    root_declares_default: bool,
+}
+
+impl ElementScanner {
+    /// A scanner enforcing `limits`. Allocates nothing until it scans.
+    pub(crate) fn new(limits: &Limits) -> Self {
+        ElementScanner {
+            max_bytes: limits.max_element_bytes,
+            max_depth: limits.max_depth,
+            max_attributes: limits.max_attributes,
+            resume: 0,
+            depth: 0,
+            names: Vec::new(),
+            name_starts: Vec::new(),
+            ns: NsStack::default(),
+            used_outer: Vec::new(),
+            root_name_end: 0,
+            root_declares_default: false,
+        }
+    }
+
+    /// Forgets the element scanned so far, keeping allocated capacity for the next one.
+    pub(crate) fn reset(&mut self) {
+        self.resume = 0;
+        self.depth = 0;
+        self.names.clear();
+        self.name_starts.clear();
+        self.ns.clear();
+        self.used_outer.clear();
+        self.root_name_end = 0;
+        self.root_declares_default = false;
+    }
+
+    /// Resets and gives back allocated memory; returns true if there was any.
+    pub(crate) fn release_memory(&mut self) -> bool {
+        let had = self.names.capacity()
+            + self.name_starts.capacity()
+            + self.ns.capacity()
+            + self.used_outer.capacity()
+            > 0;
+        self.names = Vec::new();
+        self.name_starts = Vec::new();
+        self.ns = NsStack::default();
+        self.used_outer = Vec::new();
+        self.reset();
+        had
+    }
+
+    /// Offset just after the root element's name in its start tag: where namespace
+    /// declarations can be inserted.
+    pub(crate) fn root_name_end(&self) -> usize {
+        self.root_name_end
+    }
+
+    /// Whether the root element declares a default namespace itself.
+    pub(crate) fn root_declares_default(&self) -> bool {
+        self.root_declares_default
+    }
+
+    /// Indices (as given by [`OuterScope::lookup`]) of the outer prefixes the element uses.
+    pub(crate) fn used_outer(&self) -> &[usize] {
+        &self.used_outer
+    }
+
+    /// Scans `buf` (which starts at the element's `<`) from where the last call stopped.
+    pub(crate) fn scan<S, O>(&mut self, buf: &[u8], scope: &S, obs: &mut O) -> Result<Scan, XmlError>
+    where
+        S: OuterScope + ?Sized,
+        O: Observer,
+    {
+        match self.scan_events(buf, scope, obs)? {
+            Scan::Complete(end) if end > self.max_bytes => Err(XmlError::TooLarge),
+            Scan::Incomplete if buf.len() > self.max_bytes => Err(XmlError::TooLarge),
+            outcome => Ok(outcome),
+        }
+    }
+
+    fn scan_events<S, O>(&mut self, buf: &[u8], scope: &S, obs: &mut O) -> Result<Scan, XmlError>
+    where
+        S: OuterScope + ?Sized,
+        O: Observer,
+    {
+        loop {
+            // Character data up to the next markup, checked without quick-xml so that a long
+            // text node arriving in pieces is looked at once.
+            let rest = buf
+                .get(self.resume..)
+                .ok_or_else(|| XmlError::syntax("scanner position past the input"))?;
+            match rest.iter().position(|&b| b == b'<') {
+                None => {
+                    let settled = self.partial_text(rest, obs)?;
+                    self.resume += settled;
+                    return Ok(Scan::Incomplete);
+                }
+                Some(0) => {}
+                Some(len) => {
+                    let text = rest.get(..len).unwrap_or_default();
+                    self.text(text, self.resume..self.resume + len, obs)?;
+                    self.resume += len;
+                }
+            }
+
+            // A run of markup and complete text, read by one quick-xml reader.
+            let base = self.resume;
+            let mut tokens = Tokens::new(buf.get(base..).unwrap_or_default());
+            loop {
+                let (event, span) = match tokens.next() {
+                    Ok(Token::Event(event, span)) => (event, base + span.start..base + span.end),
+                    Ok(Token::Incomplete(at)) => {
+                        self.resume = base + at;
+                        if let Some(err) = restricted_markup(buf.get(self.resume..).unwrap_or_default()) {
+                            return Err(err);
+                        }
+                        break;
+                    }
+                    Err(err) => {
+                        return Err(restricted_markup(buf.get(self.resume..).unwrap_or_default())
+                            .unwrap_or(err));
+                    }
+                };
+                match event {
+                    Event::Text(text) => self.text(&text, span.clone(), obs)?,
+                    Event::CData(data) => {
+                        if self.depth == 0 {
+                            return Err(XmlError::syntax("CDATA section outside the root element"));
+                        }
+                        obs.text(self.depth, &data, span.clone(), true)?;
+                    }
+                    Event::Start(tag) => self.start(&tag, span.clone(), false, scope, obs)?,
+                    Event::Empty(tag) => {
+                        self.start(&tag, span.clone(), true, scope, obs)?;
+                        if self.depth == 0 {
+                            self.resume = span.end;
+                            return Ok(Scan::Complete(span.end));
+                        }
+                    }
+                    Event::End(tag) => {
+                        self.end(tag.name(), span.clone(), scope, obs)?;
+                        if self.depth == 0 {
+                            self.resume = span.end;
+                            return Ok(Scan::Complete(span.end));
+                        }
+                    }
+                    Event::Comment(_) => return Err(XmlError::Restricted("comment")),
+                    Event::PI(_) | Event::Decl(_) => {
+                        return Err(XmlError::Restricted("processing instruction"))
+                    }
+                    Event::DocType(_) => return Err(XmlError::Restricted("DTD")),
+                    Event::Eof => break,
+                }
+                self.resume = span.end;
+            }
+            // The reader stopped on incomplete input; only text mode can make progress now if
+            // the stop was inside character data.
+            if buf.get(self.resume) == Some(&b'<') {
+                return Ok(Scan::Incomplete);
+            }
+        }
+    }
+
+    /// Complete character data between two pieces of markup.
+    fn text<O: Observer>(&mut self, text: &[u8], span: Range<usize>, obs: &mut O) -> Result<(), XmlError> {
+        if self.depth == 0 {
+            return Err(XmlError::syntax("text outside the root element"));
+        }
+        check_text(text)?;
+        obs.text(self.depth, text, span, false)
+    }
+
+    /// Character data that runs to the end of the input; returns how much of it is settled.
+    fn partial_text<O: Observer>(&mut self, text: &[u8], obs: &mut O) -> Result<usize, XmlError> {
+        if text.is_empty() {
+            return Ok(0);
+        }
+        if self.depth == 0 {
+            return Err(XmlError::syntax("text outside the root element"));
+        }
+        let settled = check_text_prefix(text)?;
+        if settled > 0 {
+            let piece = text.get(..settled).unwrap_or_default();
+            obs.text(self.depth, piece, self.resume..self.resume + settled, false)?;
+        }
+        Ok(settled)
+    }
+
+    fn start<S, O>(
+        &mut self,
+        tag: &BytesStart<'_>,
+        span: Range<usize>,
+        empty: bool,
+        scope: &S,
+        obs: &mut O,
+    ) -> Result<(), XmlError>
+    where
+        S: OuterScope + ?Sized,
+        O: Observer,
+    {
+        let name = tag.name();
+        check_name(name.as_ref())?;
+        let depth = self.depth + 1;
+        if depth > self.max_depth {
+            return Err(XmlError::TooDeep);
+        }
+
+        let mut declares_default = false;
+        let mut prefixed_attributes = false;
+        let ns_stack = &mut self.ns;
+        for_each_attribute(tag, self.max_attributes, |attr| {
+            match attr.key.as_namespace_binding() {
+                Some(PrefixDeclaration::Default) => {
+                    declares_default = true;
+                    ns_stack.push(depth, None, &attr.value)
+                }
+                Some(PrefixDeclaration::Named(prefix)) => {
+                    check_prefix_declaration(prefix, &attr.value)?;
+                    ns_stack.push(depth, Some(prefix), &attr.value)
+                }
+                None => {
+                    prefixed_attributes |= attr.key.prefix().is_some();
+                    Ok(())
+                }
+            }
+        })?;
+
+        if prefixed_attributes {
+            for attr in tag.attributes() {
+                let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
+                if attr.key.as_namespace_binding().is_none() {
+                    if let Some(prefix) = attr.key.prefix() {
+                        resolve_prefix(&self.ns, scope, &mut self.used_outer, prefix.as_ref())?;
+                    }
+                }
+            }
+        }
+
+        let (local, prefix) = name.decompose();
+        let ns = match prefix {
+            Some(prefix) => resolve_prefix(&self.ns, scope, &mut self.used_outer, prefix.as_ref())?,
+            None => resolve_default(&self.ns, scope),
+        };
+        if depth == 1 {
+            self.root_name_end = span.start + 1 + name.as_ref().len();
+            self.root_declares_default = declares_default;
+        }
+        obs.start(&StartTag {
+            depth,
+            span: span.clone(),
+            name: name.as_ref(),
+            local: local.as_ref(),
+            ns,
+            tag,
+        })?;
+
+        if empty {
+            obs.end(&EndTag {
+                depth,
+                span,
+                name: name.as_ref(),
+                local: local.as_ref(),
+                ns,
+            })?;
+            self.ns.pop(depth);
+        } else {
+            self.name_starts.push(self.names.len());
+            self.names.extend_from_slice(name.as_ref());
+            self.depth = depth;
+        }
+        Ok(())
+    }
+
+    fn end<S, O>(&mut self, name: QName<'_>, span: Range<usize>, scope: &S, obs: &mut O) -> Result<(), XmlError>
+    where
+        S: OuterScope + ?Sized,
+        O: Observer,
+    {
+        let (local, prefix) = name.decompose();
+        let ns = match prefix {
+            Some(prefix) => lookup_prefix(&self.ns, scope, prefix.as_ref()).map(|(_, ns)| ns),
+            None => resolve_default(&self.ns, scope),
+        };
+        obs.end(&EndTag {
+            depth: self.depth,
+            span,
+            name: name.as_ref(),
+            local: local.as_ref(),
+            ns,
+        })?;
+
+        let Some(start) = self.name_starts.pop() else {
+            return Err(XmlError::syntax("end tag without a start tag"));
+        };
+        if self.names.get(start..) != Some(name.as_ref()) {
+            return Err(XmlError::syntax("end tag does not match its start tag"));
+        }
+        self.names.truncate(start);
+        self.ns.pop(self.depth);
+        self.depth -= 1;
+        Ok(())
+    }
+}
+
+/// Validates every attribute of `tag` (syntax, duplicates, name, value, count) and hands each
+/// one to `f`. Returns the number of attributes.
+pub(crate) fn for_each_attribute<'t, F>(tag: &'t BytesStart<'_>, max: usize, mut f: F) -> Result<usize, XmlError>
+where
+    F: FnMut(Attribute<'t>) -> Result<(), XmlError>,
+{
+    let mut count = 0;
+    for attr in tag.attributes() {
+        let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
+        count += 1;
+        if count > max {
+            return Err(XmlError::TooManyAttributes);
+        }
+        check_name(attr.key.as_ref())?;
+        check_attr_value(&attr.value)?;
+        f(attr)?;
+    }
+    Ok(count)
+}
+
+/// Namespaces in XML §3: `xmlns:p=''` cannot undeclare, `xmlns` cannot be declared, and `xml`
+/// can only be bound to its own namespace.
+pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
+    if value.is_empty() {
+        return Err(XmlError::syntax("empty namespace for a prefix"));
+    }
+    if prefix == b"xmlns" || (prefix == b"xml" && value != XML_NS) {
+        return Err(XmlError::syntax("reserved namespace prefix redeclared"));
+    }
+    Ok(())
+}
+
+fn resolve_default<'s, S: OuterScope + ?Sized>(ns: &'s NsStack, scope: &'s S) -> Option<&'s [u8]> {
+    match ns.lookup(None) {
+        Some(uri) if uri.is_empty() => None,
+        Some(uri) => Some(uri),
+        None => scope.default_ns(),
+    }
+}
+
+fn lookup_prefix<'s, S: OuterScope + ?Sized>(
+    ns: &'s NsStack,
+    scope: &'s S,
+    prefix: &[u8],
+) -> Option<(Option<usize>, &'s [u8])> {
+    if prefix == b"xml" {
+        return Some((None, XML_NS));
+    }
+    if prefix == b"xmlns" {
+        return None;
+    }
+    match ns.lookup(Some(prefix)) {
+        Some(uri) => Some((None, uri)),
+        None => scope.lookup(prefix).map(|(index, uri)| (Some(index), uri)),
+    }
+}
+
+/// Resolves a prefix that must be declared, noting outer bindings the element relies on.
+fn resolve_prefix<'s, S: OuterScope + ?Sized>(
+    ns: &'s NsStack,
+    scope: &'s S,
+    used_outer: &mut Vec<usize>,
+    prefix: &[u8],
+) -> Result<Option<&'s [u8]>, XmlError> {
+    let (outer, uri) =
+        lookup_prefix(ns, scope, prefix).ok_or_else(|| XmlError::syntax("undeclared namespace prefix"))?;
+    if let Some(index) = outer {
+        if !used_outer.contains(&index) {
+            used_outer.push(index);
+        }
+    }
+    Ok(Some(uri))
+}
+
+/// Errors for markup that is refused whatever follows, so that a comment or DTD never has to
+/// be buffered to its end before it is rejected. `bytes` starts at a `<`.
+fn restricted_markup(bytes: &[u8]) -> Option<XmlError> {
+    match bytes {
+        [b'<', b'?', ..] => Some(XmlError::Restricted("processing instruction")),
+        [b'<', b'!', b'-', ..] => Some(XmlError::Restricted("comment")),
+        [b'<', b'!', b'D' | b'd', ..] => Some(XmlError::Restricted("DTD")),
+        _ => None,
+    }
+}
+
+/// The error for markup at stream level (outside any element) that is not an element: `bytes`
+/// starts with `<?` or `<!`. `None` when too few bytes have arrived to tell.
+pub(crate) fn non_element_markup(bytes: &[u8]) -> Option<XmlError> {
+    if let Some(err) = restricted_markup(bytes) {
+        return Some(err);
+    }
+    match bytes {
+        [b'<', b'!', b'[', ..] => Some(XmlError::syntax("CDATA section outside an element")),
+        [b'<', b'!', _, ..] => Some(XmlError::syntax("unknown markup after '<!'")),
+        _ => None,
+    }
+}
+
+/// Namespace declarations of the open elements, innermost last. URIs are stored decoded, so
+/// `http://etherx.jabber.org/stream&#x73;` compares equal to the streams namespace.
+#[derive(Default)]
+struct NsStack {
+    /// Prefixes and URIs, concatenated.
+    text: Vec<u8>,
+    entries: Vec<NsEntry>,
+}
+
+struct NsEntry {
+    depth: usize,
+    /// `None` for the default namespace.
+    prefix: Option<Range<usize>>,
+    uri: Range<usize>,
+}
+
+impl NsStack {
+    fn push(&mut self, depth: usize, prefix: Option<&[u8]>, raw_uri: &[u8]) -> Result<(), XmlError> {
+        let prefix = prefix.map(|p| {
+            let start = self.text.len();
+            self.text.extend_from_slice(p);
+            start..self.text.len()
+        });
+        let start = self.text.len();
+        decode_attr_value(raw_uri, &mut self.text)?;
+        let uri = start..self.text.len();
+        self.entries.push(NsEntry { depth, prefix, uri });
+        Ok(())
+    }
+
+    /// Drops the declarations made at `depth`.
+    fn pop(&mut self, depth: usize) {
+        let keep = self
+            .entries
+            .iter()
+            .rposition(|e| e.depth < depth)
+            .map_or(0, |i| i + 1);
+        if let Some(first) = self.entries.get(keep) {
+            let cut = first.prefix.as_ref().map_or(first.uri.start, |p| p.start);
+            self.text.truncate(cut);
+            self.entries.truncate(keep);
+        }
+    }
+
+    /// The innermost URI bound to `prefix` (`None`: the default namespace).
+    fn lookup(&self, prefix: Option<&[u8]>) -> Option<&[u8]> {
+        self.entries.iter().rev().find_map(|e| {
+            let matches = match (&e.prefix, prefix) {
+                (None, None) => true,
+                (Some(range), Some(p)) => self.text.get(range.clone()) == Some(p),
+                _ => false,
+            };
+            if matches {
+                self.text.get(e.uri.clone())
+            } else {
+                None
+            }
+        })
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.entries.clear();
+    }
+
+    fn capacity(&self) -> usize {
+        self.text.capacity() + self.entries.capacity()
+    }
+}
+
+/// One step of a quick-xml reader over a slice, with byte positions.
+pub(crate) enum Token<'a> {
+    /// A complete event and its position in the slice.
+    Event(Event<'a>, Range<usize>),
+    /// The input ends inside the construct that starts at this offset.
+    Incomplete(usize),
+}
+
+/// quick-xml's reader over a byte slice, configured for our checks, reporting positions.
+pub(crate) struct Tokens<'a> {
+    reader: Reader<&'a [u8]>,
+    len: usize,
+}
+
+impl<'a> Tokens<'a> {
+    /// Reads `input`, which must start with `<` or character data (never a byte order mark:
+    /// quick-xml would skip it without counting it in positions).
+    pub(crate) fn new(input: &'a [u8]) -> Self {
+        let mut reader = Reader::from_reader(input);
+        let config = reader.config_mut();
+        // End tags are matched by the scanner's own stack (see the module comment).
+        config.check_end_names = false;
+        config.allow_unmatched_ends = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        Tokens {
+            reader,
+            len: input.len(),
+        }
+    }
+
+    fn position(&self) -> usize {
+        usize::try_from(self.reader.buffer_position()).unwrap_or(usize::MAX)
+    }
+
+    /// The next complete event, or where the input stops being complete.
+    pub(crate) fn next(&mut self) -> Result<Token<'a>, XmlError> {
+        let start = self.position();
+        match self.reader.read_event() {
+            Ok(Event::Eof) => Ok(Token::Incomplete(start)),
+            Ok(Event::Text(text)) => {
+                // Text runs to the end of the input: its end is not known yet.
+                let end = self.position();
+                if end >= self.len {
+                    Ok(Token::Incomplete(start))
+                } else {
+                    Ok(Token::Event(Event::Text(text), start..end))
+                }
+            }
+            Ok(event) => Ok(Token::Event(event, start..self.position())),
+            // "<!" followed by nothing yet.
+            Err(QxError::Syntax(SyntaxError::InvalidBangMarkup)) if self.len.saturating_sub(start) < 3 => {
+                Ok(Token::Incomplete(start))
+            }
+            Err(QxError::Syntax(SyntaxError::InvalidBangMarkup)) => Err(XmlError::syntax("unknown markup after '<!'")),
+            // Every other syntax error of a slice reader means the input ended inside markup.
+            Err(QxError::Syntax(_)) => Ok(Token::Incomplete(start)),
+            Err(_) => Err(XmlError::syntax("malformed markup")),
+        }
+    }
+}
