@@ -189,8 +189,9 @@ impl<R> BoshState<R> {
             self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), &mut out);
             return out;
         }
-        // More simultaneous requests than allowed is overactivity (XEP-0124 §11).
-        if self.held.len() + self.parked.len() + 1 > self.params.requests {
+        // More simultaneous requests than allowed is overactivity (XEP-0124 §11): the held
+        // ones, this one and every rid still missing before it are in flight together.
+        if self.held.len() + (req.rid - self.last_rid) as usize > self.params.requests {
             self.terminate(Terminate::Condition("policy-violation"), Some(req.reply), &mut out);
             return out;
         }

@@ -6,6 +6,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::xml::testutil::{prosody_parts, prosody_stream, split_chunks, standalone_root, with_declarations, Part};
 
+/// A header with one attribute, for tests of small limits.
+const SHORT_HEADER: &str = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+
 const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='example.org' id='abc' version='1.0'>";
 
 fn split_all(input: &[u8]) -> Result<Vec<StreamItem>, XmlError> {
@@ -392,9 +395,9 @@ fn splitter_rejects_over_deep_nesting() {
 #[test]
 fn splitter_rejects_too_many_attributes() {
     let limits = Limits { max_attributes: 3, ..Limits::default() };
-    let ok = format!("{HEADER}<message a='1' b='2' c='3'/>");
+    let ok = format!("{SHORT_HEADER}<message a='1' b='2' c='3'/>");
     assert!(split_with(limits.clone(), ok.as_bytes()).is_ok());
-    let many = format!("{HEADER}<message a='1' b='2' c='3' d='4'/>");
+    let many = format!("{SHORT_HEADER}<message a='1' b='2' c='3' d='4'/>");
     assert_eq!(split_with(limits.clone(), many.as_bytes()), Err(XmlError::TooManyAttributes));
     let header = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='1' b='2' c='3'>";
     assert_eq!(split_with(limits, header.as_bytes()), Err(XmlError::TooManyAttributes));
@@ -404,9 +407,9 @@ fn splitter_rejects_too_many_attributes() {
 fn splitter_rejects_oversized_element() {
     let limits = Limits { max_element_bytes: 100, ..Limits::default() };
     let body = "x".repeat(100);
-    let big = format!("{HEADER}<message><body>{body}</body></message>");
+    let big = format!("{SHORT_HEADER}<message><body>{body}</body></message>");
     assert_eq!(split_with(limits.clone(), big.as_bytes()), Err(XmlError::TooLarge));
-    let fits = format!("{HEADER}<message><body>{}</body></message>", "x".repeat(70));
+    let fits = format!("{SHORT_HEADER}<message><body>{}</body></message>", "x".repeat(68));
     assert!(split_with(limits, fits.as_bytes()).is_ok());
 }
 
