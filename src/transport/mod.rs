@@ -1,4 +1,4 @@
 //! Transports: adapters between a browser-side framing and the shared session core.
 
-pub mod websocket;
 pub mod bosh;
+pub mod websocket;

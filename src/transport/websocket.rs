@@ -36,24 +36,40 @@ type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Answers the upgrade request and starts the session task (RFC 7395 §3.1–3.3).
-pub fn upgrade(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, permit: ConnectionPermit) -> Response<Body> {
+pub fn upgrade(
+    req: Request<Incoming>,
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) -> Response<Body> {
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| {
-            v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
     if req.method() != http::Method::GET
         || !has_token(header::CONNECTION, "upgrade")
         || !has_token(header::UPGRADE, "websocket")
     {
-        return text(StatusCode::BAD_REQUEST, "this endpoint only accepts WebSocket upgrades\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this endpoint only accepts WebSocket upgrades\n",
+        );
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
         return Response::builder()
             .status(StatusCode::BAD_REQUEST)
             .header(header::SEC_WEBSOCKET_VERSION, "13")
-            .body(Full::new(Bytes::from_static(b"unsupported WebSocket version; use 13\n")))
+            .body(Full::new(Bytes::from_static(
+                b"unsupported WebSocket version; use 13\n",
+            )))
             .expect("static response parts are valid");
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
@@ -62,9 +78,15 @@ pub fn upgrade(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, permi
     // RFC 7395 §3.1: the subprotocol `xmpp` is mandatory and echoed.
     if !has_token(header::SEC_WEBSOCKET_PROTOCOL, "xmpp") {
         METRICS.input_rejected("no_subprotocol");
-        return text(StatusCode::BAD_REQUEST, "WebSocket subprotocol 'xmpp' is required (RFC 7395)\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "WebSocket subprotocol 'xmpp' is required (RFC 7395)\n",
+        );
     }
-    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or("");
     let allowed = &gw.config.websocket.allowed_origins;
     if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
         tracing::info!(%peer, origin, "WebSocket origin refused");
@@ -77,8 +99,12 @@ pub fn upgrade(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, permi
     gw.shutdown.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&task_gw)))
-                    .await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config(&task_gw)),
+                )
+                .await;
                 let id = next_session_id();
                 let span = tracing::info_span!("session", id, transport = "websocket", %peer);
                 run(ws, task_gw, origin).instrument(span).await;
@@ -91,7 +117,10 @@ pub fn upgrade(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, permi
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"))
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+        )
         .header(header::SEC_WEBSOCKET_PROTOCOL, "xmpp")
         .body(Full::new(Bytes::new()))
         .expect("static response parts are valid")
@@ -137,7 +166,11 @@ async fn run(mut ws: Ws, gw: Arc<Gateway>, origin: String) {
         let _ = stream_error(&mut ws, "host-unknown", None).await;
         return;
     };
-    let params = StreamParams { to: to.clone(), from: open.from.clone(), lang: open.lang.clone() };
+    let params = StreamParams {
+        to: to.clone(),
+        from: open.from.clone(),
+        lang: open.lang.clone(),
+    };
     let opened = tokio::select! {
         r = Session::open(&gw, Transport::WebSocket, params) => r,
         _ = gw.shutdown.cancelled() => {
@@ -150,7 +183,9 @@ async fn run(mut ws: Ws, gw: Arc<Gateway>, origin: String) {
         Err(e) => {
             tracing::info!(domain = %to, error = %e, "upstream stream not opened");
             let _ = match e {
-                UpstreamError::StreamError(bytes) => send_error_element(&mut ws, bytes, Some(&to)).await,
+                UpstreamError::StreamError(bytes) => {
+                    send_error_element(&mut ws, bytes, Some(&to)).await
+                }
                 other => stream_error(&mut ws, other.condition(), Some(&to)).await,
             };
             return;
@@ -320,7 +355,11 @@ enum Flow {
 }
 
 /// Writes one upstream item, and any already buffered behind it, with one flush.
-async fn forward(ws: &mut Ws, session: &mut Session, first: Result<Outbound, UpstreamError>) -> Flow {
+async fn forward(
+    ws: &mut Ws,
+    session: &mut Session,
+    first: Result<Outbound, UpstreamError>,
+) -> Flow {
     let mut next = Some(first);
     while let Some(item) = next.take() {
         let item = match item {
@@ -337,7 +376,10 @@ async fn forward(ws: &mut Ws, session: &mut Session, first: Result<Outbound, Ups
         };
         let sent = match item {
             Outbound::Element(b) | Outbound::Features(b) => ws.feed(text_message(b)).await,
-            Outbound::Header(h) => ws.feed(text_message(open_element(&h, session.domain()).into())).await,
+            Outbound::Header(h) => {
+                ws.feed(text_message(open_element(&h, session.domain()).into()))
+                    .await
+            }
             Outbound::StreamError(b) => {
                 tracing::info!("upstream stream error");
                 let _ = send_error_element(ws, b, None).await;
@@ -419,17 +461,29 @@ async fn send_text(ws: &mut Ws, b: Bytes) -> Result<(), tokio_tungstenite::tungs
 
 /// Sends a stream error, `<close/>`, and closes the WebSocket (RFC 7395 §3.6.1). Before the
 /// stream is open, an `<open/>` goes first, as RFC 6120 §4.9.1.2 asks.
-async fn stream_error(ws: &mut Ws, condition: &str, before_open: Option<&str>) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn stream_error(
+    ws: &mut Ws,
+    condition: &str,
+    before_open: Option<&str>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let el = format!(
         "<stream:error xmlns:stream='http://etherx.jabber.org/streams'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
     );
     send_error_element(ws, Bytes::from(el), before_open).await
 }
 
-async fn send_error_element(ws: &mut Ws, el: Bytes, before_open: Option<&str>) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+async fn send_error_element(
+    ws: &mut Ws,
+    el: Bytes,
+    before_open: Option<&str>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     if let Some(domain) = before_open {
-        let h = StreamHeader { id: Some(format!("{:016x}", rand::random::<u64>())), ..Default::default() };
-        ws.feed(text_message(open_element(&h, domain).into())).await?;
+        let h = StreamHeader {
+            id: Some(format!("{:016x}", rand::random::<u64>())),
+            ..Default::default()
+        };
+        ws.feed(text_message(open_element(&h, domain).into()))
+            .await?;
     }
     ws.feed(text_message(el)).await?;
     ws.feed(text_message(Bytes::from_static(CLOSE))).await?;
@@ -448,6 +502,9 @@ async fn binary_refused(ws: &mut Ws) {
     METRICS.input_rejected("binary_frame");
     let _ = stream_error(ws, "unsupported-encoding", None).await;
     let _ = ws
-        .close(Some(CloseFrame { code: CloseCode::Unsupported, reason: "text frames only".into() }))
+        .close(Some(CloseFrame {
+            code: CloseCode::Unsupported,
+            reason: "text frames only".into(),
+        }))
         .await;
 }

@@ -8,7 +8,8 @@
 
 use bytes::Bytes;
 
-use super::scan::{ElementScanner, EndTag, Observer, OuterScope, Scan, StartTag};
+use super::ns::OuterScope;
+use super::scan::{ElementScanner, EndTag, Observer, Scan, StartTag};
 use super::text::{attr_string, check_chars, leading_space};
 use super::{Limits, XmlError, NS_CLIENT, NS_FRAMING, NS_STREAM};
 

@@ -9,7 +9,8 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::scan::{ElementScanner, EndTag, NoScope, Observer, Scan, StartTag};
+use super::ns::NoScope;
+use super::scan::{ElementScanner, EndTag, Observer, Scan, StartTag};
 use super::text::{check_chars, decode_text, is_space, leading_space};
 use super::{Limits, XmlError, NS_SASL, NS_STREAM, NS_TLS};
 
@@ -75,7 +76,12 @@ fn inspect(features: &[u8]) -> Result<(usize, FeaturesObserver), XmlError> {
         Scan::Complete(len) => len,
         Scan::Incomplete => return Err(XmlError::syntax("unclosed element")),
     };
-    if !element.get(len..).unwrap_or_default().iter().all(|&b| is_space(b)) {
+    if !element
+        .get(len..)
+        .unwrap_or_default()
+        .iter()
+        .all(|&b| is_space(b))
+    {
         return Err(XmlError::syntax("more than one root element"));
     }
     if !observer.is_features {
@@ -146,7 +152,9 @@ impl Observer for FeaturesObserver {
                     self.dropping = Some(self.drop_start(tag.span.start));
                 }
                 b"mechanisms" if ns == NS_SASL.as_bytes() => self.list = Some(MechanismList::Sasl),
-                b"authentication" if ns == NS_SASL2.as_bytes() => self.list = Some(MechanismList::Sasl2),
+                b"authentication" if ns == NS_SASL2.as_bytes() => {
+                    self.list = Some(MechanismList::Sasl2)
+                }
                 _ => {}
             },
             3 => {
@@ -176,7 +184,8 @@ impl Observer for FeaturesObserver {
             }
             3 => {
                 if let (Some(list), Some((start, text))) = (self.list, self.mechanism.take()) {
-                    let name = String::from_utf8(text).map_err(|_| XmlError::syntax("invalid UTF-8"))?;
+                    let name =
+                        String::from_utf8(text).map_err(|_| XmlError::syntax("invalid UTF-8"))?;
                     let name = name.trim();
                     // PROTOCOL.md §1: channel binding cannot cross the gateway.
                     if name.ends_with("-PLUS") {
@@ -193,7 +202,13 @@ impl Observer for FeaturesObserver {
         Ok(())
     }
 
-    fn text(&mut self, depth: usize, raw: &[u8], span: Range<usize>, cdata: bool) -> Result<(), XmlError> {
+    fn text(
+        &mut self,
+        depth: usize,
+        raw: &[u8],
+        span: Range<usize>,
+        cdata: bool,
+    ) -> Result<(), XmlError> {
         if let Some((_, text)) = self.mechanism.as_mut().filter(|_| depth == 3) {
             if cdata {
                 text.extend_from_slice(raw);

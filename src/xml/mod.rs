@@ -8,17 +8,20 @@
 //! - [`client`]: one WebSocket message from a browser, validated before it is forwarded.
 //! - [`features`]: `<stream:features/>` as the browser must see it.
 //!
-//! The private modules `scan` (the validating element scanner the three share) and `text`
-//! (character, name and reference checks) hold the rules themselves.
+//! The private modules hold the rules the three share: `scan` (the validating element
+//! scanner), `ns` (namespace scopes), `text` (characters, names, references) and `tokens`
+//! (quick-xml's reader with positions).
 
 use std::borrow::Cow;
 
 pub mod client;
 mod error;
 pub mod features;
+mod ns;
 mod scan;
 pub mod split;
 mod text;
+mod tokens;
 
 #[cfg(test)]
 mod testutil;
@@ -26,7 +29,7 @@ mod testutil;
 pub use error::XmlError;
 
 /// Limits applied to XML from either side (PROTOCOL.md §2, "Limits").
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest element accepted, in bytes of its XML text (the stream header counts as one
     /// element). A partially received element that grows past this is refused too.
@@ -61,7 +64,10 @@ pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 /// Escape text for use inside a single-quoted XML attribute value (and text): `&`, `<`, `>`,
 /// `'` and `"` become predefined entity references. Borrows when nothing needs escaping.
 pub fn escape_attr(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"')) {
+    if !s
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"'))
+    {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);

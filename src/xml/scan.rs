@@ -15,34 +15,18 @@
 
 use std::ops::Range;
 
-use quick_xml::errors::{Error as QxError, SyntaxError};
 use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{PrefixDeclaration, QName};
-use quick_xml::Reader;
 
-use super::text::{check_attr_value, check_name, check_text, check_text_prefix, decode_attr_value, XML_NS};
+use super::ns::{
+    check_prefix_declaration, lookup_prefix, resolve_default, resolve_prefix, NsStack, OuterScope,
+};
+use super::text::{
+    check_attr_value, check_name, check_text, check_text_prefix, find_byte, is_space,
+};
+use super::tokens::{Token, Tokens};
 use super::{Limits, XmlError};
-
-/// Namespace bindings in force around the scanned element (the stream header's, for instance).
-pub(crate) trait OuterScope {
-    /// Default namespace, if any.
-    fn default_ns(&self) -> Option<&[u8]>;
-    /// Namespace bound to `prefix`, with an index identifying the binding.
-    fn lookup(&self, prefix: &[u8]) -> Option<(usize, &[u8])>;
-}
-
-/// No bindings at all: the scanned element must declare everything it uses.
-pub(crate) struct NoScope;
-
-impl OuterScope for NoScope {
-    fn default_ns(&self) -> Option<&[u8]> {
-        None
-    }
-    fn lookup(&self, _prefix: &[u8]) -> Option<(usize, &[u8])> {
-        None
-    }
-}
 
 /// A start tag (or empty-element tag), with its names resolved.
 pub(crate) struct StartTag<'a> {
@@ -188,7 +172,12 @@ impl ElementScanner {
     }
 
     /// Scans `buf` (which starts at the element's `<`) from where the last call stopped.
-    pub(crate) fn scan<S, O>(&mut self, buf: &[u8], scope: &S, obs: &mut O) -> Result<Scan, XmlError>
+    pub(crate) fn scan<S, O>(
+        &mut self,
+        buf: &[u8],
+        scope: &S,
+        obs: &mut O,
+    ) -> Result<Scan, XmlError>
     where
         S: OuterScope + ?Sized,
         O: Observer,
@@ -211,7 +200,7 @@ impl ElementScanner {
             let rest = buf
                 .get(self.resume..)
                 .ok_or_else(|| XmlError::syntax("scanner position past the input"))?;
-            match rest.iter().position(|&b| b == b'<') {
+            match find_byte(rest, |b| b == b'<') {
                 None => {
                     let settled = self.partial_text(rest, obs)?;
                     self.resume += settled;
@@ -233,14 +222,18 @@ impl ElementScanner {
                     Ok(Token::Event(event, span)) => (event, base + span.start..base + span.end),
                     Ok(Token::Incomplete(at)) => {
                         self.resume = base + at;
-                        if let Some(err) = restricted_markup(buf.get(self.resume..).unwrap_or_default()) {
+                        if let Some(err) =
+                            restricted_markup(buf.get(self.resume..).unwrap_or_default())
+                        {
                             return Err(err);
                         }
                         break;
                     }
                     Err(err) => {
-                        return Err(restricted_markup(buf.get(self.resume..).unwrap_or_default())
-                            .unwrap_or(err));
+                        return Err(
+                            restricted_markup(buf.get(self.resume..).unwrap_or_default())
+                                .unwrap_or(err),
+                        );
                     }
                 };
                 match event {
@@ -284,7 +277,12 @@ impl ElementScanner {
     }
 
     /// Complete character data between two pieces of markup.
-    fn text<O: Observer>(&mut self, text: &[u8], span: Range<usize>, obs: &mut O) -> Result<(), XmlError> {
+    fn text<O: Observer>(
+        &mut self,
+        text: &[u8],
+        span: Range<usize>,
+        obs: &mut O,
+    ) -> Result<(), XmlError> {
         if self.depth == 0 {
             return Err(XmlError::syntax("text outside the root element"));
         }
@@ -393,7 +391,13 @@ impl ElementScanner {
         Ok(())
     }
 
-    fn end<S, O>(&mut self, name: QName<'_>, span: Range<usize>, scope: &S, obs: &mut O) -> Result<(), XmlError>
+    fn end<S, O>(
+        &mut self,
+        name: QName<'_>,
+        span: Range<usize>,
+        scope: &S,
+        obs: &mut O,
+    ) -> Result<(), XmlError>
     where
         S: OuterScope + ?Sized,
         O: Observer,
@@ -426,10 +430,15 @@ impl ElementScanner {
 
 /// Validates every attribute of `tag` (syntax, duplicates, name, value, count) and hands each
 /// one to `f`. Returns the number of attributes.
-pub(crate) fn for_each_attribute<'t, F>(tag: &'t BytesStart<'_>, max: usize, mut f: F) -> Result<usize, XmlError>
+pub(crate) fn for_each_attribute<'t, F>(
+    tag: &'t BytesStart<'_>,
+    max: usize,
+    mut f: F,
+) -> Result<usize, XmlError>
 where
     F: FnMut(Attribute<'t>) -> Result<(), XmlError>,
 {
+    check_attribute_spacing(tag.get(tag.name().as_ref().len()..).unwrap_or_default())?;
     let mut count = 0;
     for attr in tag.attributes() {
         let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
@@ -444,60 +453,26 @@ where
     Ok(count)
 }
 
-/// Namespaces in XML §3: `xmlns:p=''` cannot undeclare, `xmlns` cannot be declared, and `xml`
-/// can only be bound to its own namespace.
-pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
-    if value.is_empty() {
-        return Err(XmlError::syntax("empty namespace for a prefix"));
-    }
-    if prefix == b"xmlns" || (prefix == b"xml" && value != XML_NS) {
-        return Err(XmlError::syntax("reserved namespace prefix redeclared"));
+/// XML §3.1 requires whitespace between attributes (`<a b='1'c='2'>` is not well-formed);
+/// quick-xml's attribute iterator does not insist on it. `attributes` is the part of the tag
+/// after its name.
+fn check_attribute_spacing(attributes: &[u8]) -> Result<(), XmlError> {
+    let mut quote = None;
+    for (i, &b) in attributes.iter().enumerate() {
+        match quote {
+            Some(q) if b == q => {
+                quote = None;
+                if attributes.get(i + 1).is_some_and(|&next| !is_space(next)) {
+                    return Err(XmlError::syntax("no whitespace between attributes"));
+                }
+            }
+            Some(_) => {}
+            None if b == b'\'' || b == b'"' => quote = Some(b),
+            None => {}
+        }
     }
     Ok(())
 }
-
-fn resolve_default<'s, S: OuterScope + ?Sized>(ns: &'s NsStack, scope: &'s S) -> Option<&'s [u8]> {
-    match ns.lookup(None) {
-        Some(uri) if uri.is_empty() => None,
-        Some(uri) => Some(uri),
-        None => scope.default_ns(),
-    }
-}
-
-fn lookup_prefix<'s, S: OuterScope + ?Sized>(
-    ns: &'s NsStack,
-    scope: &'s S,
-    prefix: &[u8],
-) -> Option<(Option<usize>, &'s [u8])> {
-    if prefix == b"xml" {
-        return Some((None, XML_NS));
-    }
-    if prefix == b"xmlns" {
-        return None;
-    }
-    match ns.lookup(Some(prefix)) {
-        Some(uri) => Some((None, uri)),
-        None => scope.lookup(prefix).map(|(index, uri)| (Some(index), uri)),
-    }
-}
-
-/// Resolves a prefix that must be declared, noting outer bindings the element relies on.
-fn resolve_prefix<'s, S: OuterScope + ?Sized>(
-    ns: &'s NsStack,
-    scope: &'s S,
-    used_outer: &mut Vec<usize>,
-    prefix: &[u8],
-) -> Result<Option<&'s [u8]>, XmlError> {
-    let (outer, uri) =
-        lookup_prefix(ns, scope, prefix).ok_or_else(|| XmlError::syntax("undeclared namespace prefix"))?;
-    if let Some(index) = outer {
-        if !used_outer.contains(&index) {
-            used_outer.push(index);
-        }
-    }
-    Ok(Some(uri))
-}
-
 /// Errors for markup that is refused whatever follows, so that a comment or DTD never has to
 /// be buffered to its end before it is rejected. `bytes` starts at a `<`.
 fn restricted_markup(bytes: &[u8]) -> Option<XmlError> {
@@ -519,137 +494,5 @@ pub(crate) fn non_element_markup(bytes: &[u8]) -> Option<XmlError> {
         [b'<', b'!', b'[', ..] => Some(XmlError::syntax("CDATA section outside an element")),
         [b'<', b'!', _, ..] => Some(XmlError::syntax("unknown markup after '<!'")),
         _ => None,
-    }
-}
-
-/// Namespace declarations of the open elements, innermost last. URIs are stored decoded, so
-/// `http://etherx.jabber.org/stream&#x73;` compares equal to the streams namespace.
-#[derive(Default)]
-struct NsStack {
-    /// Prefixes and URIs, concatenated.
-    text: Vec<u8>,
-    entries: Vec<NsEntry>,
-}
-
-struct NsEntry {
-    depth: usize,
-    /// `None` for the default namespace.
-    prefix: Option<Range<usize>>,
-    uri: Range<usize>,
-}
-
-impl NsStack {
-    fn push(&mut self, depth: usize, prefix: Option<&[u8]>, raw_uri: &[u8]) -> Result<(), XmlError> {
-        let prefix = prefix.map(|p| {
-            let start = self.text.len();
-            self.text.extend_from_slice(p);
-            start..self.text.len()
-        });
-        let start = self.text.len();
-        decode_attr_value(raw_uri, &mut self.text)?;
-        let uri = start..self.text.len();
-        self.entries.push(NsEntry { depth, prefix, uri });
-        Ok(())
-    }
-
-    /// Drops the declarations made at `depth`.
-    fn pop(&mut self, depth: usize) {
-        let keep = self
-            .entries
-            .iter()
-            .rposition(|e| e.depth < depth)
-            .map_or(0, |i| i + 1);
-        if let Some(first) = self.entries.get(keep) {
-            let cut = first.prefix.as_ref().map_or(first.uri.start, |p| p.start);
-            self.text.truncate(cut);
-            self.entries.truncate(keep);
-        }
-    }
-
-    /// The innermost URI bound to `prefix` (`None`: the default namespace).
-    fn lookup(&self, prefix: Option<&[u8]>) -> Option<&[u8]> {
-        self.entries.iter().rev().find_map(|e| {
-            let matches = match (&e.prefix, prefix) {
-                (None, None) => true,
-                (Some(range), Some(p)) => self.text.get(range.clone()) == Some(p),
-                _ => false,
-            };
-            if matches {
-                self.text.get(e.uri.clone())
-            } else {
-                None
-            }
-        })
-    }
-
-    fn clear(&mut self) {
-        self.text.clear();
-        self.entries.clear();
-    }
-
-    fn capacity(&self) -> usize {
-        self.text.capacity() + self.entries.capacity()
-    }
-}
-
-/// One step of a quick-xml reader over a slice, with byte positions.
-pub(crate) enum Token<'a> {
-    /// A complete event and its position in the slice.
-    Event(Event<'a>, Range<usize>),
-    /// The input ends inside the construct that starts at this offset.
-    Incomplete(usize),
-}
-
-/// quick-xml's reader over a byte slice, configured for our checks, reporting positions.
-pub(crate) struct Tokens<'a> {
-    reader: Reader<&'a [u8]>,
-    len: usize,
-}
-
-impl<'a> Tokens<'a> {
-    /// Reads `input`, which must start with `<` or character data (never a byte order mark:
-    /// quick-xml would skip it without counting it in positions).
-    pub(crate) fn new(input: &'a [u8]) -> Self {
-        let mut reader = Reader::from_reader(input);
-        let config = reader.config_mut();
-        // End tags are matched by the scanner's own stack (see the module comment).
-        config.check_end_names = false;
-        config.allow_unmatched_ends = true;
-        config.expand_empty_elements = false;
-        config.trim_text(false);
-        Tokens {
-            reader,
-            len: input.len(),
-        }
-    }
-
-    fn position(&self) -> usize {
-        usize::try_from(self.reader.buffer_position()).unwrap_or(usize::MAX)
-    }
-
-    /// The next complete event, or where the input stops being complete.
-    pub(crate) fn next(&mut self) -> Result<Token<'a>, XmlError> {
-        let start = self.position();
-        match self.reader.read_event() {
-            Ok(Event::Eof) => Ok(Token::Incomplete(start)),
-            Ok(Event::Text(text)) => {
-                // Text runs to the end of the input: its end is not known yet.
-                let end = self.position();
-                if end >= self.len {
-                    Ok(Token::Incomplete(start))
-                } else {
-                    Ok(Token::Event(Event::Text(text), start..end))
-                }
-            }
-            Ok(event) => Ok(Token::Event(event, start..self.position())),
-            // "<!" followed by nothing yet.
-            Err(QxError::Syntax(SyntaxError::InvalidBangMarkup)) if self.len.saturating_sub(start) < 3 => {
-                Ok(Token::Incomplete(start))
-            }
-            Err(QxError::Syntax(SyntaxError::InvalidBangMarkup)) => Err(XmlError::syntax("unknown markup after '<!'")),
-            // Every other syntax error of a slice reader means the input ended inside markup.
-            Err(QxError::Syntax(_)) => Ok(Token::Incomplete(start)),
-            Err(_) => Err(XmlError::syntax("malformed markup")),
-        }
     }
 }

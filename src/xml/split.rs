@@ -13,11 +13,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::PrefixDeclaration;
 
+use super::ns::{check_prefix_declaration, OuterScope};
 use super::scan::{
-    check_prefix_declaration, for_each_attribute, non_element_markup, ElementScanner, Observer, OuterScope,
-    Scan, StartTag, Token, Tokens,
+    for_each_attribute, non_element_markup, ElementScanner, Observer, Scan, StartTag,
 };
 use super::text::{attr_string, check_chars, check_name, leading_space};
+use super::tokens::{Token, Tokens};
 use super::{escape_attr, Limits, XmlError, NS_SASL, NS_STREAM, NS_TLS};
 
 /// Splits the upstream stream into [`StreamItem`]s.
@@ -32,6 +33,22 @@ pub struct StreamSplitter {
     /// An element has started and `scanner` holds its progress.
     scanning: bool,
     kind: ElementKind,
+}
+
+impl std::fmt::Debug for StreamSplitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Prolog { .. } => "prolog",
+            State::Open { .. } => "open",
+            State::Ended => "ended",
+            State::Failed(_) => "failed",
+        };
+        f.debug_struct("StreamSplitter")
+            .field("state", &state)
+            .field("buffered", &self.buf.len())
+            .field("scanning", &self.scanning)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One thing read from the upstream stream.
@@ -203,7 +220,9 @@ impl StreamSplitter {
                     self.finish();
                     return Ok(Some(StreamItem::End));
                 }
-                State::Prolog { declaration_allowed } => self.prolog(*declaration_allowed),
+                State::Prolog {
+                    declaration_allowed,
+                } => self.prolog(*declaration_allowed),
                 State::Open { end_pending: false } => self.stream_content(),
             };
             match step {
@@ -306,7 +325,8 @@ impl StreamSplitter {
                     decl.version()
                         .map_err(|_| XmlError::syntax("XML declaration without version"))?;
                     if let Some(encoding) = decl.encoding() {
-                        let encoding = encoding.map_err(|_| XmlError::syntax("bad XML declaration"))?;
+                        let encoding =
+                            encoding.map_err(|_| XmlError::syntax("bad XML declaration"))?;
                         // RFC 6120 §11.6: UTF-8 only.
                         if !encoding.eq_ignore_ascii_case(b"utf-8") {
                             return Err(XmlError::syntax("encoding other than UTF-8"));
@@ -338,7 +358,11 @@ impl StreamSplitter {
                     let raw = self.buf.get(span.clone()).unwrap_or_default();
                     (parse_header(&tag, raw, &self.limits)?, span.end, true)
                 }
-                _ => return Err(XmlError::syntax("unexpected markup before the stream header")),
+                _ => {
+                    return Err(XmlError::syntax(
+                        "unexpected markup before the stream header",
+                    ))
+                }
             }
         };
         self.buf.advance(end.min(self.buf.len()));
@@ -389,7 +413,9 @@ impl StreamSplitter {
             let mut tokens = Tokens::new(&self.buf);
             match tokens.next()? {
                 Token::Incomplete(_) => return self.wait_unless_too_large(),
-                Token::Event(Event::End(tag), _) => tag.name().as_ref() == self.stream_name.as_slice(),
+                Token::Event(Event::End(tag), _) => {
+                    tag.name().as_ref() == self.stream_name.as_slice()
+                }
                 _ => false,
             }
         };
@@ -462,7 +488,11 @@ struct ParsedHeader {
 }
 
 /// Checks the stream header start tag and reads its attributes (RFC 6120 §4.7, §4.8).
-fn parse_header(tag: &BytesStart<'_>, raw: &[u8], limits: &Limits) -> Result<ParsedHeader, XmlError> {
+fn parse_header(
+    tag: &BytesStart<'_>,
+    raw: &[u8],
+    limits: &Limits,
+) -> Result<ParsedHeader, XmlError> {
     if raw.len() > limits.max_element_bytes {
         return Err(XmlError::TooLarge);
     }
@@ -482,8 +512,11 @@ fn parse_header(tag: &BytesStart<'_>, raw: &[u8], limits: &Limits) -> Result<Par
             }
             Some(PrefixDeclaration::Named(prefix)) => {
                 check_prefix_declaration(prefix, &attr.value)?;
-                let prefix = std::str::from_utf8(prefix).map_err(|_| XmlError::syntax("invalid UTF-8"))?;
-                scope.prefixes.push((prefix.to_owned(), attr_string(&attr.value)?));
+                let prefix =
+                    std::str::from_utf8(prefix).map_err(|_| XmlError::syntax("invalid UTF-8"))?;
+                scope
+                    .prefixes
+                    .push((prefix.to_owned(), attr_string(&attr.value)?));
             }
             None => {
                 let value = || attr_string(&attr.value).map(Some);

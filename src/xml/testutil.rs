@@ -24,7 +24,10 @@ pub(crate) fn standalone_root(bytes: &[u8]) -> (Option<String>, String) {
             ResolveResult::Bound(ns) => Some(String::from_utf8(ns.as_ref().to_vec()).unwrap()),
             ResolveResult::Unbound => None,
             ResolveResult::Unknown(prefix) => {
-                panic!("unbound prefix {:?} in {text}", String::from_utf8_lossy(prefix))
+                panic!(
+                    "unbound prefix {:?} in {text}",
+                    String::from_utf8_lossy(prefix)
+                )
             }
         };
         match event {
@@ -50,7 +53,10 @@ pub(crate) fn standalone_root(bytes: &[u8]) -> (Option<String>, String) {
             }
             Event::End(_) => depth -= 1,
             Event::Text(ref t) if depth == 0 => {
-                assert!(t.iter().all(|b| b.is_ascii_whitespace()), "text outside root in {text}")
+                assert!(
+                    t.iter().all(|b| b.is_ascii_whitespace()),
+                    "text outside root in {text}"
+                )
             }
             Event::Eof => break,
             _ => {}
@@ -120,9 +126,7 @@ pub(crate) fn prosody_stream() -> Vec<u8> {
 
 /// `element` with `decls` inserted right after its name.
 pub(crate) fn with_declarations(element: &str, decls: &[&str]) -> String {
-    let name_end = element
-        .find(|c: char| c == ' ' || c == '/' || c == '>')
-        .expect("element has a name");
+    let name_end = element.find([' ', '/', '>']).expect("element has a name");
     let mut out = element[..name_end].to_owned();
     for decl in decls {
         out.push_str(decl);
@@ -143,7 +147,10 @@ pub(crate) fn split_chunks<'a>(
         splitter.buffer_mut().extend_from_slice(chunk);
         while let Some(item) = splitter.next_item()? {
             if let StreamItem::Element(element) = &item {
-                if matches!(element.kind, ElementKind::SaslSuccess | ElementKind::TlsProceed) {
+                if matches!(
+                    element.kind,
+                    ElementKind::SaslSuccess | ElementKind::TlsProceed
+                ) {
                     splitter.reset();
                 }
             }

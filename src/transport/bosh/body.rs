@@ -75,7 +75,9 @@ pub fn parse(data: Bytes, limits: &Limits) -> Result<Body, BodyError> {
     let mut closed = false;
     loop {
         let before = reader.buffer_position() as usize;
-        let event = reader.read_event().map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
+        let event = reader
+            .read_event()
+            .map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
         match event {
             Event::Eof => break,
             Event::Decl(_) if body.is_none() && depth == 0 => {}
@@ -102,20 +104,34 @@ pub fn parse(data: Bytes, limits: &Limits) -> Result<Body, BodyError> {
                     body = Some(root(&e, limits)?);
                     closed = true;
                 } else if depth == 1 {
-                    push_child(&data, before, reader.buffer_position() as usize, &mut body, limits)?;
+                    push_child(
+                        &data,
+                        before,
+                        reader.buffer_position() as usize,
+                        &mut body,
+                        limits,
+                    )?;
                 }
             }
             Event::End(_) => {
                 depth -= 1;
                 if depth == 1 {
-                    push_child(&data, child_start, reader.buffer_position() as usize, &mut body, limits)?;
+                    push_child(
+                        &data,
+                        child_start,
+                        reader.buffer_position() as usize,
+                        &mut body,
+                        limits,
+                    )?;
                 } else if depth == 0 {
                     closed = true;
                 }
             }
             Event::Text(t) => {
                 if depth <= 1 && !t.iter().all(u8::is_ascii_whitespace) {
-                    return Err(XmlError::NotWellFormed("text outside payload elements".into()).into());
+                    return Err(
+                        XmlError::NotWellFormed("text outside payload elements".into()).into(),
+                    );
                 }
             }
             Event::CData(_) if depth <= 1 => {
@@ -131,7 +147,13 @@ pub fn parse(data: Bytes, limits: &Limits) -> Result<Body, BodyError> {
     }
 }
 
-fn push_child(data: &Bytes, start: usize, end: usize, body: &mut Option<Body>, limits: &Limits) -> Result<(), BodyError> {
+fn push_child(
+    data: &Bytes,
+    start: usize,
+    end: usize,
+    body: &mut Option<Body>,
+    limits: &Limits,
+) -> Result<(), BodyError> {
     let child = data.slice(start..end);
     match parse_client_frame(child, limits)? {
         ClientFrame::Element(el) => {
@@ -183,14 +205,20 @@ fn root(e: &BytesStart<'_>, limits: &Limits) -> Result<Body, BodyError> {
         }
     }
     if !ns_ok {
-        return Err(BodyError::NotBosh("<body/> is not in the httpbind namespace"));
+        return Err(BodyError::NotBosh(
+            "<body/> is not in the httpbind namespace",
+        ));
     }
     Ok(body)
 }
 
 fn number(v: &str, name: &'static str) -> Result<u64, BodyError> {
     // XEP-0124 §14: rid is at most 2^53 - 1 so JavaScript clients can count it.
-    v.trim().parse::<u64>().ok().filter(|n| *n < (1 << 53)).ok_or(BodyError::Attribute(name))
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n < (1 << 53))
+        .ok_or(BodyError::Attribute(name))
 }
 
 #[cfg(test)]
@@ -216,7 +244,10 @@ mod tests {
     fn payload_children_are_sliced_in_order() {
         let b = p("<body xmlns='http://jabber.org/protocol/httpbind' rid='2' sid='s'>\n<message to='a@b'><body>x &amp; y</body></message><presence/></body>").unwrap();
         assert_eq!(b.children.len(), 2);
-        assert_eq!(&b.children[0][..], b"<message to='a@b'><body>x &amp; y</body></message>");
+        assert_eq!(
+            &b.children[0][..],
+            b"<message to='a@b'><body>x &amp; y</body></message>"
+        );
         assert_eq!(&b.children[1][..], b"<presence/>");
     }
 
@@ -249,7 +280,11 @@ mod tests {
             "<body xmlns='http://jabber.org/protocol/httpbind' rid='x'/>",
         ];
         for c in cases {
-            assert!(matches!(p(c), Err(BodyError::Xml(_) | BodyError::Attribute(_))), "{c}: {:?}", p(c));
+            assert!(
+                matches!(p(c), Err(BodyError::Xml(_) | BodyError::Attribute(_))),
+                "{c}: {:?}",
+                p(c)
+            );
         }
     }
 }

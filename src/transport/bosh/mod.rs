@@ -41,32 +41,50 @@ pub struct Sessions {
 
 impl Default for Sessions {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect() }
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
     }
 }
 
 impl Sessions {
     fn shard(&self, sid: &str) -> &Mutex<HashMap<Arc<str>, session::Handle>> {
         // sids are random, so their first bytes spread evenly.
-        let h = sid.bytes().take(4).fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let h = sid
+            .bytes()
+            .take(4)
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         &self.shards[h % SHARDS]
     }
 
     fn get(&self, sid: &str) -> Option<session::Handle> {
-        self.shard(sid).lock().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
+        self.shard(sid)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sid)
+            .cloned()
     }
 
     fn insert(&self, sid: Arc<str>, handle: session::Handle) {
-        self.shard(&sid).lock().unwrap_or_else(|e| e.into_inner()).insert(sid, handle);
+        self.shard(&sid)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid, handle);
     }
 
     fn remove(&self, sid: &str) {
-        self.shard(sid).lock().unwrap_or_else(|e| e.into_inner()).remove(sid);
+        self.shard(sid)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sid);
     }
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Whether no session is live.
@@ -93,7 +111,12 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
     match *req.method() {
         Method::OPTIONS => return preflight(cors),
         Method::POST => {}
-        _ => return with_cors(text(StatusCode::METHOD_NOT_ALLOWED, "BOSH requests are POSTed\n"), cors),
+        _ => {
+            return with_cors(
+                text(StatusCode::METHOD_NOT_ALLOWED, "BOSH requests are POSTed\n"),
+                cors,
+            )
+        }
     }
     let gzip = accepts_gzip(req.headers());
     let limit = gw.config.bosh.max_body_bytes;
@@ -101,7 +124,10 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
         Ok(c) => c.to_bytes(),
         Err(_) => {
             METRICS.input_rejected("too_large");
-            return with_cors(text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"), cors);
+            return with_cors(
+                text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+                cors,
+            );
         }
     };
     let parsed = body::parse(data, &gw.xml_limits);
@@ -142,7 +168,11 @@ async fn create(b: BoshBody, gw: &Arc<Gateway>, peer: SocketAddr) -> Bytes {
     let cfg = &gw.config.bosh;
     let hold = b.hold.unwrap_or(1).min(cfg.max_hold) as usize;
     let params = Params {
-        wait: Duration::from_secs(b.wait.unwrap_or(cfg.max_wait_secs).clamp(1, cfg.max_wait_secs)),
+        wait: Duration::from_secs(
+            b.wait
+                .unwrap_or(cfg.max_wait_secs)
+                .clamp(1, cfg.max_wait_secs),
+        ),
         hold,
         requests: hold + 1,
         inactivity: Duration::from_secs(cfg.inactivity_secs),
@@ -152,27 +182,61 @@ async fn create(b: BoshBody, gw: &Arc<Gateway>, peer: SocketAddr) -> Bytes {
     };
     let id = next_session_id();
     let span = tracing::info_span!("session", id, transport = "bosh", %peer);
-    let stream = StreamParams { to: to.clone(), from: b.from.clone(), lang: b.lang.clone() };
-    let opened = match Session::open(gw, Transport::Bosh, stream).instrument(span.clone()).await {
+    let stream = StreamParams {
+        to: to.clone(),
+        from: b.from.clone(),
+        lang: b.lang.clone(),
+    };
+    let opened = match Session::open(gw, Transport::Bosh, stream)
+        .instrument(span.clone())
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
-            span.in_scope(|| tracing::info!(domain = %to, error = %e, "upstream stream not opened"));
+            span.in_scope(
+                || tracing::info!(domain = %to, error = %e, "upstream stream not opened"),
+            );
             return match e {
-                UpstreamError::StreamError(err) => terminate_body(&Terminate::RemoteStreamError(err)),
-                UpstreamError::UnknownDomain => terminate_body(&Terminate::Condition("host-unknown")),
+                UpstreamError::StreamError(err) => {
+                    terminate_body(&Terminate::RemoteStreamError(err))
+                }
+                UpstreamError::UnknownDomain => {
+                    terminate_body(&Terminate::Condition("host-unknown"))
+                }
                 _ => terminate_body(&Terminate::Condition("remote-connection-failed")),
             };
         }
     };
     let sid = new_sid();
-    let created = creation_body(&sid, &params, &b, &to, &opened.header.id, opened.tls, &opened.features);
-    let state = BoshState::new(params.clone(), rid, b.newkey.clone(), created.clone(), Instant::now());
+    let created = creation_body(
+        &sid,
+        &params,
+        &b,
+        &to,
+        &opened.header.id,
+        opened.tls,
+        &opened.features,
+    );
+    let state = BoshState::new(
+        params.clone(),
+        rid,
+        b.newkey.clone(),
+        created.clone(),
+        Instant::now(),
+    );
     // Bounded: a client may have at most `requests` requests in flight; a little slack for
     // retries, beyond which handlers wait.
     let (tx, rx) = mpsc::channel(params.requests + 2);
     gw.bosh_sessions.insert(sid.clone(), tx);
     span.in_scope(|| tracing::info!(domain = %to, "session open"));
-    let task = session::run(sid, opened.session, state, rx, gw.clone(), gw.bosh_sessions.clone());
+    let task = session::run(
+        sid,
+        opened.session,
+        state,
+        rx,
+        gw.clone(),
+        gw.bosh_sessions.clone(),
+    );
     gw.shutdown.spawn(task.instrument(span));
     created
 }
@@ -243,7 +307,9 @@ async fn continue_session(b: BoshBody, gw: &Gateway) -> Bytes {
     }
     // If the client disconnects, this future is dropped; the session keeps the response for a
     // repeated rid, so nothing is lost.
-    answer.await.unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")))
+    answer
+        .await
+        .unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")))
 }
 
 fn accepts_gzip(h: &HeaderMap) -> bool {
@@ -274,7 +340,10 @@ fn cors_origin(gw: &Gateway, origin: Option<&HeaderValue>) -> Result<HeaderValue
 fn with_cors(mut r: Response<Body>, origin: HeaderValue) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(header::VARY, HeaderValue::from_static("Origin, Accept-Encoding"));
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Origin, Accept-Encoding"),
+    );
     r
 }
 
@@ -292,7 +361,10 @@ fn preflight(origin: HeaderValue) -> Response<Body> {
 fn respond(body: Bytes, gzip: bool, gzip_min: usize, cors: HeaderValue) -> Response<Body> {
     let mut builder = Response::builder().header(header::CONTENT_TYPE, "text/xml; charset=utf-8");
     let body = if gzip && body.len() >= gzip_min {
-        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 2), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 2),
+            flate2::Compression::fast(),
+        );
         match enc.write_all(&body).and_then(|_| enc.finish()) {
             Ok(z) => {
                 builder = builder.header(header::CONTENT_ENCODING, "gzip");
@@ -303,6 +375,8 @@ fn respond(body: Bytes, gzip: bool, gzip_min: usize, cors: HeaderValue) -> Respo
     } else {
         body
     };
-    let r = builder.body(Full::new(body)).expect("static response parts are valid");
+    let r = builder
+        .body(Full::new(body))
+        .expect("static response parts are valid");
     with_cors(r, cors)
 }

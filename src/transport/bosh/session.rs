@@ -107,13 +107,21 @@ pub async fn run(
     rx.close();
     // Requests that raced with the end still get an answer.
     while let Ok(req) = rx.try_recv() {
-        let _ = req.reply.send(super::state::terminate_body(&Terminate::Condition("item-not-found")));
+        let _ = req
+            .reply
+            .send(super::state::terminate_body(&Terminate::Condition(
+                "item-not-found",
+            )));
     }
     session.finish(reason).await;
 }
 
 /// Carries out actions in order; returns the end reason once the session is over.
-async fn perform(session: &mut Session, state: &mut BoshState<Reply>, actions: Vec<Action<Reply>>) -> Option<&'static str> {
+async fn perform(
+    session: &mut Session,
+    state: &mut BoshState<Reply>,
+    actions: Vec<Action<Reply>>,
+) -> Option<&'static str> {
     let mut end = None;
     let mut queue: std::collections::VecDeque<_> = actions.into();
     while let Some(action) = queue.pop_front() {
@@ -122,7 +130,10 @@ async fn perform(session: &mut Session, state: &mut BoshState<Reply>, actions: V
                 for el in elements {
                     if session.send(&el).await.is_err() {
                         let mut more = Vec::new();
-                        state.on_upstream_end(Terminate::Condition("remote-connection-failed"), &mut more);
+                        state.on_upstream_end(
+                            Terminate::Condition("remote-connection-failed"),
+                            &mut more,
+                        );
                         queue.extend(more);
                         break;
                     }
@@ -131,7 +142,10 @@ async fn perform(session: &mut Session, state: &mut BoshState<Reply>, actions: V
             Action::Restart => {
                 if session.restart(None, None).await.is_err() {
                     let mut more = Vec::new();
-                    state.on_upstream_end(Terminate::Condition("remote-connection-failed"), &mut more);
+                    state.on_upstream_end(
+                        Terminate::Condition("remote-connection-failed"),
+                        &mut more,
+                    );
                     queue.extend(more);
                 }
             }

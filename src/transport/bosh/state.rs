@@ -126,7 +126,13 @@ pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 
 impl<R> BoshState<R> {
     /// State after the session request `rid`, whose response is `created` (already sent).
-    pub fn new(params: Params, rid: u64, newkey: Option<String>, created: Bytes, now: Instant) -> Self {
+    pub fn new(
+        params: Params,
+        rid: u64,
+        newkey: Option<String>,
+        created: Bytes,
+        now: Instant,
+    ) -> Self {
         let mut cache = VecDeque::with_capacity(params.requests);
         cache.push_back((rid, created));
         Self {
@@ -186,13 +192,21 @@ impl<R> BoshState<R> {
         }
         // XEP-0124 §14.2: beyond the window of `requests` is an error.
         if req.rid > self.last_rid + self.params.requests as u64 {
-            self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), &mut out);
+            self.terminate(
+                Terminate::Condition("item-not-found"),
+                Some(req.reply),
+                &mut out,
+            );
             return out;
         }
         // More simultaneous requests than allowed is overactivity (XEP-0124 §11): the held
         // ones, this one and every rid still missing before it are in flight together.
         if self.held.len() + (req.rid - self.last_rid) as usize > self.params.requests {
-            self.terminate(Terminate::Condition("policy-violation"), Some(req.reply), &mut out);
+            self.terminate(
+                Terminate::Condition("policy-violation"),
+                Some(req.reply),
+                &mut out,
+            );
             return out;
         }
         if req.rid != self.last_rid + 1 {
@@ -205,7 +219,9 @@ impl<R> BoshState<R> {
         self.process(req, now, &mut out);
         while !self.ended {
             let next = self.last_rid + 1;
-            let Some(req) = self.parked.remove(&next) else { break };
+            let Some(req) = self.parked.remove(&next) else {
+                break;
+            };
             self.process(req, now, &mut out);
         }
         out
@@ -251,13 +267,21 @@ impl<R> BoshState<R> {
         if self.params.hold == 0 && empty && self.pending.is_empty() {
             if let Some(last) = self.last_empty_poll {
                 if now.duration_since(last) < self.params.polling {
-                    self.terminate(Terminate::Condition("policy-violation"), Some(req.reply), out);
+                    self.terminate(
+                        Terminate::Condition("policy-violation"),
+                        Some(req.reply),
+                        out,
+                    );
                     return;
                 }
             }
             self.last_empty_poll = Some(now);
         }
-        self.held.push_back(Held { rid: req.rid, reply: req.reply, deadline: now + self.params.wait });
+        self.held.push_back(Held {
+            rid: req.rid,
+            reply: req.reply,
+            deadline: now + self.params.wait,
+        });
         if let Some(secs) = req.pause {
             // XEP-0124 §10: answer everything now and keep the session for the pause.
             self.pause = Some(Duration::from_secs(secs).min(self.params.maxpause));
@@ -324,7 +348,9 @@ impl<R> BoshState<R> {
         }
         match self.held.front() {
             Some(h) => Some(h.deadline),
-            None if self.parked.is_empty() => Some(self.idle_since + self.pause.unwrap_or(self.params.inactivity)),
+            None if self.parked.is_empty() => {
+                Some(self.idle_since + self.pause.unwrap_or(self.params.inactivity))
+            }
             None => Some(self.idle_since + self.params.inactivity),
         }
     }
@@ -348,7 +374,9 @@ impl<R> BoshState<R> {
     }
 
     fn answer_oldest(&mut self, out: &mut Vec<Action<R>>) {
-        let Some(h) = self.held.pop_front() else { return };
+        let Some(h) = self.held.pop_front() else {
+            return;
+        };
         let body = self.body_with_pending(h.rid);
         self.remember(h.rid, body.clone());
         if self.held.is_empty() {

@@ -15,15 +15,33 @@ fn params(hold: usize) -> Params {
 }
 
 fn new_state(hold: usize) -> BoshState<u32> {
-    BoshState::new(params(hold), 100, None, Bytes::from_static(b"<body created/>"), Instant::now())
+    BoshState::new(
+        params(hold),
+        100,
+        None,
+        Bytes::from_static(b"<body created/>"),
+        Instant::now(),
+    )
 }
 
 fn req(rid: u64, tag: u32) -> Request<u32> {
-    Request { rid, key: None, newkey: None, kind: Kind::Normal, payload: vec![], pause: None, ack: None, reply: tag }
+    Request {
+        rid,
+        key: None,
+        newkey: None,
+        kind: Kind::Normal,
+        payload: vec![],
+        pause: None,
+        ack: None,
+        reply: tag,
+    }
 }
 
 fn with_payload(rid: u64, tag: u32, payload: &'static str) -> Request<u32> {
-    Request { payload: vec![Bytes::from_static(payload.as_bytes())], ..req(rid, tag) }
+    Request {
+        payload: vec![Bytes::from_static(payload.as_bytes())],
+        ..req(rid, tag)
+    }
 }
 
 /// (tag, body) of every Respond action.
@@ -41,7 +59,11 @@ fn forwarded(actions: &[Action<u32>]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Forward(v) => Some(v.iter().map(|b| String::from_utf8(b.to_vec()).unwrap()).collect::<Vec<_>>()),
+            Action::Forward(v) => Some(
+                v.iter()
+                    .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         })
         .flatten()
@@ -62,9 +84,15 @@ async fn bosh_rid_out_of_order_waits_for_the_gap() {
     let a = s.on_request(with_payload(102, 2, "<message id='2'/>"), Instant::now());
     assert!(forwarded(&a).is_empty(), "rid 102 must wait for 101");
     let a = s.on_request(with_payload(101, 1, "<message id='1'/>"), Instant::now());
-    assert_eq!(forwarded(&a), vec!["<message id='1'/>", "<message id='2'/>"]);
+    assert_eq!(
+        forwarded(&a),
+        vec!["<message id='1'/>", "<message id='2'/>"]
+    );
     // hold=1: processing 102 after 101 answers 101 at once.
-    assert_eq!(responses(&a).iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        responses(&a).iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![1]
+    );
     assert_eq!(s.held(), 1);
 }
 
@@ -83,7 +111,10 @@ async fn bosh_repeated_rid_returns_the_identical_cached_response() {
     assert_eq!(responses(&again), vec![(9, first[0].1.clone())]);
     // The session request's own response is cached too.
     let created = s.on_request(req(100, 8), Instant::now());
-    assert_eq!(responses(&created), vec![(8, "<body created/>".to_string())]);
+    assert_eq!(
+        responses(&created),
+        vec![(8, "<body created/>".to_string())]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -91,7 +122,10 @@ async fn bosh_rid_outside_the_window_is_item_not_found() {
     let mut s = new_state(1);
     let a = s.on_request(req(103, 1), Instant::now());
     let r = responses(&a);
-    assert!(r[0].1.contains("type='terminate'") && r[0].1.contains("condition='item-not-found'"), "{r:?}");
+    assert!(
+        r[0].1.contains("type='terminate'") && r[0].1.contains("condition='item-not-found'"),
+        "{r:?}"
+    );
     assert_eq!(ended(&a), Some("bad_input"));
     // A rid too old to be cached is item-not-found as well.
     let mut s = new_state(1);
@@ -123,7 +157,11 @@ async fn bosh_more_than_requests_simultaneous_is_policy_violation() {
     s.on_request(req(101, 1), Instant::now());
     let a = s.on_request(req(103, 3), Instant::now());
     let all = responses(&a);
-    assert!(all.iter().all(|(_, b)| b.contains("condition='policy-violation'")), "{all:?}");
+    assert!(
+        all.iter()
+            .all(|(_, b)| b.contains("condition='policy-violation'")),
+        "{all:?}"
+    );
     let mut tags: Vec<u32> = all.iter().map(|r| r.0).collect();
     tags.sort();
     assert_eq!(tags, vec![1, 3], "every outstanding request is told");
@@ -180,12 +218,21 @@ async fn bosh_inactivity_ends_the_session_and_closes_upstream() {
 async fn bosh_pause_answers_held_and_extends_inactivity_up_to_maxpause() {
     let mut s = new_state(1);
     s.on_request(req(101, 1), Instant::now());
-    let a = s.on_request(Request { pause: Some(600), ..req(102, 2) }, Instant::now());
+    let a = s.on_request(
+        Request {
+            pause: Some(600),
+            ..req(102, 2)
+        },
+        Instant::now(),
+    );
     assert_eq!(responses(&a).len(), 2, "a pause answers every held request");
     let mut a = Vec::new();
     tokio::time::advance(Duration::from_secs(119)).await;
     s.on_tick(Instant::now(), &mut a);
-    assert!(ended(&a).is_none(), "a 600 s pause is capped at maxpause (120 s), not inactivity (60 s)");
+    assert!(
+        ended(&a).is_none(),
+        "a 600 s pause is capped at maxpause (120 s), not inactivity (60 s)"
+    );
     tokio::time::advance(Duration::from_secs(1)).await;
     s.on_tick(Instant::now(), &mut a);
     assert_eq!(ended(&a), Some("inactivity"));
@@ -198,7 +245,11 @@ async fn bosh_acks_name_the_highest_rid_when_answering_an_older_request() {
     let mut s = BoshState::new(p, 100, None, Bytes::new(), Instant::now());
     s.on_request(req(101, 1), Instant::now());
     let a = s.on_request(req(102, 2), Instant::now());
-    assert!(responses(&a)[0].1.contains("ack='102'"), "{:?}", responses(&a));
+    assert!(
+        responses(&a)[0].1.contains("ack='102'"),
+        "{:?}",
+        responses(&a)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -207,12 +258,31 @@ async fn bosh_key_sequence_is_checked() {
     let k2 = "second";
     let k1 = sha1_hex(k2);
     let k0 = sha1_hex(&k1);
-    let mut s: BoshState<u32> = BoshState::new(params(1), 100, Some(k0), Bytes::new(), Instant::now());
-    let a = s.on_request(Request { key: Some(k1.clone()), ..req(101, 1) }, Instant::now());
+    let mut s: BoshState<u32> =
+        BoshState::new(params(1), 100, Some(k0), Bytes::new(), Instant::now());
+    let a = s.on_request(
+        Request {
+            key: Some(k1.clone()),
+            ..req(101, 1)
+        },
+        Instant::now(),
+    );
     assert!(ended(&a).is_none());
-    let a = s.on_request(Request { key: Some(k2.to_string()), ..req(102, 2) }, Instant::now());
+    let a = s.on_request(
+        Request {
+            key: Some(k2.to_string()),
+            ..req(102, 2)
+        },
+        Instant::now(),
+    );
     assert!(ended(&a).is_none());
-    let a = s.on_request(Request { key: Some("wrong".into()), ..req(103, 3) }, Instant::now());
+    let a = s.on_request(
+        Request {
+            key: Some("wrong".into()),
+            ..req(103, 3)
+        },
+        Instant::now(),
+    );
     assert!(responses(&a).iter().any(|r| r.1.contains("item-not-found")));
     assert_eq!(ended(&a), Some("bad_input"));
 }
@@ -220,9 +290,18 @@ async fn bosh_key_sequence_is_checked() {
 #[tokio::test(start_paused = true)]
 async fn bosh_restart_asks_for_an_upstream_restart_and_waits_for_features() {
     let mut s = new_state(1);
-    let a = s.on_request(Request { kind: Kind::Restart, ..req(101, 1) }, Instant::now());
+    let a = s.on_request(
+        Request {
+            kind: Kind::Restart,
+            ..req(101, 1)
+        },
+        Instant::now(),
+    );
     assert!(a.iter().any(|x| matches!(x, Action::Restart)));
-    assert!(responses(&a).is_empty(), "held until the new features arrive");
+    assert!(
+        responses(&a).is_empty(),
+        "held until the new features arrive"
+    );
     s.on_upstream(Bytes::from_static(b"<stream:features/>"));
     let mut a = Vec::new();
     s.flush(&mut a);
@@ -234,7 +313,10 @@ async fn bosh_terminate_forwards_payload_and_answers_every_held_request() {
     let mut s = new_state(2);
     s.on_request(req(101, 1), Instant::now());
     let a = s.on_request(
-        Request { kind: Kind::Terminate, ..with_payload(102, 2, "<presence type='unavailable'/>") },
+        Request {
+            kind: Kind::Terminate,
+            ..with_payload(102, 2, "<presence type='unavailable'/>")
+        },
         Instant::now(),
     );
     assert_eq!(forwarded(&a), vec!["<presence type='unavailable'/>"]);
@@ -250,7 +332,12 @@ async fn bosh_upstream_stream_error_is_remote_stream_error_with_the_error() {
     let mut s = new_state(1);
     s.on_request(req(101, 1), Instant::now());
     let mut a = Vec::new();
-    s.on_upstream_end(Terminate::RemoteStreamError(Bytes::from_static(b"<stream:error><conflict/></stream:error>")), &mut a);
+    s.on_upstream_end(
+        Terminate::RemoteStreamError(Bytes::from_static(
+            b"<stream:error><conflict/></stream:error>",
+        )),
+        &mut a,
+    );
     let r = responses(&a);
     assert!(r[0].1.contains("condition='remote-stream-error'") && r[0].1.contains("<conflict/>"));
 }
@@ -264,7 +351,10 @@ async fn bosh_end_without_a_held_request_is_told_on_the_next_one() {
     assert!(!s.end_delivered());
     let a = s.on_request(req(101, 1), Instant::now());
     let r = responses(&a);
-    assert!(r[0].1.contains("type='terminate'") && r[0].1.contains("<message id='last'/>"), "{r:?}");
+    assert!(
+        r[0].1.contains("type='terminate'") && r[0].1.contains("<message id='last'/>"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -278,22 +368,23 @@ async fn bosh_no_loss_when_one_response_in_fifty_is_dropped() {
     let mut sent = 0u32;
     let mut dropped = 0;
     let mut outstanding: Vec<u64> = Vec::new();
-    let mut handle = |actions: Vec<Action<u32>>, received: &mut Vec<String>, dropped: &mut u32| -> Vec<u64> {
-        let mut lost = Vec::new();
-        for (t, body) in responses(&actions) {
-            let rid = u64::from(t >> 8);
-            if t % 50 == 0 && t & 1 == 0 {
-                // The HTTP connection dropped: this response never arrives.
-                *dropped += 1;
-                lost.push(rid);
-                continue;
+    let handle =
+        |actions: Vec<Action<u32>>, received: &mut Vec<String>, dropped: &mut u32| -> Vec<u64> {
+            let mut lost = Vec::new();
+            for (t, body) in responses(&actions) {
+                let rid = u64::from(t >> 8);
+                if t % 50 == 0 && t & 1 == 0 {
+                    // The HTTP connection dropped: this response never arrives.
+                    *dropped += 1;
+                    lost.push(rid);
+                    continue;
+                }
+                for part in body.split("<message ").skip(1) {
+                    received.push(part.split('/').next().unwrap().to_string());
+                }
             }
-            for part in body.split("<message ").skip(1) {
-                received.push(part.split('/').next().unwrap().to_string());
-            }
-        }
-        lost
-    };
+            lost
+        };
     while sent < 10_000 || !outstanding.is_empty() {
         tag += 2;
         let t = ((rid as u32) << 8) | (tag & 0xff);

@@ -15,12 +15,18 @@ fn parse_with(limits: Limits, msg: &str) -> Result<ClientFrame, XmlError> {
 
 fn assert_not_well_formed(msg: &str) {
     let result = parse(msg);
-    assert!(matches!(result, Err(XmlError::NotWellFormed(_))), "{msg:?}: {result:?}");
+    assert!(
+        matches!(result, Err(XmlError::NotWellFormed(_))),
+        "{msg:?}: {result:?}"
+    );
 }
 
 fn assert_injection(msg: &str) {
     let result = parse(msg);
-    assert!(matches!(result, Err(XmlError::Injection(_))), "{msg:?}: {result:?}");
+    assert!(
+        matches!(result, Err(XmlError::Injection(_))),
+        "{msg:?}: {result:?}"
+    );
 }
 
 // ---- Accepted input (RFC 7395 §3.3) ----
@@ -44,7 +50,10 @@ fn client_open_is_decoded() {
 
 #[test]
 fn client_open_values_are_unescaped_and_start_end_form_is_accepted() {
-    let frame = parse("<open xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\" to=\"ex&amp;ample&#46;org\"></open>").unwrap();
+    let frame = parse(
+        "<open xmlns=\"urn:ietf:params:xml:ns:xmpp-framing\" to=\"ex&amp;ample&#46;org\"></open>",
+    )
+    .unwrap();
     assert_eq!(
         frame,
         ClientFrame::Open(OpenFrame {
@@ -56,7 +65,8 @@ fn client_open_values_are_unescaped_and_start_end_form_is_accepted() {
 
 #[test]
 fn client_open_under_a_prefix_is_recognised() {
-    let frame = parse("<f:open xmlns:f='urn:ietf:params:xml:ns:xmpp-framing' to='example.org'/>").unwrap();
+    let frame =
+        parse("<f:open xmlns:f='urn:ietf:params:xml:ns:xmpp-framing' to='example.org'/>").unwrap();
     assert!(matches!(frame, ClientFrame::Open(open) if open.to.as_deref() == Some("example.org")));
 }
 
@@ -64,7 +74,9 @@ fn client_open_under_a_prefix_is_recognised() {
 fn client_close_is_recognised() {
     assert_eq!(
         parse("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>").unwrap(),
-        ClientFrame::Close { see_other_uri: None }
+        ClientFrame::Close {
+            see_other_uri: None
+        }
     );
     assert_eq!(
         parse("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing' see-other-uri='wss://b.example/ws'/>").unwrap(),
@@ -84,11 +96,16 @@ fn client_whitespace_message_is_a_keepalive() {
 fn client_stanza_is_forwarded_verbatim_without_copy() {
     let stanza = "<message to='romeo@example.net' type='chat'><body>Grüße &amp; &#x1F339; <![CDATA[<b>]]></body></message>";
     let msg = Bytes::from(format!("\n {stanza} \n"));
-    let ClientFrame::Element(bytes) = parse_client_frame(msg.clone(), &Limits::default()).unwrap() else {
+    let ClientFrame::Element(bytes) = parse_client_frame(msg.clone(), &Limits::default()).unwrap()
+    else {
         panic!("expected an element")
     };
     assert_eq!(&bytes[..], stanza.as_bytes());
-    assert_eq!(bytes.as_ptr(), msg[2..].as_ptr(), "a slice of the message, not a copy");
+    assert_eq!(
+        bytes.as_ptr(),
+        msg[2..].as_ptr(),
+        "a slice of the message, not a copy"
+    );
 }
 
 #[test]
@@ -151,8 +168,14 @@ fn client_rejects_xml_declaration() {
 
 #[test]
 fn client_rejects_doctype() {
-    assert_eq!(parse("<!DOCTYPE message><message/>"), Err(XmlError::Restricted("DTD")));
-    assert_eq!(parse("<!doctype message><message/>"), Err(XmlError::Restricted("DTD")));
+    assert_eq!(
+        parse("<!DOCTYPE message><message/>"),
+        Err(XmlError::Restricted("DTD"))
+    );
+    assert_eq!(
+        parse("<!doctype message><message/>"),
+        Err(XmlError::Restricted("DTD"))
+    );
 }
 
 #[test]
@@ -193,7 +216,10 @@ fn client_rejects_processing_instruction() {
 
 #[test]
 fn client_rejects_comment() {
-    assert_eq!(parse("<!-- x --><message/>"), Err(XmlError::Restricted("comment")));
+    assert_eq!(
+        parse("<!-- x --><message/>"),
+        Err(XmlError::Restricted("comment"))
+    );
     assert_eq!(
         parse("<message><!-- x --></message>"),
         Err(XmlError::Restricted("comment"))
@@ -230,8 +256,12 @@ fn client_rejects_stream_header_as_payload() {
 
 #[test]
 fn client_rejects_nested_open_and_close() {
-    assert_injection("<message><open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='evil'/></message>");
-    assert_injection("<iq><query xmlns='x'><close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/></query></iq>");
+    assert_injection(
+        "<message><open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='evil'/></message>",
+    );
+    assert_injection(
+        "<iq><query xmlns='x'><close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/></query></iq>",
+    );
     assert_injection("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'><open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/></open>");
 }
 
@@ -244,14 +274,20 @@ fn client_rejects_two_roots() {
 #[test]
 fn client_rejects_unknown_framing_root() {
     let result = parse("<restart xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>");
-    assert!(matches!(result, Err(XmlError::InvalidNamespace(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(XmlError::InvalidNamespace(_))),
+        "{result:?}"
+    );
 }
 
 #[test]
 fn client_rejects_open_without_framing_namespace() {
     for msg in ["<open to='example.org'/>", "<close xmlns='jabber:client'/>"] {
         let result = parse(msg);
-        assert!(matches!(result, Err(XmlError::InvalidNamespace(_))), "{msg}: {result:?}");
+        assert!(
+            matches!(result, Err(XmlError::InvalidNamespace(_))),
+            "{msg}: {result:?}"
+        );
     }
 }
 
@@ -295,6 +331,9 @@ fn client_rejects_bad_attribute_syntax() {
         "<p:message/>",
         "<message xmlns:xmlns='x'/>",
         "<message xmlns:xml='urn:not-xml'/>",
+        "<message to='a'type='chat'/>",
+        "<message =''/>",
+        "<message \"to\"='a'/>",
     ] {
         assert_not_well_formed(msg);
     }
@@ -306,7 +345,10 @@ fn client_rejects_over_deep_nesting() {
         max_depth: 3,
         ..Limits::default()
     };
-    assert_eq!(parse_with(limits, "<a><b><c><d/></c></b></a>"), Err(XmlError::TooDeep));
+    assert_eq!(
+        parse_with(limits, "<a><b><c><d/></c></b></a>"),
+        Err(XmlError::TooDeep)
+    );
     let deep = format!("<m>{}", "<a>".repeat(100));
     assert_eq!(parse(&deep), Err(XmlError::TooDeep));
 }
@@ -329,9 +371,18 @@ fn client_rejects_oversized_message_before_parsing() {
         max_element_bytes: 20,
         ..Limits::default()
     };
-    assert_eq!(parse_with(limits.clone(), "<message><body>much too long</body></message>"), Err(XmlError::TooLarge));
+    assert_eq!(
+        parse_with(
+            limits.clone(),
+            "<message><body>much too long</body></message>"
+        ),
+        Err(XmlError::TooLarge)
+    );
     // Even garbage is refused for its size first.
-    assert_eq!(parse_with(limits, &"\u{0}".repeat(21)), Err(XmlError::TooLarge));
+    assert_eq!(
+        parse_with(limits, &"\u{0}".repeat(21)),
+        Err(XmlError::TooLarge)
+    );
 }
 
 proptest! {

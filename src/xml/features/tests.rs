@@ -27,7 +27,11 @@ fn summary_reports_starttls_and_all_mechanisms() {
         FeatureSummary {
             starttls: true,
             starttls_required: true,
-            mechanisms: vec!["SCRAM-SHA-1-PLUS".into(), "SCRAM-SHA-1".into(), "PLAIN".into()],
+            mechanisms: vec![
+                "SCRAM-SHA-1-PLUS".into(),
+                "SCRAM-SHA-1".into(),
+                "PLAIN".into()
+            ],
         }
     );
     let optional = "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>";
@@ -91,7 +95,9 @@ fn non_features_input_is_refused() {
         Err(XmlError::NotWellFormed(_))
     ));
     assert!(matches!(
-        summarize_features(b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'/><x/>"),
+        summarize_features(
+            b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'/><x/>"
+        ),
         Err(XmlError::NotWellFormed(_))
     ));
 }
@@ -107,9 +113,15 @@ fn features_from_the_splitter_are_filtered() {
             if element.kind == ElementKind::Features {
                 let out = filter_features_for_client(&element.bytes).unwrap();
                 let (ns, local) = standalone_root(&out);
-                assert_eq!((ns.as_deref(), local.as_str()), (Some(NS_STREAM), "features"));
+                assert_eq!(
+                    (ns.as_deref(), local.as_str()),
+                    (Some(NS_STREAM), "features")
+                );
                 let text = std::str::from_utf8(&out).unwrap();
-                assert!(!text.contains("starttls") && !text.contains("-PLUS"), "{text}");
+                assert!(
+                    !text.contains("starttls") && !text.contains("-PLUS"),
+                    "{text}"
+                );
                 seen += 1;
             }
         }

@@ -4,7 +4,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::xml::testutil::{prosody_parts, prosody_stream, split_chunks, standalone_root, with_declarations, Part};
+use crate::xml::testutil::{
+    prosody_parts, prosody_stream, split_chunks, standalone_root, with_declarations, Part,
+};
 
 /// A header with one attribute, for tests of small limits.
 const SHORT_HEADER: &str = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
@@ -46,7 +48,14 @@ fn expected_items() -> Vec<StreamItem> {
                 items.push(StreamItem::Header(StreamHeader {
                     from: Some("example.org".into()),
                     to: None,
-                    id: Some(if headers == 1 { "6a1f0e4c-3c2b-4f39" } else { "second-stream" }.into()),
+                    id: Some(
+                        if headers == 1 {
+                            "6a1f0e4c-3c2b-4f39"
+                        } else {
+                            "second-stream"
+                        }
+                        .into(),
+                    ),
                     version: Some("1.0".into()),
                     lang: Some("en".into()),
                     default_ns: Some(NS_CLIENT_STR.into()),
@@ -81,7 +90,8 @@ fn realistic_stream_splits_into_expected_standalone_elements() {
 // PROTOCOL.md §2 / interop note: stream-level elements carry their own xmlns:stream.
 #[test]
 fn stream_prefixed_elements_carry_streams_declaration() {
-    let items = after_header("<stream:features><sm xmlns='urn:xmpp:sm:3'/></stream:features>").unwrap();
+    let items =
+        after_header("<stream:features><sm xmlns='urn:xmpp:sm:3'/></stream:features>").unwrap();
     assert_eq!(
         element_text(&items[0]),
         "<stream:features xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'><sm xmlns='urn:xmpp:sm:3'/></stream:features>"
@@ -90,7 +100,8 @@ fn stream_prefixed_elements_carry_streams_declaration() {
 
 #[test]
 fn nested_use_of_stream_prefix_is_declared_on_the_root() {
-    let items = after_header("<message><x xmlns='urn:example'><stream:note/></x></message>").unwrap();
+    let items =
+        after_header("<message><x xmlns='urn:example'><stream:note/></x></message>").unwrap();
     assert_eq!(
         element_text(&items[0]),
         "<message xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'><x xmlns='urn:example'><stream:note/></x></message>"
@@ -102,13 +113,22 @@ fn nested_use_of_stream_prefix_is_declared_on_the_root() {
 fn element_declaring_its_own_namespaces_is_not_copied() {
     let mut splitter = StreamSplitter::new(Limits::default());
     splitter.buffer_mut().extend_from_slice(HEADER.as_bytes());
-    assert!(matches!(splitter.next_item(), Ok(Some(StreamItem::Header(_)))));
-    splitter.buffer_mut().extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
+    assert!(matches!(
+        splitter.next_item(),
+        Ok(Some(StreamItem::Header(_)))
+    ));
+    splitter
+        .buffer_mut()
+        .extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
     let start = splitter.buffer_mut().as_ptr();
     let Ok(Some(StreamItem::Element(element))) = splitter.next_item() else {
         panic!("expected an element")
     };
-    assert_eq!(element.bytes.as_ptr(), start, "zero-copy slice of the read buffer");
+    assert_eq!(
+        element.bytes.as_ptr(),
+        start,
+        "zero-copy slice of the read buffer"
+    );
     assert_eq!(&element.bytes[..], b"<r xmlns='urn:xmpp:sm:3'/>");
 }
 
@@ -169,7 +189,14 @@ fn tls_proceed_and_failure_are_recognised() {
             kinds.push(e.kind);
         }
     }
-    assert_eq!(kinds, [ElementKind::TlsProceed, ElementKind::TlsFailure, ElementKind::Other]);
+    assert_eq!(
+        kinds,
+        [
+            ElementKind::TlsProceed,
+            ElementKind::TlsFailure,
+            ElementKind::Other
+        ]
+    );
 }
 
 #[test]
@@ -193,8 +220,12 @@ fn bytes_after_stream_end_are_ignored() {
 
 #[test]
 fn empty_element_stream_root_is_header_then_end() {
-    let items = split_all(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>").unwrap();
-    assert!(matches!(items.as_slice(), [StreamItem::Header(_), StreamItem::End]));
+    let items =
+        split_all(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>").unwrap();
+    assert!(matches!(
+        items.as_slice(),
+        [StreamItem::Header(_), StreamItem::End]
+    ));
 }
 
 #[test]
@@ -205,15 +236,25 @@ fn reset_keeps_buffered_bytes_and_expects_a_new_header() {
         .buffer_mut()
         .extend_from_slice(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     splitter.buffer_mut().extend_from_slice(HEADER.as_bytes());
-    assert!(matches!(splitter.next_item(), Ok(Some(StreamItem::Header(_)))));
-    assert!(matches!(splitter.next_item(), Ok(Some(StreamItem::Element(_)))));
+    assert!(matches!(
+        splitter.next_item(),
+        Ok(Some(StreamItem::Header(_)))
+    ));
+    assert!(matches!(
+        splitter.next_item(),
+        Ok(Some(StreamItem::Element(_)))
+    ));
     splitter.reset();
-    assert!(matches!(splitter.next_item(), Ok(Some(StreamItem::Header(_)))));
+    assert!(matches!(
+        splitter.next_item(),
+        Ok(Some(StreamItem::Header(_)))
+    ));
 }
 
 #[test]
 fn restart_without_reset_is_refused() {
-    let err = after_header("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>").unwrap_err();
+    let err = after_header("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>")
+        .unwrap_err();
     assert_eq!(err.reason(), "injection");
     let err = after_header("<?xml version='1.0'?>").unwrap_err();
     assert_eq!(err, XmlError::Restricted("processing instruction"));
@@ -231,6 +272,13 @@ fn nested_stream_and_framing_elements_from_the_server_pass() {
 }
 
 #[test]
+fn splitter_can_move_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<StreamSplitter>();
+    assert_send_sync::<StreamItem>();
+}
+
+#[test]
 fn new_splitter_allocates_nothing() {
     let mut splitter = StreamSplitter::new(Limits::default());
     assert_eq!(splitter.buffer_mut().capacity(), 0);
@@ -243,23 +291,35 @@ fn idle_memory_is_released_only_when_nothing_is_partial() {
     let mut splitter = StreamSplitter::new(Limits::default());
     splitter.buffer_mut().reserve(4096);
     splitter.buffer_mut().extend_from_slice(HEADER.as_bytes());
-    splitter.buffer_mut().extend_from_slice(b"<message><body>half");
+    splitter
+        .buffer_mut()
+        .extend_from_slice(b"<message><body>half");
     assert!(splitter.next_item().unwrap().is_some());
     assert_eq!(splitter.next_item(), Ok(None));
     assert!(!splitter.release_idle_memory());
-    splitter.buffer_mut().extend_from_slice(b"</body></message>");
+    splitter
+        .buffer_mut()
+        .extend_from_slice(b"</body></message>");
     assert!(splitter.next_item().unwrap().is_some());
     assert_eq!(splitter.buffered(), 0);
     assert!(splitter.release_idle_memory());
     assert_eq!(splitter.buffer_mut().capacity(), 0);
     // Still usable afterwards.
     splitter.buffer_mut().extend_from_slice(b"<message/>");
-    assert!(matches!(splitter.next_item(), Ok(Some(StreamItem::Element(_)))));
+    assert!(matches!(
+        splitter.next_item(),
+        Ok(Some(StreamItem::Element(_)))
+    ));
 }
 
 #[test]
 fn element_split_inside_a_reference_is_reassembled() {
-    let chunks: [&[u8]; 4] = [HEADER.as_bytes(), b"<message><body>a &am", b"p; b ]", b"]&gt; c</body></message>"];
+    let chunks: [&[u8]; 4] = [
+        HEADER.as_bytes(),
+        b"<message><body>a &am",
+        b"p; b ]",
+        b"]&gt; c</body></message>",
+    ];
     let items = split_chunks(Limits::default(), chunks).unwrap();
     assert_eq!(
         element_text(&items[1]),
@@ -269,23 +329,36 @@ fn element_split_inside_a_reference_is_reassembled() {
 
 #[test]
 fn cdata_end_marker_split_across_reads_is_caught() {
-    let chunks: [&[u8]; 3] = [HEADER.as_bytes(), b"<message><body>a ]", b"]> b</body></message>"];
-    assert!(matches!(split_chunks(Limits::default(), chunks), Err(XmlError::NotWellFormed(_))));
+    let chunks: [&[u8]; 3] = [
+        HEADER.as_bytes(),
+        b"<message><body>a ]",
+        b"]> b</body></message>",
+    ];
+    assert!(matches!(
+        split_chunks(Limits::default(), chunks),
+        Err(XmlError::NotWellFormed(_))
+    ));
 }
 
 // ---- Hostile and broken input (PROTOCOL.md §2) ----
 
 #[test]
 fn splitter_rejects_doctype() {
-    let err = split_all(b"<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY x 'y'>]><stream:stream>").unwrap_err();
+    let err = split_all(b"<?xml version='1.0'?><!DOCTYPE stream [<!ENTITY x 'y'>]><stream:stream>")
+        .unwrap_err();
     assert_eq!(err, XmlError::Restricted("DTD"));
-    assert_eq!(after_header("<!DOCTYPE foo>").unwrap_err(), XmlError::Restricted("DTD"));
+    assert_eq!(
+        after_header("<!DOCTYPE foo>").unwrap_err(),
+        XmlError::Restricted("DTD")
+    );
 }
 
 #[test]
 fn splitter_rejects_internal_entity_declaration_without_waiting_for_its_end() {
     let mut splitter = StreamSplitter::new(Limits::default());
-    splitter.buffer_mut().extend_from_slice(b"<!DOCTYPE x [<!ENTITY lol 'lol'>");
+    splitter
+        .buffer_mut()
+        .extend_from_slice(b"<!DOCTYPE x [<!ENTITY lol 'lol'>");
     assert_eq!(splitter.next_item(), Err(XmlError::Restricted("DTD")));
 }
 
@@ -315,12 +388,18 @@ fn splitter_rejects_processing_instruction() {
 
 #[test]
 fn splitter_rejects_comment() {
-    assert_eq!(after_header("<!-- hi -->").unwrap_err(), XmlError::Restricted("comment"));
+    assert_eq!(
+        after_header("<!-- hi -->").unwrap_err(),
+        XmlError::Restricted("comment")
+    );
     assert_eq!(
         after_header("<message><!-- hi --></message>").unwrap_err(),
         XmlError::Restricted("comment")
     );
-    assert_eq!(split_all(b"<!-- before header").unwrap_err(), XmlError::Restricted("comment"));
+    assert_eq!(
+        split_all(b"<!-- before header").unwrap_err(),
+        XmlError::Restricted("comment")
+    );
 }
 
 #[test]
@@ -338,7 +417,11 @@ fn splitter_rejects_wrong_stream_namespace() {
         "<stream:stream xmlns:stream='http://etherx.jabber.org/streams/'>",
         "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>",
     ] {
-        let input = if input.ends_with('>') { input.to_owned() } else { format!("{input}>") };
+        let input = if input.ends_with('>') {
+            input.to_owned()
+        } else {
+            format!("{input}>")
+        };
         let err = split_all(input.as_bytes()).unwrap_err();
         assert_eq!(err.reason(), "invalid_namespace", "{input}");
     }
@@ -346,14 +429,28 @@ fn splitter_rejects_wrong_stream_namespace() {
 
 #[test]
 fn splitter_rejects_text_and_cdata_at_stream_level() {
-    assert!(matches!(after_header("hello"), Err(XmlError::NotWellFormed(_))));
-    assert!(matches!(after_header("<![CDATA[x]]>"), Err(XmlError::NotWellFormed(_))));
-    assert!(matches!(split_all(b"hello <stream:stream>"), Err(XmlError::NotWellFormed(_))));
+    assert!(matches!(
+        after_header("hello"),
+        Err(XmlError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        after_header("<![CDATA[x]]>"),
+        Err(XmlError::NotWellFormed(_))
+    ));
+    assert!(matches!(
+        split_all(b"hello <stream:stream>"),
+        Err(XmlError::NotWellFormed(_))
+    ));
 }
 
 #[test]
 fn splitter_rejects_mismatched_and_stray_end_tags() {
-    for body in ["<z><x/></y>", "<message></presence>", "</message>", "<a></a ></b>"] {
+    for body in [
+        "<z><x/></y>",
+        "<message></presence>",
+        "</message>",
+        "<a></a ></b>",
+    ] {
         let err = after_header(body).unwrap_err();
         assert!(matches!(err, XmlError::NotWellFormed(_)), "{body}: {err:?}");
     }
@@ -378,12 +475,18 @@ fn splitter_rejects_bad_syntax_and_characters() {
     }
     let mut bad_utf8 = HEADER.as_bytes().to_vec();
     bad_utf8.extend_from_slice(b"<message><body>\xff\xfe</body></message>");
-    assert!(matches!(split_all(&bad_utf8), Err(XmlError::NotWellFormed(_))));
+    assert!(matches!(
+        split_all(&bad_utf8),
+        Err(XmlError::NotWellFormed(_))
+    ));
 }
 
 #[test]
 fn splitter_rejects_over_deep_nesting() {
-    let limits = Limits { max_depth: 4, ..Limits::default() };
+    let limits = Limits {
+        max_depth: 4,
+        ..Limits::default()
+    };
     let ok = format!("{HEADER}<a><b><c><d/></c></b></a>");
     assert!(split_with(limits.clone(), ok.as_bytes()).is_ok());
     let deep = format!("{HEADER}<a><b><c><d><e/></d></c></b></a>");
@@ -394,28 +497,50 @@ fn splitter_rejects_over_deep_nesting() {
 
 #[test]
 fn splitter_rejects_too_many_attributes() {
-    let limits = Limits { max_attributes: 3, ..Limits::default() };
+    let limits = Limits {
+        max_attributes: 3,
+        ..Limits::default()
+    };
     let ok = format!("{SHORT_HEADER}<message a='1' b='2' c='3'/>");
     assert!(split_with(limits.clone(), ok.as_bytes()).is_ok());
     let many = format!("{SHORT_HEADER}<message a='1' b='2' c='3' d='4'/>");
-    assert_eq!(split_with(limits.clone(), many.as_bytes()), Err(XmlError::TooManyAttributes));
-    let header = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='1' b='2' c='3'>";
-    assert_eq!(split_with(limits, header.as_bytes()), Err(XmlError::TooManyAttributes));
+    assert_eq!(
+        split_with(limits.clone(), many.as_bytes()),
+        Err(XmlError::TooManyAttributes)
+    );
+    let header =
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' a='1' b='2' c='3'>";
+    assert_eq!(
+        split_with(limits, header.as_bytes()),
+        Err(XmlError::TooManyAttributes)
+    );
 }
 
 #[test]
 fn splitter_rejects_oversized_element() {
-    let limits = Limits { max_element_bytes: 100, ..Limits::default() };
+    let limits = Limits {
+        max_element_bytes: 100,
+        ..Limits::default()
+    };
     let body = "x".repeat(100);
     let big = format!("{SHORT_HEADER}<message><body>{body}</body></message>");
-    assert_eq!(split_with(limits.clone(), big.as_bytes()), Err(XmlError::TooLarge));
-    let fits = format!("{SHORT_HEADER}<message><body>{}</body></message>", "x".repeat(68));
+    assert_eq!(
+        split_with(limits.clone(), big.as_bytes()),
+        Err(XmlError::TooLarge)
+    );
+    let fits = format!(
+        "{SHORT_HEADER}<message><body>{}</body></message>",
+        "x".repeat(68)
+    );
     assert!(split_with(limits, fits.as_bytes()).is_ok());
 }
 
 #[test]
 fn splitter_fed_an_endless_element_stops_with_too_large() {
-    let limits = Limits { max_element_bytes: 64 * 1024, ..Limits::default() };
+    let limits = Limits {
+        max_element_bytes: 64 * 1024,
+        ..Limits::default()
+    };
     let mut splitter = StreamSplitter::new(limits);
     splitter.buffer_mut().extend_from_slice(HEADER.as_bytes());
     splitter.buffer_mut().extend_from_slice(b"<message><body>");
@@ -437,7 +562,10 @@ fn splitter_fed_an_endless_element_stops_with_too_large() {
 
 #[test]
 fn splitter_fed_an_endless_start_tag_or_header_stops_with_too_large() {
-    let limits = Limits { max_element_bytes: 1024, ..Limits::default() };
+    let limits = Limits {
+        max_element_bytes: 1024,
+        ..Limits::default()
+    };
     for prefix in [
         "<stream:stream a='".to_owned(),
         format!("{HEADER}<message a='"),
@@ -586,5 +714,38 @@ fn split_cost_per_element() {
         "splitter: {} bytes/element, {:.0} ns/element",
         stanza.len(),
         elapsed.as_nanos() as f64 / count as f64
+    );
+}
+
+/// `cargo test --release -- --ignored --nocapture split_cost`: a 200 KB element read in 4 KiB
+/// pieces is scanned once, not once per read.
+#[test]
+#[ignore]
+fn split_cost_of_a_large_element_read_in_pieces() {
+    let mut stream = HEADER.as_bytes().to_vec();
+    let body = "QUJD".repeat(50_000);
+    let count = 50;
+    for _ in 0..count {
+        stream.extend_from_slice(format!("<iq type='result' id='v1'><vCard xmlns='vcard-temp'><PHOTO><BINVAL>{body}</BINVAL></PHOTO></vCard></iq>").as_bytes());
+    }
+    let start = std::time::Instant::now();
+    let mut splitter = StreamSplitter::new(Limits::default());
+    let mut elements = 0;
+    for chunk in stream.chunks(4096) {
+        splitter.buffer_mut().reserve(4096);
+        splitter.buffer_mut().extend_from_slice(chunk);
+        while let Some(item) = splitter.next_item().unwrap() {
+            if let StreamItem::Element(e) = item {
+                std::hint::black_box(&e);
+                elements += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(elements, count);
+    println!(
+        "splitter: {} bytes/element in 4 KiB reads, {:.0} µs/element",
+        body.len() + 100,
+        elapsed.as_micros() as f64 / count as f64
     );
 }
