@@ -15,7 +15,11 @@ use serde::Deserialize;
 /// Command-line flags. Every option can also be set in the file or the environment; the flags
 /// listed here are the contract scripts rely on.
 #[derive(Parser, Debug, Default, Clone)]
-#[command(name = "xmpp-gateway", version, about = "WebSocket and BOSH gateway from browsers to XMPP servers")]
+#[command(
+    name = "xmpp-gateway",
+    version,
+    about = "WebSocket and BOSH gateway from browsers to XMPP servers"
+)]
 pub struct Cli {
     /// Public HTTP listener (WebSocket, BOSH, host-meta, demo files).
     #[arg(long, value_name = "ADDR")]
@@ -124,7 +128,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, filter: "info".into() }
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
     }
 }
 
@@ -142,7 +149,11 @@ pub struct WebSocketConfig {
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        Self { ping_interval_secs: 25, max_missed_pongs: 2, allowed_origins: Vec::new() }
+        Self {
+            ping_interval_secs: 25,
+            max_missed_pongs: 2,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -282,22 +293,35 @@ pub const ENV_PREFIX: &str = "XMPP_GATEWAY_";
 impl Config {
     /// Builds the configuration from the flags, the environment and the file the flags or the
     /// environment name.
-    pub fn load(cli: &Cli, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let env: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    pub fn load(
+        cli: &Cli,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         let file = cli.config.clone().or_else(|| {
-            env.iter().find(|(k, _)| k == "XMPP_GATEWAY_CONFIG").map(|(_, v)| PathBuf::from(v))
+            env.iter()
+                .find(|(k, _)| k == "XMPP_GATEWAY_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
         });
         let text = match &file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?,
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
             None => String::new(),
         };
         Self::from_sources(&text, &env, cli)
     }
 
     /// Merges file text, environment pairs and flags; exposed for tests.
-    pub fn from_sources(file: &str, env: &[(String, String)], cli: &Cli) -> Result<Self, ConfigError> {
+    pub fn from_sources(
+        file: &str,
+        env: &[(String, String)],
+        cli: &Cli,
+    ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(file).map_err(|e| ConfigError::Invalid(e.message().to_string()))?;
         for (key, value) in env {
@@ -335,16 +359,26 @@ impl Config {
     fn validate(&mut self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
         for route in &mut self.routes {
-            route.domain = route.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            route.domain = route
+                .domain
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             if route.domain.is_empty() {
                 return Err(ConfigError::Value("route with an empty domain".into()));
             }
             if !seen.insert(route.domain.clone()) {
-                return Err(ConfigError::Value(format!("route {} is given twice", route.domain)));
+                return Err(ConfigError::Value(format!(
+                    "route {} is given twice",
+                    route.domain
+                )));
             }
             for ep in &route.endpoints {
                 parse_endpoint(ep).ok_or_else(|| {
-                    ConfigError::Value(format!("route {}: endpoint {ep:?} is not HOST:PORT", route.domain))
+                    ConfigError::Value(format!(
+                        "route {}: endpoint {ep:?} is not HOST:PORT",
+                        route.domain
+                    ))
                 })?;
             }
             if route.direct_tls && route.tls == TlsPolicy::Disabled {
@@ -367,7 +401,8 @@ impl Config {
         }
         if self.websocket.ping_interval_secs == 0 || self.websocket.max_missed_pongs == 0 {
             return Err(ConfigError::Value(
-                "websocket.ping_interval_secs and websocket.max_missed_pongs must be at least 1".into(),
+                "websocket.ping_interval_secs and websocket.max_missed_pongs must be at least 1"
+                    .into(),
             ));
         }
         let b = &self.bosh;
@@ -378,7 +413,10 @@ impl Config {
         }
         if let Some(ca) = &self.upstream_ca {
             if !ca.is_file() {
-                return Err(ConfigError::Value(format!("upstream_ca {} is not a readable file", ca.display())));
+                return Err(ConfigError::Value(format!(
+                    "upstream_ca {} is not a readable file",
+                    ca.display()
+                )));
             }
         }
         Ok(())
@@ -398,7 +436,10 @@ impl Config {
 /// Splits `host:port` (with `[v6]:port`) into its parts.
 pub fn parse_endpoint(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.trim().rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let port: u16 = port.parse().ok()?;
     if host.is_empty() || port == 0 || host.contains(['/', ' ']) {
         return None;
@@ -439,9 +480,15 @@ fn merge_routes(file: &[RouteConfig], flags: &[String]) -> Result<Vec<RouteConfi
         .iter()
         .map(|flag| {
             let mut route = parse_route_flag(flag)?;
-            if let Some(f) = file.iter().find(|f| f.domain.eq_ignore_ascii_case(&route.domain)) {
+            if let Some(f) = file
+                .iter()
+                .find(|f| f.domain.eq_ignore_ascii_case(&route.domain))
+            {
                 let endpoints = std::mem::take(&mut route.endpoints);
-                route = RouteConfig { endpoints, ..f.clone() };
+                route = RouteConfig {
+                    endpoints,
+                    ..f.clone()
+                };
             }
             Ok(route)
         })
@@ -483,9 +530,15 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), Conf
             // Keys whose type is a string in the schema take the raw text.
             let keep_string = matches!(parsed, toml::Value::Integer(_) | toml::Value::Float(_))
                 && matches!(*part, "listen" | "admin_listen");
-            let v = if keep_string { toml::Value::String(value.to_string()) } else { parsed.clone() };
+            let v = if keep_string {
+                toml::Value::String(value.to_string())
+            } else {
+                parsed.clone()
+            };
             let v = match v {
-                toml::Value::Table(_) | toml::Value::Datetime(_) => toml::Value::String(value.to_string()),
+                toml::Value::Table(_) | toml::Value::Datetime(_) => {
+                    toml::Value::String(value.to_string())
+                }
                 other => other,
             };
             node.insert((*part).to_string(), v);
@@ -546,7 +599,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -554,14 +610,25 @@ mod tests {
         let c = Config::from_sources(
             "",
             &[],
-            &cli(&["--route", "example.com=xmpp.example.com:5222,[::1]:5223", "--route", "Other.org"]),
+            &cli(&[
+                "--route",
+                "example.com=xmpp.example.com:5222,[::1]:5223",
+                "--route",
+                "Other.org",
+            ]),
         )
         .unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[0].domain, "example.com");
-        assert_eq!(c.routes[0].endpoints, vec!["xmpp.example.com:5222", "[::1]:5223"]);
+        assert_eq!(
+            c.routes[0].endpoints,
+            vec!["xmpp.example.com:5222", "[::1]:5223"]
+        );
         assert_eq!(c.routes[1].domain, "other.org");
-        assert!(c.routes[1].endpoints.is_empty(), "no endpoints means DNS SRV");
+        assert!(
+            c.routes[1].endpoints.is_empty(),
+            "no endpoints means DNS SRV"
+        );
         assert_eq!(c.routes[0].tls, TlsPolicy::Required);
     }
 
@@ -583,8 +650,8 @@ mod tests {
 
     #[test]
     fn unknown_env_key_is_named() {
-        let err =
-            Config::from_sources("", &env(&[("XMPP_GATEWAY_LIMITS__NOPE", "1")]), &cli(&[])).unwrap_err();
+        let err = Config::from_sources("", &env(&[("XMPP_GATEWAY_LIMITS__NOPE", "1")]), &cli(&[]))
+            .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -595,7 +662,10 @@ mod tests {
             ("XMPP_GATEWAY_LISTEN", "127.0.0.1:2000"),
             ("XMPP_GATEWAY_LIMITS__MAX_DEPTH", "12"),
             ("XMPP_GATEWAY_ADMIN_LISTEN", "127.0.0.1:3000"),
-            ("XMPP_GATEWAY_WEBSOCKET__ALLOWED_ORIGINS", "[\"https://x.example\"]"),
+            (
+                "XMPP_GATEWAY_WEBSOCKET__ALLOWED_ORIGINS",
+                "[\"https://x.example\"]",
+            ),
             ("HOME", "/root"),
         ]);
         let c = Config::from_sources(file, &e, &cli(&["--listen", "127.0.0.1:4000"])).unwrap();
@@ -609,7 +679,8 @@ mod tests {
     #[test]
     fn flag_route_keeps_file_tls_policy() {
         let file = "[[route]]\ndomain = \"a.example\"\ntls = \"disabled\"\n";
-        let c = Config::from_sources(file, &[], &cli(&["--route", "a.example=127.0.0.1:5222"])).unwrap();
+        let c = Config::from_sources(file, &[], &cli(&["--route", "a.example=127.0.0.1:5222"]))
+            .unwrap();
         assert_eq!(c.routes[0].tls, TlsPolicy::Disabled);
         assert_eq!(c.routes[0].endpoints, vec!["127.0.0.1:5222"]);
     }
@@ -624,8 +695,12 @@ mod tests {
 
     #[test]
     fn duplicate_route_is_rejected() {
-        let err = Config::from_sources("", &[], &cli(&["--route", "a.example", "--route", "A.example"]))
-            .unwrap_err();
+        let err = Config::from_sources(
+            "",
+            &[],
+            &cli(&["--route", "a.example", "--route", "A.example"]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
     }
 

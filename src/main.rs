@@ -25,11 +25,17 @@ fn main() -> anyhow::Result<()> {
             eprintln!("xmpp-gateway: {e}");
             std::process::exit(2);
         }
-        println!("configuration OK: {} route(s), listening on {}", config.routes.len(), config.listen);
+        println!(
+            "configuration OK: {} route(s), listening on {}",
+            config.routes.len(),
+            config.listen
+        );
         return Ok(());
     }
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(config))
 }
 
@@ -38,7 +44,9 @@ fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -7,7 +7,9 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::session::Transport;
 
@@ -48,10 +50,16 @@ fn opts(name: &str, help: &str) -> Opts {
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
-        let sessions_active =
-            IntGaugeVec::new(opts("sessions_active", "Sessions currently open."), &["transport"]).expect("metric");
-        let sessions_started =
-            IntCounterVec::new(opts("sessions_started_total", "Sessions started."), &["transport"]).expect("metric");
+        let sessions_active = IntGaugeVec::new(
+            opts("sessions_active", "Sessions currently open."),
+            &["transport"],
+        )
+        .expect("metric");
+        let sessions_started = IntCounterVec::new(
+            opts("sessions_started_total", "Sessions started."),
+            &["transport"],
+        )
+        .expect("metric");
         let sessions_ended = IntCounterVec::new(
             opts("sessions_ended_total", "Sessions ended, by why they ended."),
             &["transport", "reason"],
@@ -62,15 +70,21 @@ impl Metrics {
             &["transport", "direction"],
         )
         .expect("metric");
-        let bytes =
-            IntCounterVec::new(opts("bytes_total", "XML bytes relayed."), &["transport", "direction"]).expect("metric");
+        let bytes = IntCounterVec::new(
+            opts("bytes_total", "XML bytes relayed."),
+            &["transport", "direction"],
+        )
+        .expect("metric");
         let inputs_rejected = IntCounterVec::new(
             opts("inputs_rejected_total", "Client inputs refused, by reason."),
             &["reason"],
         )
         .expect("metric");
         let upstream_connect_failures = IntCounterVec::new(
-            opts("upstream_connect_failures_total", "Failed attempts to open an upstream stream, by kind."),
+            opts(
+                "upstream_connect_failures_total",
+                "Failed attempts to open an upstream stream, by kind.",
+            ),
             &["kind"],
         )
         .expect("metric");
@@ -92,7 +106,10 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
         let pair = |v: &IntCounterVec, t: &str| {
-            [v.with_label_values(&[t, DIRECTIONS[0]]), v.with_label_values(&[t, DIRECTIONS[1]])]
+            [
+                v.with_label_values(&[t, DIRECTIONS[0]]),
+                v.with_label_values(&[t, DIRECTIONS[1]]),
+            ]
         };
         let stanza_counters = [pair(&stanzas, TRANSPORTS[0]), pair(&stanzas, TRANSPORTS[1])];
         let byte_counters = [pair(&bytes, TRANSPORTS[0]), pair(&bytes, TRANSPORTS[1])];
@@ -121,13 +138,17 @@ impl Metrics {
 
     /// A session started.
     pub fn session_started(&self, transport: Transport) {
-        self.sessions_started.with_label_values(&[transport.as_str()]).inc();
+        self.sessions_started
+            .with_label_values(&[transport.as_str()])
+            .inc();
         self.active[transport as usize].inc();
     }
 
     /// A session ended for `reason` (a fixed, low-cardinality word).
     pub fn session_ended(&self, transport: Transport, reason: &'static str) {
-        self.sessions_ended.with_label_values(&[transport.as_str(), reason]).inc();
+        self.sessions_ended
+            .with_label_values(&[transport.as_str(), reason])
+            .inc();
         self.active[transport as usize].dec();
     }
 
@@ -143,7 +164,9 @@ impl Metrics {
 
     /// An upstream stream could not be opened.
     pub fn connect_failed(&self, kind: &'static str) {
-        self.upstream_connect_failures.with_label_values(&[kind]).inc();
+        self.upstream_connect_failures
+            .with_label_values(&[kind])
+            .inc();
     }
 
     /// The text exposition of every metric.
@@ -168,6 +191,8 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("xmpp_gateway_"), "{line}");
         }
-        assert!(text.contains("xmpp_gateway_stanzas_total{direction=\"to_client\",transport=\"websocket\"}"));
+        assert!(text.contains(
+            "xmpp_gateway_stanzas_total{direction=\"to_client\",transport=\"websocket\"}"
+        ));
     }
 }

@@ -41,7 +41,13 @@ impl Gateway {
             max_depth: config.limits.max_depth,
             max_attributes: config.limits.max_attributes,
         };
-        Ok(Self { config, upstreams, xml_limits, shutdown: Shutdown::default(), bosh_sessions: Arc::default() })
+        Ok(Self {
+            config,
+            upstreams,
+            xml_limits,
+            shutdown: Shutdown::default(),
+            bosh_sessions: Arc::default(),
+        })
     }
 }
 
@@ -60,21 +66,31 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Self, StartError> {
         let gateway = Gateway::new(config)?;
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })
         };
         let public = bind(gateway.config.listen).await?;
         let admin = bind(gateway.config.admin_listen).await?;
-        Ok(Self { gateway: Arc::new(gateway), public, admin })
+        Ok(Self {
+            gateway: Arc::new(gateway),
+            public,
+            admin,
+        })
     }
 
     /// Address of the public listener.
     pub fn local_addr(&self) -> SocketAddr {
-        self.public.local_addr().expect("bound listener has an address")
+        self.public
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Address of the admin listener.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The shared state, for signal handling and tests.
@@ -112,12 +128,18 @@ async fn public_loop(listener: TcpListener, gw: Arc<Gateway>) {
             continue;
         };
         let gw2 = gw.clone();
-        gw.shutdown.spawn(serve_public(tcp, peer, gw2, Arc::new(permit)));
+        gw.shutdown
+            .spawn(serve_public(tcp, peer, gw2, Arc::new(permit)));
     }
     tracing::info!("public listener closed");
 }
 
-async fn serve_public(tcp: TcpStream, peer: SocketAddr, gw: Arc<Gateway>, permit: ConnectionPermit) {
+async fn serve_public(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    gw: Arc<Gateway>,
+    permit: ConnectionPermit,
+) {
     let _ = tcp.set_nodelay(true);
     let svc_gw = gw.clone();
     let svc = service_fn(move |req| {
@@ -162,7 +184,9 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(gw.config.limits.header_read_timeout_secs))
+        .header_read_timeout(Duration::from_secs(
+            gw.config.limits.header_read_timeout_secs,
+        ))
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);

@@ -78,7 +78,11 @@ pub struct OpenedSession {
 impl Session {
     /// Opens the upstream stream for the domain the client named. Unknown domains are refused
     /// before anything is dialled (PROTOCOL.md §1: never an open relay).
-    pub async fn open(gw: &Gateway, transport: Transport, params: StreamParams) -> Result<OpenedSession, UpstreamError> {
+    pub async fn open(
+        gw: &Gateway,
+        transport: Transport,
+        params: StreamParams,
+    ) -> Result<OpenedSession, UpstreamError> {
         let result = Self::open_inner(gw, transport, params).await;
         if let Err(e) = &result {
             METRICS.connect_failed(e.kind());
@@ -86,15 +90,28 @@ impl Session {
         result
     }
 
-    async fn open_inner(gw: &Gateway, transport: Transport, params: StreamParams) -> Result<OpenedSession, UpstreamError> {
-        let route = gw.upstreams.route(&params.to).ok_or(UpstreamError::UnknownDomain)?;
-        let (upstream, opened) = UpstreamStream::establish(&gw.upstreams, &route, &params, &gw.xml_limits).await?;
+    async fn open_inner(
+        gw: &Gateway,
+        transport: Transport,
+        params: StreamParams,
+    ) -> Result<OpenedSession, UpstreamError> {
+        let route = gw
+            .upstreams
+            .route(&params.to)
+            .ok_or(UpstreamError::UnknownDomain)?;
+        let (upstream, opened) =
+            UpstreamStream::establish(&gw.upstreams, &route, &params, &gw.xml_limits).await?;
         let features = filter_features_for_client(&opened.features.bytes)?;
         tracing::debug!(tls = upstream.is_tls(), "upstream stream open");
         METRICS.session_started(transport);
         Ok(OpenedSession {
             tls: upstream.is_tls(),
-            session: Session { transport, upstream, params, ended: None },
+            session: Session {
+                transport,
+                upstream,
+                params,
+                ended: None,
+            },
             header: opened.header,
             features,
         })
@@ -142,7 +159,11 @@ impl Session {
     }
 
     /// Restarts the upstream stream after the client's new stream header (RFC 6120 §4.3.3).
-    pub async fn restart(&mut self, from: Option<String>, lang: Option<String>) -> Result<(), UpstreamError> {
+    pub async fn restart(
+        &mut self,
+        from: Option<String>,
+        lang: Option<String>,
+    ) -> Result<(), UpstreamError> {
         if from.is_some() {
             self.params.from = from;
         }

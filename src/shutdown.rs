@@ -55,6 +55,8 @@ impl Shutdown {
     /// Waits for every tracked task, at most `deadline`. Returns whether all finished.
     pub async fn wait(&self, deadline: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(deadline, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(deadline, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }

@@ -27,5 +27,8 @@ async fn main() {
             opened += 1;
         }
     }
-    println!("opened {opened} of {} connections to {}", args.connections, args.target);
+    println!(
+        "opened {opened} of {} connections to {}",
+        args.connections, args.target
+    );
 }

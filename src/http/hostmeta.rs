@@ -11,13 +11,28 @@ use crate::server::Gateway;
 use crate::xml::escape_attr;
 
 const REL_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
+const REL_BOSH: &str = "urn:xmpp:alt-connections:xbosh";
 
-/// The WebSocket URL announced: from config, or derived from the request's Host header (and
-/// `X-Forwarded-Proto` from a TLS-terminating proxy).
-fn websocket_url<B>(req: &Request<B>, gw: &Gateway) -> Option<String> {
-    if let Some(url) = &gw.config.discovery.websocket_url {
-        return Some(url.clone());
-    }
+/// The announced links: from config, or derived from the request.
+fn links<B>(req: &Request<B>, gw: &Gateway) -> Vec<(&'static str, String)> {
+    let d = &gw.config.discovery;
+    let ws = d
+        .websocket_url
+        .clone()
+        .or_else(|| derived_url(req, "ws", "/xmpp-websocket"));
+    let bosh = d
+        .bosh_url
+        .clone()
+        .or_else(|| derived_url(req, "http", "/http-bind"));
+    [(REL_WEBSOCKET, ws), (REL_BOSH, bosh)]
+        .into_iter()
+        .filter_map(|(rel, url)| Some((rel, url?)))
+        .collect()
+}
+
+/// A URL derived from the request's Host header (and `X-Forwarded-Proto` from a
+/// TLS-terminating proxy): `scheme` is `ws` or `http`, made secure when the proxy says https.
+fn derived_url<B>(req: &Request<B>, scheme: &str, path: &str) -> Option<String> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -26,7 +41,9 @@ fn websocket_url<B>(req: &Request<B>, gw: &Gateway) -> Option<String> {
     // A Host header is attacker-chosen: only host[:port] characters go into the document.
     let valid = !host.is_empty()
         && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
     if !valid {
         return None;
     }
@@ -35,7 +52,12 @@ fn websocket_url<B>(req: &Request<B>, gw: &Gateway) -> Option<String> {
         .get("x-forwarded-proto")
         .and_then(|h| h.to_str().ok())
         .is_some_and(|p| p.eq_ignore_ascii_case("https"));
-    Some(format!("{}://{host}/xmpp-websocket", if secure { "wss" } else { "ws" }))
+    let scheme = if secure {
+        format!("{scheme}s")
+    } else {
+        scheme.to_string()
+    };
+    Some(format!("{scheme}://{host}{path}"))
 }
 
 fn respond(content_type: &'static str, body: String) -> Response<Body> {
@@ -50,8 +72,11 @@ fn respond(content_type: &'static str, body: String) -> Response<Body> {
 /// The XRD document.
 pub fn xrd<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
     let mut doc = String::from("<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n");
-    if let Some(url) = websocket_url(req, gw) {
-        doc.push_str(&format!("  <Link rel='{REL_WEBSOCKET}' href='{}'/>\n", escape_attr(&url)));
+    for (rel, url) in links(req, gw) {
+        doc.push_str(&format!(
+            "  <Link rel='{rel}' href='{}'/>\n",
+            escape_attr(&url)
+        ));
     }
     doc.push_str("</XRD>\n");
     respond("application/xrd+xml; charset=utf-8", doc)
@@ -59,11 +84,14 @@ pub fn xrd<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
 
 /// The JRD (JSON) document.
 pub fn json<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
-    let links: Vec<String> = websocket_url(req, gw)
-        .map(|url| format!("{{\"rel\":\"{REL_WEBSOCKET}\",\"href\":\"{}\"}}", json_escape(&url)))
+    let links: Vec<String> = links(req, gw)
         .into_iter()
+        .map(|(rel, url)| format!("{{\"rel\":\"{rel}\",\"href\":\"{}\"}}", json_escape(&url)))
         .collect();
-    respond("application/json", format!("{{\"links\":[{}]}}\n", links.join(",")))
+    respond(
+        "application/json",
+        format!("{{\"links\":[{}]}}\n", links.join(",")),
+    )
 }
 
 /// CORS preflight for the discovery documents.

@@ -19,7 +19,12 @@ use crate::server::{ConnectionPermit, Gateway};
 pub type Body = Full<Bytes>;
 
 /// Routes one request of the public listener.
-pub async fn public(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, permit: ConnectionPermit) -> Response<Body> {
+pub async fn public(
+    req: Request<Incoming>,
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    permit: ConnectionPermit,
+) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (_, "/xmpp-websocket") => crate::transport::websocket::upgrade(req, gw, peer, permit),
@@ -27,7 +32,9 @@ pub async fn public(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr, 
         (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &gw),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => hostmeta::json(&req, &gw),
-        (&Method::GET | &Method::HEAD, _) if gw.config.static_dir.is_some() => static_files::serve(&req, &gw).await,
+        (&Method::GET | &Method::HEAD, _) if gw.config.static_dir.is_some() => {
+            static_files::serve(&req, &gw).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -47,7 +54,10 @@ pub fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
             }
         }
         (&Method::GET, "/metrics") => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
             .body(Full::new(Bytes::from(METRICS.render())))
             .expect("static response parts are valid"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -18,13 +18,21 @@ pub async fn serve<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
     let Some(mut path) = resolve(root, req.uri().path()) else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
-    if tokio::fs::metadata(&path).await.map(|m| m.is_dir()).unwrap_or(false) {
+    if tokio::fs::metadata(&path)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
         path.push("index.html");
     }
     match tokio::fs::read(&path).await {
         Ok(data) => {
             let len = data.len();
-            let body = if req.method() == Method::HEAD { Bytes::new() } else { Bytes::from(data) };
+            let body = if req.method() == Method::HEAD {
+                Bytes::new()
+            } else {
+                Bytes::from(data)
+            };
             Response::builder()
                 .header(header::CONTENT_TYPE, content_type(&path))
                 .header(header::CONTENT_LENGTH, len)
@@ -72,9 +80,18 @@ mod tests {
     #[test]
     fn static_paths_cannot_escape_the_directory() {
         let root = Path::new("/srv/demo");
-        assert_eq!(resolve(root, "/index.html"), Some(PathBuf::from("/srv/demo/index.html")));
+        assert_eq!(
+            resolve(root, "/index.html"),
+            Some(PathBuf::from("/srv/demo/index.html"))
+        );
         assert_eq!(resolve(root, "/"), Some(PathBuf::from("/srv/demo/")));
-        for bad in ["/../etc/passwd", "/a/../../b", "/%2e%2e/x", "/a\\b", "//etc/passwd/.."] {
+        for bad in [
+            "/../etc/passwd",
+            "/a/../../b",
+            "/%2e%2e/x",
+            "/a\\b",
+            "//etc/passwd/..",
+        ] {
             assert_eq!(resolve(root, bad), None, "{bad}");
         }
     }

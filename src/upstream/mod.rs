@@ -45,9 +45,19 @@ impl Upstreams {
                     .endpoints
                     .iter()
                     .filter_map(|e| crate::config::parse_endpoint(e))
-                    .map(|(host, port)| resolve::Endpoint { host, port, direct_tls: r.direct_tls })
+                    .map(|(host, port)| resolve::Endpoint {
+                        host,
+                        port,
+                        direct_tls: r.direct_tls,
+                    })
                     .collect();
-                (r.domain.clone(), Arc::new(Route { config: r.clone(), endpoints }))
+                (
+                    r.domain.clone(),
+                    Arc::new(Route {
+                        config: r.clone(),
+                        endpoints,
+                    }),
+                )
             })
             .collect();
         Ok(Self {
@@ -133,10 +143,14 @@ impl UpstreamError {
             UpstreamError::UnknownDomain => "unknown_domain",
             UpstreamError::Resolve(_) => "dns",
             UpstreamError::Connect { .. } => "tcp",
-            UpstreamError::Tls(_) | UpstreamError::TlsUnavailable | UpstreamError::Config(_) => "tls",
+            UpstreamError::Tls(_) | UpstreamError::TlsUnavailable | UpstreamError::Config(_) => {
+                "tls"
+            }
             UpstreamError::Timeout => "timeout",
             UpstreamError::Io(_) => "io",
-            UpstreamError::Xml(_) | UpstreamError::Protocol(_) | UpstreamError::StreamError(_) => "stream",
+            UpstreamError::Xml(_) | UpstreamError::Protocol(_) | UpstreamError::StreamError(_) => {
+                "stream"
+            }
         }
     }
 }

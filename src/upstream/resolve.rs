@@ -60,7 +60,11 @@ impl Resolver {
         out.extend(srv(resolver, &format!("_xmpp-client._tcp.{domain}."), false).await);
         if out.is_empty() {
             // RFC 6120 §3.2.2: no SRV records, fall back to the domain on the default port.
-            out.push(Endpoint { host: domain.clone(), port: 5222, direct_tls: false });
+            out.push(Endpoint {
+                host: domain.clone(),
+                port: 5222,
+                direct_tls: false,
+            });
         }
         Ok(out)
     }
@@ -79,7 +83,11 @@ async fn srv(resolver: &TokioAsyncResolver, name: &str, direct_tls: bool) -> Vec
             let host = r.target().to_utf8();
             let host = host.trim_end_matches('.');
             // A target of "." says the service is decidedly not available (RFC 2782).
-            (!host.is_empty()).then(|| Endpoint { host: host.to_string(), port: r.port(), direct_tls })
+            (!host.is_empty()).then(|| Endpoint {
+                host: host.to_string(),
+                port: r.port(),
+                direct_tls,
+            })
         })
         .collect()
 }

@@ -39,6 +39,8 @@ pub struct Opened {
 pub struct UpstreamStream {
     io: UpstreamIo,
     splitter: StreamSplitter,
+    /// `</stream:stream>` has been sent; the XML stream toward the server is over.
+    close_sent: bool,
 }
 
 const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -83,18 +85,29 @@ impl UpstreamStream {
         params: &StreamParams,
         limits: &Limits,
     ) -> Result<(Self, Opened), UpstreamError> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await.map_err(|e| {
-            UpstreamError::Connect { endpoint: endpoint.to_string(), reason: e.to_string() }
-        })?;
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })?;
         // Stanzas are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
-        let tls_name = route.config.tls_name.as_deref().unwrap_or(&route.config.domain);
+        let tls_name = route
+            .config
+            .tls_name
+            .as_deref()
+            .unwrap_or(&route.config.domain);
         let io = if endpoint.direct_tls {
             UpstreamIo::Tls(Box::new(upstreams.tls.handshake(tls_name, tcp).await?))
         } else {
             UpstreamIo::Plain(tcp)
         };
-        let mut stream = Self { io, splitter: StreamSplitter::new(limits.clone()) };
+        let mut stream = Self {
+            io,
+            splitter: StreamSplitter::new(limits.clone()),
+            close_sent: false,
+        };
         let mut opened = stream.open(params).await?;
         if !stream.io.is_tls() && route.config.tls != TlsPolicy::Disabled {
             let offered = summarize_features(&opened.features.bytes)?.starttls;
@@ -117,14 +130,23 @@ impl UpstreamStream {
             _ => return Err(UpstreamError::Protocol("expected a stream header")),
         };
         match self.next_item().await? {
-            StreamItem::Element(e) if e.kind == ElementKind::Features => Ok(Opened { header, features: e }),
-            StreamItem::Element(e) if e.kind == ElementKind::StreamError => Err(UpstreamError::StreamError(e.bytes)),
+            StreamItem::Element(e) if e.kind == ElementKind::Features => Ok(Opened {
+                header,
+                features: e,
+            }),
+            StreamItem::Element(e) if e.kind == ElementKind::StreamError => {
+                Err(UpstreamError::StreamError(e.bytes))
+            }
             _ => Err(UpstreamError::Protocol("expected stream features")),
         }
     }
 
     /// RFC 6120 §5.4: ask for TLS, wait for `<proceed/>`, then handshake on the same socket.
-    async fn starttls(&mut self, upstreams: &Upstreams, tls_name: &str) -> Result<(), UpstreamError> {
+    async fn starttls(
+        &mut self,
+        upstreams: &Upstreams,
+        tls_name: &str,
+    ) -> Result<(), UpstreamError> {
         self.send(STARTTLS).await?;
         match self.next_item().await? {
             StreamItem::Element(e) if e.kind == ElementKind::TlsProceed => {}
@@ -184,7 +206,13 @@ impl UpstreamStream {
     }
 
     /// Closes the XMPP stream (`</stream:stream>`); the server answers with its own close.
+    /// Sent at most once: after the client's close, the server's answering close must not be
+    /// answered again (RFC 6120 §4.4: nothing may follow the closing tag).
     pub async fn close_stream(&mut self) -> Result<(), UpstreamError> {
+        if self.close_sent {
+            return Ok(());
+        }
+        self.close_sent = true;
         self.send(STREAM_END).await
     }
 

@@ -26,14 +26,18 @@ impl TlsConnector {
                     .map_err(|e| UpstreamError::Config(format!("{}: {e}", path.display())))?;
                 let mut added = 0;
                 for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    let cert = cert.map_err(|e| UpstreamError::Config(format!("{}: {e}", path.display())))?;
+                    let cert = cert
+                        .map_err(|e| UpstreamError::Config(format!("{}: {e}", path.display())))?;
                     roots
                         .add(cert)
                         .map_err(|e| UpstreamError::Config(format!("{}: {e}", path.display())))?;
                     added += 1;
                 }
                 if added == 0 {
-                    return Err(UpstreamError::Config(format!("{}: no certificates found", path.display())));
+                    return Err(UpstreamError::Config(format!(
+                        "{}: no certificates found",
+                        path.display()
+                    )));
                 }
             }
             None => {
@@ -50,13 +54,22 @@ impl TlsConnector {
             .map_err(|e| UpstreamError::Config(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Self { inner: tokio_rustls::TlsConnector::from(Arc::new(config)) })
+        Ok(Self {
+            inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
     }
 
     /// Runs the TLS handshake on a connected socket, verifying the certificate for `name`.
-    pub async fn handshake(&self, name: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    pub async fn handshake(
+        &self,
+        name: &str,
+        tcp: TcpStream,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| UpstreamError::Tls(format!("{name:?} is not a valid server name")))?;
-        self.inner.connect(server_name, tcp).await.map_err(|e| UpstreamError::Tls(e.to_string()))
+        self.inner
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| UpstreamError::Tls(e.to_string()))
     }
 }
