@@ -7,8 +7,11 @@
 
 use std::sync::LazyLock;
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::session::Transport;
@@ -22,6 +25,14 @@ pub struct Metrics {
     upstream_connect_failures: IntCounterVec,
     /// WebSocket sessions closed after unanswered pings.
     pub websocket_pings_missed: IntCounter,
+    session_duration: [Histogram; 2],
+    connect_phase: HistogramVec,
+    /// BOSH requests held open now.
+    pub bosh_held_requests: IntGauge,
+    /// Time from a BOSH request's arrival to its answer.
+    pub bosh_request_duration: Histogram,
+    /// 1 while the gateway drains, else 0.
+    pub draining: IntGauge,
     /// Per transport and direction, resolved once: `[transport][direction]`.
     stanza_counters: [[IntCounter; 2]; 2],
     byte_counters: [[IntCounter; 2]; 2],
@@ -93,6 +104,74 @@ impl Metrics {
             "WebSocket sessions closed because pings went unanswered.",
         ))
         .expect("metric");
+        let session_duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "xmpp_gateway_session_duration_seconds",
+                "How long sessions lasted.",
+            )
+            .buckets(vec![
+                1.0,
+                10.0,
+                60.0,
+                300.0,
+                1800.0,
+                3600.0,
+                4.0 * 3600.0,
+                12.0 * 3600.0,
+                86400.0,
+            ]),
+            &["transport"],
+        )
+        .expect("metric");
+        let connect_phase = HistogramVec::new(
+            HistogramOpts::new(
+                "xmpp_gateway_upstream_connect_seconds",
+                "Time spent opening upstream streams, by phase (dns, tcp, tls, stream).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["phase"],
+        )
+        .expect("metric");
+        let bosh_held_requests =
+            IntGauge::with_opts(opts("bosh_held_requests", "BOSH requests held open now."))
+                .expect("metric");
+        let bosh_request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "xmpp_gateway_bosh_request_duration_seconds",
+                "Time from a BOSH request to its answer.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+            ]),
+        )
+        .expect("metric");
+        let draining =
+            IntGauge::with_opts(opts("draining", "1 while the gateway is draining, else 0."))
+                .expect("metric");
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for c in [
+            Box::new(session_duration_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connect_phase.clone()),
+            Box::new(bosh_held_requests.clone()),
+            Box::new(bosh_request_duration.clone()),
+            Box::new(draining.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "xmpp_gateway",
+            )),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
         for c in [
             Box::new(sessions_active.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sessions_started.clone()),
@@ -117,8 +196,17 @@ impl Metrics {
             sessions_active.with_label_values(&[TRANSPORTS[0]]),
             sessions_active.with_label_values(&[TRANSPORTS[1]]),
         ];
+        let session_duration = [
+            session_duration_vec.with_label_values(&[TRANSPORTS[0]]),
+            session_duration_vec.with_label_values(&[TRANSPORTS[1]]),
+        ];
         Self {
             registry,
+            session_duration,
+            connect_phase,
+            bosh_held_requests,
+            bosh_request_duration,
+            draining,
             sessions_started,
             sessions_ended,
             inputs_rejected,
@@ -145,11 +233,19 @@ impl Metrics {
     }
 
     /// A session ended for `reason` (a fixed, low-cardinality word).
-    pub fn session_ended(&self, transport: Transport, reason: &'static str) {
+    pub fn session_ended(&self, transport: Transport, reason: &'static str, lasted: Duration) {
         self.sessions_ended
             .with_label_values(&[transport.as_str(), reason])
             .inc();
         self.active[transport as usize].dec();
+        self.session_duration[transport as usize].observe(lasted.as_secs_f64());
+    }
+
+    /// One phase of opening an upstream stream took `took`.
+    pub fn connect_phase(&self, phase: &'static str, took: Duration) {
+        self.connect_phase
+            .with_label_values(&[phase])
+            .observe(took.as_secs_f64());
     }
 
     /// Sessions open now on `transport`.
@@ -186,7 +282,7 @@ mod tests {
     fn all_series_are_prefixed_and_rendered() {
         METRICS.session_started(Transport::WebSocket);
         METRICS.relayed(Transport::WebSocket, Direction::ToClient, 10);
-        METRICS.session_ended(Transport::WebSocket, "client_close");
+        METRICS.session_ended(Transport::WebSocket, "client_close", Duration::from_secs(1));
         let text = String::from_utf8(METRICS.render()).unwrap();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("xmpp_gateway_"), "{line}");

@@ -61,6 +61,7 @@ pub struct Session {
     upstream: UpstreamStream,
     params: StreamParams,
     ended: Option<&'static str>,
+    started: std::time::Instant,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -111,6 +112,7 @@ impl Session {
                 upstream,
                 params,
                 ended: None,
+                started: std::time::Instant::now(),
             },
             header: opened.header,
             features,
@@ -189,7 +191,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Every session is counted out exactly once, including on a panic or a dropped task.
         let reason = self.ended.unwrap_or("aborted");
-        METRICS.session_ended(self.transport, reason);
+        METRICS.session_ended(self.transport, reason, self.started.elapsed());
         tracing::info!(reason, "session ended");
     }
 }

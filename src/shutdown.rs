@@ -20,6 +20,7 @@ impl Shutdown {
     /// Starts the drain: readiness fails, listeners stop accepting, sessions are told to leave.
     pub fn begin(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        crate::metrics::METRICS.draining.set(1);
         self.token.cancel();
     }
 

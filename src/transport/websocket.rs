@@ -16,6 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
@@ -208,7 +209,15 @@ async fn run(mut ws: Ws, gw: Arc<Gateway>, origin: String) {
 /// (which has been answered with a stream error).
 async fn first_open(ws: &mut Ws, gw: &Gateway) -> Option<OpenFrame> {
     loop {
-        let msg = ws.next().await?.ok()?;
+        let msg = match ws.next().await? {
+            Ok(msg) => msg,
+            // PROTOCOL.md §2: an oversized frame is refused like any oversized element.
+            Err(WsError::Capacity(_)) => {
+                reject(ws, &XmlError::TooLarge).await;
+                return None;
+            }
+            Err(_) => return None,
+        };
         match msg {
             Message::Text(t) => match parse_client_frame(Bytes::from(t), &gw.xml_limits) {
                 Ok(ClientFrame::Open(open)) => return Some(open),
@@ -256,10 +265,20 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway) -> Reason {
         };
         tokio::select! {
             msg = ws.next() => {
-                let Some(Ok(msg)) = msg else {
-                    // The browser vanished: end the upstream stream cleanly.
-                    let _ = session.close_stream().await;
-                    return "client_gone";
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    // tungstenite refuses a frame over max_stanza_bytes before the XML layer
+                    // sees it; PROTOCOL.md §2 wants the same policy-violation as TooLarge.
+                    Some(Err(WsError::Capacity(_))) => {
+                        reject(ws, &XmlError::TooLarge).await;
+                        let _ = session.close_stream().await;
+                        return "bad_input";
+                    }
+                    _ => {
+                        // The browser vanished: end the upstream stream cleanly.
+                        let _ = session.close_stream().await;
+                        return "client_gone";
+                    }
                 };
                 match msg {
                     Message::Text(t) => {

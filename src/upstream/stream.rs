@@ -11,6 +11,7 @@ use super::connect::UpstreamIo;
 use super::resolve::Endpoint;
 use super::{Route, UpstreamError, Upstreams};
 use crate::config::TlsPolicy;
+use crate::metrics::METRICS;
 use crate::xml::features::summarize_features;
 use crate::xml::split::{Element, ElementKind, StreamHeader, StreamItem, StreamSplitter};
 use crate::xml::{escape_attr, Limits};
@@ -55,7 +56,9 @@ impl UpstreamStream {
         params: &StreamParams,
         limits: &Limits,
     ) -> Result<(Self, Opened), UpstreamError> {
+        let t = std::time::Instant::now();
         let endpoints = upstreams.resolver.endpoints(route).await?;
+        METRICS.connect_phase("dns", t.elapsed());
         let mut last = UpstreamError::Resolve("no endpoints".into());
         for endpoint in &endpoints {
             let attempt = Self::establish_one(upstreams, route, endpoint, params, limits);
@@ -99,7 +102,10 @@ impl UpstreamStream {
             .as_deref()
             .unwrap_or(&route.config.domain);
         let io = if endpoint.direct_tls {
-            UpstreamIo::Tls(Box::new(upstreams.tls.handshake(tls_name, tcp).await?))
+            let t = std::time::Instant::now();
+            let tls = upstreams.tls.handshake(tls_name, tcp).await?;
+            METRICS.connect_phase("tls", t.elapsed());
+            UpstreamIo::Tls(Box::new(tls))
         } else {
             UpstreamIo::Plain(tcp)
         };
@@ -108,12 +114,18 @@ impl UpstreamStream {
             splitter: StreamSplitter::new(limits.clone()),
             close_sent: false,
         };
+        let t = std::time::Instant::now();
         let mut opened = stream.open(params).await?;
+        METRICS.connect_phase("stream", t.elapsed());
         if !stream.io.is_tls() && route.config.tls != TlsPolicy::Disabled {
             let offered = summarize_features(&opened.features.bytes)?.starttls;
             if offered {
+                let t = std::time::Instant::now();
                 stream.starttls(upstreams, tls_name).await?;
+                METRICS.connect_phase("tls", t.elapsed());
+                let t = std::time::Instant::now();
                 opened = stream.open(params).await?;
+                METRICS.connect_phase("stream", t.elapsed());
             } else if route.config.tls == TlsPolicy::Required {
                 return Err(UpstreamError::TlsUnavailable);
             }
