@@ -44,6 +44,9 @@ pub struct Cli {
     /// Serve the files of this directory at / (the demo page).
     #[arg(long, value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
+    /// Seconds a drain (SIGTERM/SIGINT) waits for sessions to end before exiting.
+    #[arg(long = "drain-timeout", value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -233,6 +236,18 @@ impl Default for LimitsConfig {
     }
 }
 
+/// What sessions are told when the node drains (PROTOCOL.md §6).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// WebSocket clients get `<close see-other-uri=…/>` with this URL (typically the load
+    /// balancer's public URL) instead of a `system-shutdown` stream error.
+    pub websocket_redirect: Option<String>,
+    /// BOSH clients get `condition='see-other-uri'` with this URL instead of
+    /// `system-shutdown`.
+    pub bosh_redirect: Option<String>,
+}
+
 /// Public URLs announced by XEP-0156 discovery (PROTOCOL.md §5).
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -268,6 +283,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// XEP-0156 discovery.
     pub discovery: DiscoveryConfig,
+    /// Seconds a drain waits for sessions to end before the process exits anyway.
+    pub drain_timeout_secs: u64,
+    /// What draining sessions are told.
+    pub drain: DrainConfig,
 }
 
 impl Default for Config {
@@ -283,6 +302,8 @@ impl Default for Config {
             bosh: BoshConfig::default(),
             limits: LimitsConfig::default(),
             discovery: DiscoveryConfig::default(),
+            drain_timeout_secs: 30,
+            drain: DrainConfig::default(),
         }
     }
 }
@@ -346,6 +367,9 @@ impl Config {
         }
         if let Some(p) = &cli.static_dir {
             self.static_dir = Some(p.clone());
+        }
+        if let Some(t) = cli.drain_timeout {
+            self.drain_timeout_secs = t;
         }
         if let Some(f) = cli.log_format {
             self.log.format = f;

@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
 use xmpp_gateway::config::{Cli, Config, LogFormat};
-use xmpp_gateway::server::Server;
-
-/// How long a drain waits for sessions before the process exits anyway.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use xmpp_gateway::server::{Gateway, Server};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -36,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(cli, config))
 }
 
 fn init_logging(config: &Config) {
@@ -53,7 +51,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(cli: Cli, config: Config) -> anyhow::Result<()> {
     if config.routes.is_empty() {
         tracing::warn!("no --route configured: every client will get host-unknown");
     }
@@ -61,27 +59,54 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let gw = server.gateway();
     tracing::info!(listen = %server.local_addr(), admin = %server.admin_addr(), "xmpp-gateway started");
     let running = tokio::spawn(server.run());
-    wait_for_signal().await;
-    tracing::info!(sessions = gw.shutdown.tasks(), "signal received; draining");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&cli, &gw),
+        }
+    }
+    let deadline = Duration::from_secs(gw.settings().config.drain_timeout_secs);
+    tracing::info!(
+        tasks = gw.shutdown.tasks(),
+        deadline_secs = deadline.as_secs(),
+        "signal received; draining"
+    );
     gw.shutdown.begin();
     let drained = tokio::select! {
-        d = gw.shutdown.wait(DRAIN_TIMEOUT) => d,
-        _ = wait_for_signal() => {
-            tracing::warn!("second signal; exiting now");
-            false
-        }
+        d = gw.shutdown.wait(deadline) => d,
+        _ = term.recv() => false,
+        _ = int.recv() => false,
     };
     running.abort();
     tracing::info!(drained, "stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGHUP: read the configuration again and apply what can change without a restart.
+fn reload(cli: &Cli, gw: &Gateway) {
+    let config = match Config::load(cli, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; keeping the running configuration");
+            return;
+        }
+    };
+    match gw.reload(config) {
+        Ok(needs_restart) => {
+            for option in &needs_restart {
+                tracing::warn!(
+                    option,
+                    "changed option is not reloadable; restart to apply it"
+                );
+            }
+            tracing::info!(
+                "configuration reloaded: routes, limits and TLS material apply to new sessions"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
     }
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,22 +19,19 @@ use crate::shutdown::Shutdown;
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::xml::Limits;
 
-/// What every connection and session shares.
-pub struct Gateway {
+/// The reloadable part of the shared state: a snapshot that a session takes when it starts
+/// and keeps, so a reload (SIGHUP) changes new sessions and never disturbs live ones.
+pub struct Settings {
     /// The configuration in force.
     pub config: Config,
     /// Routes, resolver and TLS toward the XMPP servers.
     pub upstreams: Upstreams,
     /// XML limits derived from the configuration.
     pub xml_limits: Limits,
-    /// Drain state.
-    pub shutdown: Shutdown,
-    /// Live BOSH sessions by sid.
-    pub bosh_sessions: Arc<crate::transport::bosh::Sessions>,
 }
 
-impl Gateway {
-    /// Builds the shared state from a configuration.
+impl Settings {
+    /// Builds routes, TLS material and limits from a configuration.
     pub fn new(config: Config) -> Result<Self, UpstreamError> {
         let upstreams = Upstreams::new(&config)?;
         let xml_limits = Limits {
@@ -45,9 +43,54 @@ impl Gateway {
             config,
             upstreams,
             xml_limits,
+        })
+    }
+}
+
+/// What every connection and session shares.
+pub struct Gateway {
+    settings: ArcSwap<Settings>,
+    /// Drain state.
+    pub shutdown: Shutdown,
+    /// Live BOSH sessions by sid.
+    pub bosh_sessions: Arc<crate::transport::bosh::Sessions>,
+}
+
+impl Gateway {
+    /// Builds the shared state from a configuration.
+    pub fn new(config: Config) -> Result<Self, UpstreamError> {
+        Ok(Self {
+            settings: ArcSwap::from_pointee(Settings::new(config)?),
             shutdown: Shutdown::default(),
             bosh_sessions: Arc::default(),
         })
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces routes, limits and TLS material for sessions that start from now on. Returns
+    /// the names of changed options that only a restart applies (listener addresses, the
+    /// connection limit). On error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, UpstreamError> {
+        let old = self.settings();
+        let mut needs_restart = Vec::new();
+        if old.config.listen != config.listen {
+            needs_restart.push("listen");
+        }
+        if old.config.admin_listen != config.admin_listen {
+            needs_restart.push("admin_listen");
+        }
+        if old.config.limits.max_connections != config.limits.max_connections {
+            needs_restart.push("limits.max_connections");
+        }
+        if old.config.log != config.log {
+            needs_restart.push("log");
+        }
+        self.settings.store(Arc::new(Settings::new(config)?));
+        Ok(needs_restart)
     }
 }
 
@@ -70,8 +113,9 @@ impl Server {
                 .await
                 .map_err(|source| StartError::Bind { addr, source })
         };
-        let public = bind(gateway.config.listen).await?;
-        let admin = bind(gateway.config.admin_listen).await?;
+        let settings = gateway.settings();
+        let public = bind(settings.config.listen).await?;
+        let admin = bind(settings.config.admin_listen).await?;
         Ok(Self {
             gateway: Arc::new(gateway),
             public,
@@ -108,7 +152,7 @@ impl Server {
 }
 
 async fn public_loop(listener: TcpListener, gw: Arc<Gateway>) {
-    let slots = Arc::new(Semaphore::new(gw.config.limits.max_connections));
+    let slots = Arc::new(Semaphore::new(gw.settings().config.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             _ = gw.shutdown.cancelled() => break,
@@ -162,7 +206,7 @@ async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
             let svc_gw = gw.clone();
             let svc = service_fn(move |req| {
                 let gw = svc_gw.clone();
-                async move { Ok::<_, Infallible>(crate::http::admin(req, &gw)) }
+                async move { Ok::<_, Infallible>(crate::http::admin(req, &gw).await) }
             });
             serve_http(tcp, svc, &gw).await;
         });
@@ -179,14 +223,21 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let header_timeout = Duration::from_secs(gw.settings().config.limits.header_read_timeout_secs);
+    // hyper-util's auto builder reads the first bytes to tell HTTP/1 from HTTP/2 before hyper's
+    // own header timer starts, so a connection that never sends a byte would be kept forever:
+    // wait for the first byte under the same limit.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header-read timeout only runs when a timer is configured.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(
-            gw.config.limits.header_read_timeout_secs,
-        ))
+        .header_read_timeout(header_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);

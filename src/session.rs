@@ -62,6 +62,8 @@ pub struct Session {
     params: StreamParams,
     ended: Option<&'static str>,
     started: std::time::Instant,
+    /// `</stream:stream>` went upstream; it is sent at most once.
+    closed: bool,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -96,12 +98,14 @@ impl Session {
         transport: Transport,
         params: StreamParams,
     ) -> Result<OpenedSession, UpstreamError> {
-        let route = gw
+        let settings = gw.settings();
+        let route = settings
             .upstreams
             .route(&params.to)
             .ok_or(UpstreamError::UnknownDomain)?;
         let (upstream, opened) =
-            UpstreamStream::establish(&gw.upstreams, &route, &params, &gw.xml_limits).await?;
+            UpstreamStream::establish(&settings.upstreams, &route, &params, &settings.xml_limits)
+                .await?;
         let features = filter_features_for_client(&opened.features.bytes)?;
         tracing::debug!(tls = upstream.is_tls(), "upstream stream open");
         METRICS.session_started(transport);
@@ -113,6 +117,7 @@ impl Session {
                 params,
                 ended: None,
                 started: std::time::Instant::now(),
+                closed: false,
             },
             header: opened.header,
             features,
@@ -177,6 +182,9 @@ impl Session {
 
     /// Sends `</stream:stream>` upstream.
     pub async fn close_stream(&mut self) -> Result<(), UpstreamError> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
         self.upstream.close_stream().await
     }
 

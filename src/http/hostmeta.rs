@@ -15,7 +15,8 @@ const REL_BOSH: &str = "urn:xmpp:alt-connections:xbosh";
 
 /// The announced links: from config, or derived from the request.
 fn links<B>(req: &Request<B>, gw: &Gateway) -> Vec<(&'static str, String)> {
-    let d = &gw.config.discovery;
+    let settings = gw.settings();
+    let d = &settings.config.discovery;
     let ws = d
         .websocket_url
         .clone()

@@ -32,7 +32,7 @@ pub async fn public(
         (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &gw),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => hostmeta::json(&req, &gw),
-        (&Method::GET | &Method::HEAD, _) if gw.config.static_dir.is_some() => {
+        (&Method::GET | &Method::HEAD, _) if gw.settings().config.static_dir.is_some() => {
             static_files::serve(&req, &gw).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -40,15 +40,20 @@ pub async fn public(
 }
 
 /// Routes one request of the admin listener.
-pub fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
+pub async fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             // PROTOCOL.md §6: not ready while draining or with nothing to serve.
             if gw.shutdown.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if gw.upstreams.route_count() == 0 {
+            } else if gw.settings().upstreams.route_count() == 0 {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no routes configured\n")
+            } else if !gw.settings().upstreams.reachable().await {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no upstream endpoint reachable\n",
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }

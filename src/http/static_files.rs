@@ -12,7 +12,8 @@ use crate::server::Gateway;
 
 /// Serves `GET`/`HEAD` of a file below the static directory.
 pub async fn serve<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
-    let Some(root) = gw.config.static_dir.as_deref() else {
+    let settings = gw.settings();
+    let Some(root) = settings.config.static_dir.as_deref() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     let Some(mut path) = resolve(root, req.uri().path()) else {

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::http::{text, Body};
 use crate::metrics::METRICS;
-use crate::server::{ConnectionPermit, Gateway};
+use crate::server::{ConnectionPermit, Gateway, Settings};
 use crate::session::{next_session_id, Outbound, Session, Transport};
 use crate::upstream::stream::StreamParams;
 use crate::upstream::UpstreamError;
@@ -88,7 +88,14 @@ pub fn upgrade(
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         .unwrap_or("");
-    let allowed = &gw.config.websocket.allowed_origins;
+    if gw.shutdown.is_draining() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining; connect to another node\n",
+        );
+    }
+    let settings = gw.settings();
+    let allowed = &settings.config.websocket.allowed_origins;
     if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
         tracing::info!(%peer, origin, "WebSocket origin refused");
         METRICS.input_rejected("origin");
@@ -103,12 +110,12 @@ pub fn upgrade(
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
-                    Some(ws_config(&task_gw)),
+                    Some(ws_config(&settings)),
                 )
                 .await;
                 let id = next_session_id();
                 let span = tracing::info_span!("session", id, transport = "websocket", %peer);
-                run(ws, task_gw, origin).instrument(span).await;
+                run(ws, task_gw, settings, origin).instrument(span).await;
             }
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
@@ -128,12 +135,12 @@ pub fn upgrade(
 }
 
 /// tungstenite's defaults allocate 128 KiB buffers per connection; a session needs a few KiB.
-fn ws_config(gw: &Gateway) -> WebSocketConfig {
-    let max = gw.config.limits.max_stanza_bytes;
+fn ws_config(settings: &Settings) -> WebSocketConfig {
+    let max = settings.config.limits.max_stanza_bytes;
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(gw.config.limits.max_buffered_bytes)
+        .max_write_buffer_size(settings.config.limits.max_buffered_bytes)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
@@ -142,13 +149,13 @@ fn ws_config(gw: &Gateway) -> WebSocketConfig {
 type Reason = &'static str;
 
 /// The session from the first `<open/>` to the closing handshake.
-async fn run(mut ws: Ws, gw: Arc<Gateway>, origin: String) {
-    if !origin.is_empty() && gw.config.websocket.allowed_origins.is_empty() {
+async fn run(mut ws: Ws, gw: Arc<Gateway>, settings: Arc<Settings>, origin: String) {
+    if !origin.is_empty() && settings.config.websocket.allowed_origins.is_empty() {
         tracing::debug!(origin, "WebSocket session from origin");
     }
-    let open_timeout = Duration::from_secs(gw.config.limits.open_timeout_secs);
+    let open_timeout = Duration::from_secs(settings.config.limits.open_timeout_secs);
     let open = tokio::select! {
-        r = tokio::time::timeout(open_timeout, first_open(&mut ws, &gw)) => match r {
+        r = tokio::time::timeout(open_timeout, first_open(&mut ws, &settings)) => match r {
             Ok(Some(open)) => open,
             Ok(None) => return,
             Err(_) => {
@@ -199,7 +206,7 @@ async fn run(mut ws: Ws, gw: Arc<Gateway>, origin: String) {
         send_text(&mut ws, opened.features).await
     };
     let reason = match first.await {
-        Ok(()) => relay(&mut ws, &mut session, &gw).await,
+        Ok(()) => relay(&mut ws, &mut session, &gw, &settings).await,
         Err(_) => "client_gone",
     };
     session.finish(reason).await;
@@ -207,7 +214,7 @@ async fn run(mut ws: Ws, gw: Arc<Gateway>, origin: String) {
 
 /// Waits for the client's first `<open/>`. `None` when the client left or sent something else
 /// (which has been answered with a stream error).
-async fn first_open(ws: &mut Ws, gw: &Gateway) -> Option<OpenFrame> {
+async fn first_open(ws: &mut Ws, settings: &Settings) -> Option<OpenFrame> {
     loop {
         let msg = match ws.next().await? {
             Ok(msg) => msg,
@@ -219,7 +226,7 @@ async fn first_open(ws: &mut Ws, gw: &Gateway) -> Option<OpenFrame> {
             Err(_) => return None,
         };
         match msg {
-            Message::Text(t) => match parse_client_frame(Bytes::from(t), &gw.xml_limits) {
+            Message::Text(t) => match parse_client_frame(Bytes::from(t), &settings.xml_limits) {
                 Ok(ClientFrame::Open(open)) => return Some(open),
                 Ok(ClientFrame::Whitespace) => continue,
                 Ok(_) => {
@@ -246,20 +253,21 @@ async fn first_open(ws: &mut Ws, gw: &Gateway) -> Option<OpenFrame> {
 }
 
 /// The relay loop: client frames, upstream items, keepalive and drain in one `select!`.
-async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway) -> Reason {
-    let interval = gw.config.ping_interval();
-    let max_missed = gw.config.websocket.max_missed_pongs;
+async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Settings) -> Reason {
+    let interval = settings.config.ping_interval();
+    let max_missed = settings.config.websocket.max_missed_pongs;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut missed = 0u32;
-    // Set once the client has sent <close/>: the deadline for the server's answer.
-    let mut closing: Option<Instant> = None;
+    // Set once the stream is being closed (the client's <close/>, or a drain): the deadline
+    // for the server's answer, and what the client is told at the end.
+    let mut closing: Option<(Instant, Ending)> = None;
     // A client that stops reading is cut off instead of being buffered without bound.
     let write_timeout = interval * max_missed.max(1);
     loop {
         let close_deadline = async {
             match closing {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some((at, _)) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -282,7 +290,9 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway) -> Reason {
                 };
                 match msg {
                     Message::Text(t) => {
-                        match parse_client_frame(Bytes::from(t), &gw.xml_limits) {
+                        match parse_client_frame(Bytes::from(t), &settings.xml_limits) {
+                            // After </stream:stream> went upstream the server reads no more.
+                            Ok(ClientFrame::Element(_)) if closing.is_some() => {}
                             Ok(ClientFrame::Element(el)) => {
                                 if session.send(&el).await.is_err() {
                                     let _ = stream_error(ws, "remote-connection-failed", None).await;
@@ -298,7 +308,7 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway) -> Reason {
                                 // RFC 7395 §3.6: answer the close; the server closes the socket.
                                 if closing.is_none() {
                                     let _ = session.close_stream().await;
-                                    closing = Some(Instant::now() + CLOSE_GRACE);
+                                    closing = Some((Instant::now() + CLOSE_GRACE, Ending::Close));
                                 }
                             }
                             Ok(ClientFrame::Whitespace) => {}
@@ -328,7 +338,8 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway) -> Reason {
                 }
             }
             out = session.next_outbound() => {
-                let write = tokio::time::timeout(write_timeout, forward(ws, session, out));
+                let ending = closing.map_or(Ending::Close, |(_, e)| e);
+                let write = tokio::time::timeout(write_timeout, forward(ws, session, out, ending, settings));
                 match write.await {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::End(reason)) => return reason,
@@ -354,15 +365,15 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway) -> Reason {
                 }
             }
             _ = close_deadline => {
-                let _ = send_text(ws, Bytes::from_static(CLOSE)).await;
-                let _ = ws.close(None).await;
-                return "client_close";
+                let ending = closing.map_or(Ending::Close, |(_, e)| e);
+                return finish(ws, ending, settings).await;
             }
             _ = gw.shutdown.cancelled(), if closing.is_none() => {
-                // PROTOCOL.md §6: tell the client to leave, then close both sides.
-                let _ = stream_error(ws, "system-shutdown", None).await;
+                // PROTOCOL.md §6: close the upstream stream first and keep relaying until the
+                // server's close, so stanzas already on their way still reach the client; then
+                // tell the client where to go.
                 let _ = session.close_stream().await;
-                return "shutdown";
+                closing = Some((Instant::now() + CLOSE_GRACE, Ending::Drain));
             }
         }
     }
@@ -373,11 +384,50 @@ enum Flow {
     End(Reason),
 }
 
+/// How a closing stream ends toward the client.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// A plain `<close/>` (either side closed).
+    Close,
+    /// The node drains: `see-other-uri` where configured, else `system-shutdown`.
+    Drain,
+}
+
+/// Sends the client's last words and closes the WebSocket (RFC 7395 §3.6).
+async fn finish(ws: &mut Ws, ending: Ending, settings: &Settings) -> Reason {
+    match ending {
+        Ending::Close => {
+            let _ = send_text(ws, Bytes::from_static(CLOSE)).await;
+            let _ = ws.close(None).await;
+            "closed"
+        }
+        Ending::Drain => {
+            match &settings.config.drain.websocket_redirect {
+                // RFC 7395 §3.6.1: see-other-uri on <close/> moves the client elsewhere.
+                Some(uri) => {
+                    let close = format!(
+                        "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing' see-other-uri='{}'/>",
+                        escape_attr(uri)
+                    );
+                    let _ = send_text(ws, Bytes::from(close)).await;
+                    let _ = ws.close(None).await;
+                }
+                None => {
+                    let _ = stream_error(ws, "system-shutdown", None).await;
+                }
+            }
+            "shutdown"
+        }
+    }
+}
+
 /// Writes one upstream item, and any already buffered behind it, with one flush.
 async fn forward(
     ws: &mut Ws,
     session: &mut Session,
     first: Result<Outbound, UpstreamError>,
+    ending: Ending,
+    settings: &Settings,
 ) -> Flow {
     let mut next = Some(first);
     while let Some(item) = next.take() {
@@ -408,9 +458,7 @@ async fn forward(
                 // Either the answer to the client's <close/> or the server leaving first; both
                 // are answered with <close/> and the WebSocket is closed by us (RFC 7395 §3.6).
                 let _ = session.close_stream().await;
-                let _ = send_text(ws, Bytes::from_static(CLOSE)).await;
-                let _ = ws.close(None).await;
-                return Flow::End("closed");
+                return Flow::End(finish(ws, ending, settings).await);
             }
         };
         if sent.is_err() {

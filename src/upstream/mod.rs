@@ -11,8 +11,9 @@ pub mod stream;
 pub mod tls;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, RouteConfig};
 use crate::xml::XmlError;
@@ -32,7 +33,13 @@ pub struct Upstreams {
     tls: tls::TlsConnector,
     resolver: resolve::Resolver,
     connect_timeout: Duration,
+    /// When an upstream stream last opened (or a probe connected), in ms since `epoch`.
+    last_reached_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// How recent a successful upstream connection must be for readiness without a new probe.
+const REACHED_RECENTLY: Duration = Duration::from_secs(60);
 
 impl Upstreams {
     /// Builds routes, the TLS client configuration and the (lazily created) resolver.
@@ -65,6 +72,8 @@ impl Upstreams {
             tls: tls::TlsConnector::new(config.upstream_ca.as_deref())?,
             resolver: resolve::Resolver::default(),
             connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
+            last_reached_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -81,6 +90,36 @@ impl Upstreams {
     /// Number of configured routes.
     pub fn route_count(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Records that an upstream server answered.
+    pub fn mark_reached(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_reached_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// PROTOCOL.md §6: whether at least one upstream endpoint was reachable recently. Without
+    /// a recent session, one TCP connection is tried per route until one succeeds.
+    pub async fn reachable(&self) -> bool {
+        let last = self.last_reached_ms.load(Ordering::Relaxed);
+        if last != 0
+            && self.epoch.elapsed().as_millis() as u64 - last < REACHED_RECENTLY.as_millis() as u64
+        {
+            return true;
+        }
+        for route in self.routes.values() {
+            let Ok(endpoints) = self.resolver.endpoints(route).await else {
+                continue;
+            };
+            for ep in endpoints {
+                let connect = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port));
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+                    self.mark_reached();
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 

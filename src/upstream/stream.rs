@@ -63,7 +63,10 @@ impl UpstreamStream {
         for endpoint in &endpoints {
             let attempt = Self::establish_one(upstreams, route, endpoint, params, limits);
             match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
-                Ok(Ok(done)) => return Ok(done),
+                Ok(Ok(done)) => {
+                    upstreams.mark_reached();
+                    return Ok(done);
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(endpoint = %endpoint, error = %e, "upstream endpoint failed");
                     // A server that answered with a stream error has spoken for the domain.

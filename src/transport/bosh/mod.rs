@@ -119,7 +119,8 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
         }
     }
     let gzip = accepts_gzip(req.headers());
-    let limit = gw.config.bosh.max_body_bytes;
+    let settings = gw.settings();
+    let limit = settings.config.bosh.max_body_bytes;
     let data = match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => {
@@ -130,7 +131,7 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
             );
         }
     };
-    let parsed = body::parse(data, &gw.xml_limits);
+    let parsed = body::parse(data, &settings.xml_limits);
     let answer = match parsed {
         Ok(b) if b.sid.is_none() => create(b, &gw, peer).await,
         Ok(b) => continue_session(b, &gw).await,
@@ -150,7 +151,7 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
             terminate_body(&Terminate::Condition("bad-request"))
         }
     };
-    respond(answer, gzip, gw.config.bosh.gzip_min_bytes, cors)
+    respond(answer, gzip, settings.config.bosh.gzip_min_bytes, cors)
 }
 
 /// A session request (XEP-0124 §7.1, XEP-0206 §3).
@@ -165,7 +166,8 @@ async fn create(b: BoshBody, gw: &Arc<Gateway>, peer: SocketAddr) -> Bytes {
     if gw.shutdown.is_draining() {
         return terminate_body(&Terminate::Condition("system-shutdown"));
     }
-    let cfg = &gw.config.bosh;
+    let settings = gw.settings();
+    let cfg = &settings.config.bosh;
     let hold = b.hold.unwrap_or(1).min(cfg.max_hold) as usize;
     let params = Params {
         wait: Duration::from_secs(
@@ -327,7 +329,8 @@ fn accepts_gzip(h: &HeaderMap) -> bool {
 
 /// The `Access-Control-Allow-Origin` value, or `Err` for a refused origin.
 fn cors_origin(gw: &Gateway, origin: Option<&HeaderValue>) -> Result<HeaderValue, ()> {
-    let allowed = &gw.config.bosh.allowed_origins;
+    let settings = gw.settings();
+    let allowed = &settings.config.bosh.allowed_origins;
     match origin {
         _ if allowed.is_empty() => Ok(HeaderValue::from_static("*")),
         Some(o) if allowed.iter().any(|a| a.as_bytes() == o.as_bytes()) => Ok(o.clone()),

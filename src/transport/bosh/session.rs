@@ -32,7 +32,8 @@ pub async fn run(
     gw: Arc<Gateway>,
     sessions: Arc<Sessions>,
 ) {
-    let limit = gw.config.limits.max_buffered_bytes;
+    let settings = gw.settings();
+    let limit = settings.config.limits.max_buffered_bytes;
     let mut told_shutdown = false;
     let reason = loop {
         let mut actions = Vec::new();
@@ -81,7 +82,7 @@ pub async fn run(
             _ = tick => state.on_tick(Instant::now(), &mut actions),
             _ = gw.shutdown.cancelled(), if !told_shutdown => {
                 told_shutdown = true;
-                state.on_shutdown(&mut actions);
+                state.on_shutdown(settings.config.drain.bosh_redirect.as_deref(), &mut actions);
             }
         }
         if let Some(reason) = perform(&mut session, &mut state, actions).await {
@@ -90,7 +91,7 @@ pub async fn run(
     };
     // A client with no request held when the session ended learns why from its next one.
     if !state.end_delivered() {
-        let linger = tokio::time::sleep(LINGER.min(gw.config.bosh_inactivity()));
+        let linger = tokio::time::sleep(LINGER.min(settings.config.bosh_inactivity()));
         tokio::pin!(linger);
         tokio::select! {
             Some(req) = rx.recv() => {

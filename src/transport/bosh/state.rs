@@ -73,6 +73,8 @@ pub enum Terminate {
     Condition(&'static str),
     /// The upstream server sent a stream error (carried in the body).
     RemoteStreamError(Bytes),
+    /// The node drains and the client should reconnect at this URI (XEP-0124 §17.3).
+    SeeOtherUri(String),
 }
 
 /// What the session task must do.
@@ -335,10 +337,15 @@ impl<R> BoshState<R> {
         self.terminate(why, None, out);
     }
 
-    /// The gateway is draining (PROTOCOL.md §6).
-    pub fn on_shutdown(&mut self, out: &mut Vec<Action<R>>) {
+    /// The gateway is draining (PROTOCOL.md §6): pending stanzas and the redirect (or
+    /// `system-shutdown`) go to the client.
+    pub fn on_shutdown(&mut self, redirect: Option<&str>, out: &mut Vec<Action<R>>) {
         out.push(Action::CloseUpstream);
-        self.terminate(Terminate::Condition("system-shutdown"), None, out);
+        let why = match redirect {
+            Some(uri) => Terminate::SeeOtherUri(uri.to_string()),
+            None => Terminate::Condition("system-shutdown"),
+        };
+        self.terminate(why, None, out);
     }
 
     /// The next instant [`on_tick`](Self::on_tick) has work to do.
@@ -432,7 +439,7 @@ impl<R> BoshState<R> {
         self.ended = true;
         let reason = match why {
             Terminate::Normal => "closed",
-            Terminate::Condition("system-shutdown") => "shutdown",
+            Terminate::Condition("system-shutdown") | Terminate::SeeOtherUri(_) => "shutdown",
             Terminate::Condition(_) => "bad_input",
             Terminate::RemoteStreamError(_) => "upstream_stream_error",
         };
@@ -451,9 +458,14 @@ fn terminate_body_with(why: &Terminate, pending: &mut Vec<Bytes>) -> Bytes {
         Terminate::Normal => {}
         Terminate::Condition(c) => s.push_str(&format!(" condition='{c}'")),
         Terminate::RemoteStreamError(_) => s.push_str(" condition='remote-stream-error'"),
+        Terminate::SeeOtherUri(_) => s.push_str(" condition='see-other-uri'"),
     }
     let error = match why {
         Terminate::RemoteStreamError(e) => Some(e.clone()),
+        Terminate::SeeOtherUri(uri) => Some(Bytes::from(format!(
+            "<uri>{}</uri>",
+            crate::xml::escape_attr(uri)
+        ))),
         _ => None,
     };
     if pending.is_empty() && error.is_none() {
