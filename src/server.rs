@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,9 +146,10 @@ impl Server {
     /// Serves until the drain begins, then stops accepting. Sessions keep running until they
     /// end; wait for them with [`Shutdown::wait`].
     pub async fn run(self) {
-        let admin = tokio::spawn(admin_loop(self.admin, self.gateway.clone()));
+        // The admin listener outlives the drain (/readyz answers 503 meanwhile); it ends when
+        // the runtime does.
+        tokio::spawn(admin_loop(self.admin, self.gateway.clone()));
         public_loop(self.public, self.gateway).await;
-        let _ = admin.await;
     }
 }
 
@@ -191,16 +193,21 @@ async fn serve_public(
         let permit = permit.clone();
         async move { Ok::<_, Infallible>(crate::http::public(req, gw, peer, permit).await) }
     });
-    serve_http(tcp, svc, &gw).await;
+    serve_http(tcp, svc, &gw, true).await;
 }
 
 async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    // PROTOCOL.md §6: /readyz answers 503 while the drain lasts, so the admin listener keeps
+    // serving until the process exits.
     loop {
-        let accepted = tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
-            a = listener.accept() => a,
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
-        let Ok((tcp, _)) = accepted else { continue };
         let gw = gw.clone();
         tokio::spawn(async move {
             let svc_gw = gw.clone();
@@ -208,12 +215,12 @@ async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
                 let gw = svc_gw.clone();
                 async move { Ok::<_, Infallible>(crate::http::admin(req, &gw).await) }
             });
-            serve_http(tcp, svc, &gw).await;
+            serve_http(tcp, svc, &gw, false).await;
         });
     }
 }
 
-async fn serve_http<S>(tcp: TcpStream, svc: S, gw: &Gateway)
+async fn serve_http<S>(tcp: TcpStream, svc: S, gw: &Gateway, stop_on_drain: bool)
 where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -224,14 +231,15 @@ where
     S::Future: Send + 'static,
 {
     let header_timeout = Duration::from_secs(gw.settings().config.limits.header_read_timeout_secs);
-    // hyper-util's auto builder reads the first bytes to tell HTTP/1 from HTTP/2 before hyper's
-    // own header timer starts, so a connection that never sends a byte would be kept forever:
-    // wait for the first byte under the same limit.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
+    // hyper-util's auto builder sniffs up to 24 bytes to tell HTTP/1 from HTTP/2 before hyper's
+    // own header timer starts, without a deadline: a connection that has produced no request
+    // within the header-read timeout is dropped here, whatever it sent.
+    let first_request = Arc::new(AtomicBool::new(false));
+    let seen = first_request.clone();
+    let svc = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
+        svc.call(req)
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header-read timeout only runs when a timer is configured.
     builder
@@ -242,9 +250,23 @@ where
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
     tokio::pin!(conn);
+    let no_request_in_time = async {
+        tokio::time::sleep(header_timeout).await;
+        if first_request.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    let drain = async {
+        if stop_on_drain {
+            gw.shutdown.cancelled().await
+        } else {
+            std::future::pending().await
+        }
+    };
     tokio::select! {
         _ = conn.as_mut() => {}
-        _ = gw.shutdown.cancelled() => {
+        _ = no_request_in_time => tracing::debug!("no request within the header-read timeout"),
+        _ = drain => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }

@@ -62,8 +62,6 @@ pub struct Session {
     params: StreamParams,
     ended: Option<&'static str>,
     started: std::time::Instant,
-    /// `</stream:stream>` went upstream; it is sent at most once.
-    closed: bool,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -117,7 +115,6 @@ impl Session {
                 params,
                 ended: None,
                 started: std::time::Instant::now(),
-                closed: false,
             },
             header: opened.header,
             features,
@@ -182,9 +179,6 @@ impl Session {
 
     /// Sends `</stream:stream>` upstream.
     pub async fn close_stream(&mut self) -> Result<(), UpstreamError> {
-        if std::mem::replace(&mut self.closed, true) {
-            return Ok(());
-        }
         self.upstream.close_stream().await
     }
 

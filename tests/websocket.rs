@@ -21,7 +21,11 @@ async fn upgrade_without_xmpp_subprotocol_is_400_with_plain_text_reason() {
         assert_eq!(resp.status, 400, "{extra:?}: {resp:?}");
         let content_type = resp.header("content-type").expect("content-type");
         assert!(content_type.starts_with("text/plain"), "{content_type}");
-        assert!(resp.body.contains("xmpp"), "reason names the subprotocol: {:?}", resp.body);
+        assert!(
+            resp.body.contains("xmpp"),
+            "reason names the subprotocol: {:?}",
+            resp.body
+        );
     }
 }
 
@@ -34,7 +38,11 @@ async fn upgrade_with_xmpp_subprotocol_is_101_and_echoes_it() {
     assert_eq!(ws.response.headers()["sec-websocket-protocol"], "xmpp");
 
     // Among several offered subprotocols, `xmpp` is the one chosen.
-    let resp = http_raw(gw.addr, &upgrade_request(gw.addr, "Sec-WebSocket-Protocol: chat, xmpp\r\n")).await;
+    let resp = http_raw(
+        gw.addr,
+        &upgrade_request(gw.addr, "Sec-WebSocket-Protocol: chat, xmpp\r\n"),
+    )
+    .await;
     assert_eq!(resp.status, 101, "{resp:?}");
     assert_eq!(resp.header("sec-websocket-protocol"), Some("xmpp"));
 }
@@ -66,7 +74,11 @@ async fn open_for_unconfigured_domain_is_host_unknown_and_dials_nothing() {
     let mut ws = gw.ws().await;
     ws.send(&open_frame("elsewhere.test")).await;
     expect_stream_error_before_open(&mut ws, "host-unknown").await;
-    assert_eq!(handle.connections(), 0, "the gateway dialled for an unconfigured domain");
+    assert_eq!(
+        handle.connections(),
+        0,
+        "the gateway dialled for an unconfigured domain"
+    );
 }
 
 // PROTOCOL.md §1: the client names the domain; without `to` there is nothing to serve.
@@ -75,7 +87,8 @@ async fn open_without_to_is_host_unknown() {
     let (up, handle) = ScriptedUpstream::start(|_conn, _| async {}).await;
     let gw = start_gateway(plain_config(up)).await;
     let mut ws = gw.ws().await;
-    ws.send(&format!("<open xmlns='{NS_FRAMING}' version='1.0'/>")).await;
+    ws.send(&format!("<open xmlns='{NS_FRAMING}' version='1.0'/>"))
+        .await;
     expect_stream_error_before_open(&mut ws, "host-unknown").await;
     assert_eq!(handle.connections(), 0);
 }
@@ -88,7 +101,7 @@ async fn client_without_open_gets_connection_timeout() {
     c.limits.open_timeout_secs = 1;
     let gw = start_gateway(c).await;
     let mut ws = gw.ws().await;
-    expect_stream_error(&mut ws, "connection-timeout").await;
+    expect_stream_error_before_open(&mut ws, "connection-timeout").await;
     assert_eq!(handle.connections(), 0);
 }
 
@@ -98,7 +111,9 @@ async fn client_without_open_gets_connection_timeout() {
 #[tokio::test]
 async fn open_relays_server_header_and_filtered_features() {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
-        let header = conn.answer_stream("s-4711", FEATURES_STARTTLS_AND_SASL).await;
+        let header = conn
+            .answer_stream("s-4711", FEATURES_STARTTLS_AND_SASL)
+            .await;
         conn.read_to_eof().await;
         header
     })
@@ -112,7 +127,11 @@ async fn open_relays_server_header_and_filtered_features() {
 
     let open = ws.recv().await;
     let root = parse_standalone(&open);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_FRAMING, "open"), "{open}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_FRAMING, "open"),
+        "{open}"
+    );
     assert_eq!(root.attr("from"), Some(DOMAIN), "{open}");
     assert_eq!(root.attr("id"), Some("s-4711"), "{open}");
     assert_eq!(root.attr("version"), Some("1.0"), "{open}");
@@ -120,13 +139,30 @@ async fn open_relays_server_header_and_filtered_features() {
 
     let features = ws.recv().await;
     let root = parse_standalone(&features);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_STREAM, "features"), "{features}");
-    assert!(features.contains("xmlns:stream="), "features declare their own prefix: {features}");
-    assert!(!features.contains("starttls"), "clients never see <starttls/>: {features}");
-    assert!(!features.contains("SCRAM-SHA-1-PLUS"), "channel binding cannot cross a proxy: {features}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_STREAM, "features"),
+        "{features}"
+    );
+    assert!(
+        features.contains("xmlns:stream="),
+        "features declare their own prefix: {features}"
+    );
+    assert!(
+        !features.contains("starttls"),
+        "clients never see <starttls/>: {features}"
+    );
+    assert!(
+        !features.contains("SCRAM-SHA-1-PLUS"),
+        "channel binding cannot cross a proxy: {features}"
+    );
     assert!(features.contains(">SCRAM-SHA-1<"), "{features}");
     assert!(features.contains(">PLAIN<"), "{features}");
-    assert_eq!(root.children, vec![(NS_SASL.to_string(), "mechanisms".to_string())], "{features}");
+    assert_eq!(
+        root.children,
+        vec![(NS_SASL.to_string(), "mechanisms".to_string())],
+        "{features}"
+    );
 
     // PROTOCOL.md interop notes: the client's `to`, `from` and `xml:lang` go upstream.
     ws.vanish();
@@ -137,11 +173,98 @@ async fn open_relays_server_header_and_filtered_features() {
     assert!(header.contains("xmlns='jabber:client'"), "{header}");
 }
 
+/// Features as a current Prosody/ejabberd offers them before authentication: STARTTLS, SASL with
+/// channel binding, the XEP-0440 channel-binding list, SASL2 (XEP-0388) with inline features,
+/// and assorted features that must pass through untouched.
+const FEATURES_REALISTIC: &str = "<stream:features>\
+<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256-PLUS</mechanism>\
+<mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms>\
+<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-server-end-point'/>\
+<channel-binding type='tls-exporter'/></sasl-channel-binding>\
+<authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism>\
+<inline><bind xmlns='urn:xmpp:bind:0'/><sm xmlns='urn:xmpp:sm:3'/></inline></authentication>\
+<ver xmlns='urn:xmpp:features:rosterver'/>\
+<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='http://prosody.im' ver='fD4oLUOn1ZAhKU/cYxMyhrFaAbY='/>\
+<register xmlns='http://jabber.org/features/iq-register'/>\
+</stream:features>";
+
+// PROTOCOL.md §1: no <starttls/>, no *-PLUS (SASL and SASL2), no XEP-0440 list; everything else
+// (SASL2 inline features, caps, roster versioning, registration) passes through byte for byte.
+#[tokio::test]
+async fn realistic_features_lose_only_tls_and_channel_binding() {
+    let (up, _handle) = ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_REALISTIC).await;
+        conn.read_to_eof().await;
+    })
+    .await;
+    let gw = start_gateway(plain_config(up)).await;
+    let (_ws, _, features) = gw.open_session().await;
+    for gone in [
+        "starttls",
+        "-PLUS",
+        "sasl-channel-binding",
+        "channel-binding type",
+    ] {
+        assert!(
+            !features.contains(gone),
+            "{gone} reached the client: {features}"
+        );
+    }
+    for kept in [
+        "<mechanism>SCRAM-SHA-256</mechanism>",
+        "<mechanism>SCRAM-SHA-1</mechanism>",
+        "<inline><bind xmlns='urn:xmpp:bind:0'/><sm xmlns='urn:xmpp:sm:3'/></inline></authentication>",
+        "<ver xmlns='urn:xmpp:features:rosterver'/>",
+        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='http://prosody.im' ver='fD4oLUOn1ZAhKU/cYxMyhrFaAbY='/>",
+        "<register xmlns='http://jabber.org/features/iq-register'/>",
+    ] {
+        assert!(features.contains(kept), "{kept} was changed or dropped: {features}");
+    }
+}
+
+// PROTOCOL.md §1/§3: a restart cannot move the session to another domain.
+#[tokio::test]
+async fn restart_naming_another_domain_is_host_unknown() {
+    let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_SASL).await;
+        conn.read_to_eof().await
+    })
+    .await;
+    let gw = start_gateway(plain_config(up)).await;
+    let (mut ws, _, _) = gw.open_session().await;
+    ws.send(&open_frame("elsewhere.test")).await;
+    expect_stream_error(&mut ws, "host-unknown").await;
+    assert_eq!(
+        handle.finished().await,
+        STREAM_END,
+        "no new header went upstream"
+    );
+    assert_eq!(handle.connections(), 1);
+}
+
+// PROTOCOL.md §3: a WebSocket close frame without <close/> still closes the upstream stream
+// cleanly.
+#[tokio::test]
+async fn websocket_close_frame_without_close_element_closes_upstream_stream() {
+    let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_SASL).await;
+        conn.read_to_eof().await
+    })
+    .await;
+    let gw = start_gateway(plain_config(up)).await;
+    let (mut ws, _, _) = gw.open_session().await;
+    ws.close_frame().await;
+    ws.expect_close().await;
+    assert_eq!(handle.finished().await, STREAM_END);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Relaying stanzas
 // ---------------------------------------------------------------------------------------------
 
-const CLIENT_MESSAGE: &str = "<message xmlns='jabber:client' to='romeo@example.test' id='m1' type='chat'>\
+const CLIENT_MESSAGE: &str =
+    "<message xmlns='jabber:client' to='romeo@example.test' id='m1' type='chat'>\
 <body>Grüße, ☃ 日本語 — &amp;&lt;&gt; &#x1F600; done</body></message>";
 
 // PROTOCOL.md §2: a validated client element is forwarded verbatim.
@@ -176,11 +299,63 @@ async fn upstream_stanza_without_xmlns_reaches_client_standalone_in_jabber_clien
     let (mut ws, _, _) = gw.open_session().await;
     let frame = ws.recv().await;
     let root = parse_standalone(&frame);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_CLIENT, "message"), "{frame}");
-    assert_eq!(root.attr("xmlns"), Some(NS_CLIENT), "declared on the element itself: {frame}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_CLIENT, "message"),
+        "{frame}"
+    );
+    assert_eq!(
+        root.attr("xmlns"),
+        Some(NS_CLIENT),
+        "declared on the element itself: {frame}"
+    );
     assert_eq!(root.attr("from"), Some("romeo@example.test/orchard"));
-    assert!(frame.contains("<body>Wherefore &amp; why — ☃</body>"), "{frame}");
-    assert!(root.children.contains(&("jabber:x:oob".to_string(), "x".to_string())), "{frame}");
+    assert!(
+        frame.contains("<body>Wherefore &amp; why — ☃</body>"),
+        "{frame}"
+    );
+    assert!(
+        root.children
+            .contains(&("jabber:x:oob".to_string(), "x".to_string())),
+        "{frame}"
+    );
+}
+
+// PROTOCOL.md §1: XEP-0198 nonzas (<enable/>, <enabled/>, <r/>, <a/>) pass through untouched,
+// in their own namespace.
+#[tokio::test]
+async fn stream_management_nonzas_pass_through_both_ways() {
+    const ENABLE: &str = "<enable xmlns='urn:xmpp:sm:3' resume='true' max='300'/>";
+    const ACK: &str = "<a xmlns='urn:xmpp:sm:3' h='0'/>";
+    let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_BIND).await;
+        let enable = conn.read_until("/>").await;
+        conn.write("<enabled xmlns='urn:xmpp:sm:3' id='c2s-resume-1' resume='true' max='300'/><r xmlns='urn:xmpp:sm:3'/>")
+            .await;
+        let ack = conn.read_until("/>").await;
+        conn.read_to_eof().await;
+        (enable, ack)
+    })
+    .await;
+    let gw = start_gateway(plain_config(up)).await;
+    let (mut ws, _, _) = gw.open_session().await;
+    ws.send(ENABLE).await;
+    let enabled = ws.recv().await;
+    let root = parse_standalone(&enabled);
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        ("urn:xmpp:sm:3", "enabled"),
+        "{enabled}"
+    );
+    assert_eq!(root.attr("id"), Some("c2s-resume-1"));
+    let r = ws.recv().await;
+    assert_eq!(parse_standalone(&r).name, "r", "{r}");
+    ws.send(ACK).await;
+    ws.vanish();
+    assert_eq!(
+        handle.finished().await,
+        (ENABLE.to_string(), ACK.to_string())
+    );
 }
 
 // PROTOCOL.md §2: upstream bytes are split into top-level elements, each its own frame, in order.
@@ -204,7 +379,11 @@ async fn upstream_stanzas_in_one_write_arrive_as_separate_frames_in_order() {
     for _ in 0..5 {
         let frame = ws.recv().await;
         let root = parse_standalone(&frame);
-        seen.push((root.name.clone(), root.attr("id").unwrap_or("").to_string(), root.ns.clone()));
+        seen.push((
+            root.name.clone(),
+            root.attr("id").unwrap_or("").to_string(),
+            root.ns.clone(),
+        ));
     }
     let expected = [
         ("message", "a", NS_CLIENT),
@@ -236,9 +415,17 @@ async fn upstream_whitespace_keepalives_never_reach_client() {
     let (mut ws, _, _) = gw.open_session().await;
     // Frames that are not single elements (whitespace) would fail parse_standalone here.
     let first = ws.recv().await;
-    assert_eq!(parse_standalone(&first).attr("id"), Some("after-keepalive"), "{first}");
+    assert_eq!(
+        parse_standalone(&first).attr("id"),
+        Some("after-keepalive"),
+        "{first}"
+    );
     let second = ws.recv().await;
-    assert_eq!(parse_standalone(&second).attr("id"), Some("last"), "{second}");
+    assert_eq!(
+        parse_standalone(&second).attr("id"),
+        Some("last"),
+        "{second}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,7 +439,8 @@ async fn stream_restart_sends_new_header_upstream_and_new_open_and_features_to_c
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
         conn.answer_stream("s-1", FEATURES_SASL).await;
         let auth = conn.read_until("</auth>").await;
-        conn.write("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await;
+        conn.write("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+            .await;
         let restart = conn.answer_stream("s-2", FEATURES_BIND).await;
         let bind = conn.read_until("</iq>").await;
         conn.write(
@@ -271,28 +459,51 @@ async fn stream_restart_sends_new_header_upstream_and_new_open_and_features_to_c
     ws.send(auth).await;
     let success = ws.recv().await;
     let root = parse_standalone(&success);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_SASL, "success"), "{success}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_SASL, "success"),
+        "{success}"
+    );
 
     ws.send(&open_frame(DOMAIN)).await;
     let open = ws.recv().await;
     let root = parse_standalone(&open);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_FRAMING, "open"), "{open}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_FRAMING, "open"),
+        "{open}"
+    );
     assert_eq!(root.attr("id"), Some("s-2"), "the new stream's id: {open}");
     let features = ws.recv().await;
     let root = parse_standalone(&features);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_STREAM, "features"), "{features}");
-    assert!(root.children.contains(&("urn:ietf:params:xml:ns:xmpp-bind".into(), "bind".into())), "{features}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_STREAM, "features"),
+        "{features}"
+    );
+    assert!(
+        root.children
+            .contains(&("urn:ietf:params:xml:ns:xmpp-bind".into(), "bind".into())),
+        "{features}"
+    );
 
     let bind = "<iq xmlns='jabber:client' type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
                 <resource>balcony</resource></bind></iq>";
     ws.send(bind).await;
     let result = ws.recv().await;
-    assert_eq!(parse_standalone(&result).attr("id"), Some("bind1"), "{result}");
+    assert_eq!(
+        parse_standalone(&result).attr("id"),
+        Some("bind1"),
+        "{result}"
+    );
 
     ws.vanish();
     let (got_auth, restart, got_bind) = handle.finished().await;
     assert_eq!(got_auth, auth);
-    assert!(restart.contains("<stream:stream") && restart.contains(&format!("to='{DOMAIN}'")), "{restart}");
+    assert!(
+        restart.contains("<stream:stream") && restart.contains(&format!("to='{DOMAIN}'")),
+        "{restart}"
+    );
     assert_eq!(got_bind, bind);
 }
 
@@ -330,7 +541,11 @@ async fn upstream_close_first_is_answered_both_ways() {
     let gw = start_gateway(plain_config(up)).await;
     let (mut ws, _, _) = gw.open_session().await;
     expect_close_element_and_socket_close(&mut ws).await;
-    assert_eq!(handle.finished().await, STREAM_END, "the server's close is answered once, then EOF");
+    assert_eq!(
+        handle.finished().await,
+        STREAM_END,
+        "the server's close is answered once, then EOF"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -343,7 +558,8 @@ async fn upstream_close_first_is_answered_both_ways() {
 async fn upstream_eof_mid_stanza_is_remote_connection_failed_without_partial_stanza() {
     let (up, _handle) = ScriptedUpstream::start(|mut conn, _| async move {
         conn.answer_stream("s-1", FEATURES_SASL).await;
-        conn.write("<message from='romeo@example.test' to='juliet@example.test'><body>half of a").await;
+        conn.write("<message from='romeo@example.test' to='juliet@example.test'><body>half of a")
+            .await;
         // Dropping the connection here closes it mid-element.
     })
     .await;
@@ -371,7 +587,10 @@ async fn upstream_stream_error_reaches_client_standalone_then_close() {
     let frame = ws.recv().await;
     assert_stream_error(&frame, "conflict");
     assert!(frame.contains("xmlns:stream="), "{frame}");
-    assert!(frame.contains("Replaced by new connection"), "the error text passes through: {frame}");
+    assert!(
+        frame.contains("Replaced by new connection"),
+        "the error text passes through: {frame}"
+    );
     expect_close_element_and_socket_close(&mut ws).await;
 }
 
@@ -403,11 +622,19 @@ async fn hostile_input_is_refused(input: Hostile, condition: Option<&str>) {
         Some(condition) => assert_stream_error(&frame, condition),
         None => {
             let root = parse_standalone(&frame);
-            assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_STREAM, "error"), "{frame}");
+            assert_eq!(
+                (root.ns.as_str(), root.name.as_str()),
+                (NS_STREAM, "error"),
+                "{frame}"
+            );
         }
     }
     expect_close_element_and_socket_close(&mut ws).await;
-    assert_eq!(handle.finished().await, STREAM_END, "upstream got only the stream close");
+    assert_eq!(
+        handle.finished().await,
+        STREAM_END,
+        "upstream got only the stream close"
+    );
 }
 
 // PROTOCOL.md §2: DTDs and entity declarations are refused.
@@ -429,11 +656,88 @@ async fn smuggled_stream_close_is_policy_violation() {
     hostile_input_is_refused(Hostile::Text(STREAM_END), Some("policy-violation")).await;
 }
 
+// PROTOCOL.md §2: a stream close after a valid stanza in the same frame is injection too.
+#[tokio::test]
+async fn stream_close_after_a_stanza_is_policy_violation() {
+    hostile_input_is_refused(
+        Hostile::Text("<message xmlns='jabber:client' to='romeo@example.test'><body>hi</body></message></stream:stream>"),
+        Some("policy-violation"),
+    )
+    .await;
+}
+
+// PROTOCOL.md §2: a stream header in a payload would reopen the upstream stream.
+#[tokio::test]
+async fn stream_header_in_a_frame_is_policy_violation() {
+    hostile_input_is_refused(
+        Hostile::Text(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+             to='elsewhere.test' version='1.0'/>",
+        ),
+        Some("policy-violation"),
+    )
+    .await;
+}
+
+// PROTOCOL.md §2: entities other than the five predefined ones are refused.
+#[tokio::test]
+async fn undeclared_entity_is_refused_and_not_forwarded() {
+    hostile_input_is_refused(
+        Hostile::Text(
+            "<message xmlns='jabber:client' to='romeo@example.test'><body>&nbsp;</body></message>",
+        ),
+        None,
+    )
+    .await;
+}
+
+// PROTOCOL.md §2 (limits): nesting deeper than limits.max_depth ends the session with
+// policy-violation.
+#[tokio::test]
+async fn too_deeply_nested_element_is_policy_violation() {
+    let deep = format!(
+        "<message xmlns='jabber:client'>{}{}</message>",
+        "<a>".repeat(40),
+        "</a>".repeat(40)
+    );
+    let deep: &'static str = Box::leak(deep.into_boxed_str());
+    hostile_input_is_refused(Hostile::Text(deep), Some("policy-violation")).await;
+}
+
+// PROTOCOL.md §2 (limits): an element larger than limits.max_stanza_bytes ends the session with
+// policy-violation, like every other refused input.
+#[tokio::test]
+async fn oversized_client_element_is_policy_violation() {
+    let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_SASL).await;
+        conn.read_to_eof().await
+    })
+    .await;
+    let mut c = plain_config(up);
+    c.limits.max_stanza_bytes = 1024;
+    c.limits.max_buffered_bytes = 4096;
+    let gw = start_gateway(c).await;
+    let (mut ws, _, _) = gw.open_session().await;
+    let big = format!(
+        "<message xmlns='jabber:client' to='romeo@example.test'><body>{}</body></message>",
+        "x".repeat(1500)
+    );
+    ws.send(&big).await;
+    expect_stream_error(&mut ws, "policy-violation").await;
+    assert_eq!(
+        handle.finished().await,
+        STREAM_END,
+        "upstream got only the stream close"
+    );
+}
+
 // PROTOCOL.md §2: exactly one element per WebSocket message.
 #[tokio::test]
 async fn two_elements_in_one_frame_is_not_well_formed() {
     hostile_input_is_refused(
-        Hostile::Text("<presence xmlns='jabber:client'/><presence xmlns='jabber:client' type='unavailable'/>"),
+        Hostile::Text(
+            "<presence xmlns='jabber:client'/><presence xmlns='jabber:client' type='unavailable'/>",
+        ),
         Some("not-well-formed"),
     )
     .await;
@@ -470,7 +774,10 @@ async fn unanswered_pings_close_the_session_and_the_upstream_stream() {
     let opened = Instant::now();
     // The client reads nothing (so answers no ping) until the upstream stream is over.
     assert_eq!(handle.finished().await, STREAM_END);
-    assert!(opened.elapsed() >= Duration::from_millis(900), "closed before a ping was missed");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "closed before a ping was missed"
+    );
     let mut events = Vec::new();
     loop {
         match ws.next_event(TIMEOUT).await {
@@ -502,7 +809,11 @@ async fn answered_pings_keep_the_session_past_three_intervals() {
         WsEvent::Timeout => {}
         other => panic!("session disturbed while answering pings: {other:?}"),
     }
-    assert!(ws.pings >= 3, "expected a ping per interval, saw {}", ws.pings);
+    assert!(
+        ws.pings >= 3,
+        "expected a ping per interval, saw {}",
+        ws.pings
+    );
     ws.send(CLIENT_MESSAGE).await;
     assert_eq!(handle.finished().await, CLIENT_MESSAGE);
     let frame = ws.recv().await;

@@ -451,6 +451,8 @@ async fn forward(
             }
             Outbound::StreamError(b) => {
                 tracing::info!("upstream stream error");
+                // RFC 6120 §4.9.1.1: the stream error is followed by closing the stream.
+                let _ = session.close_stream().await;
                 let _ = send_error_element(ws, b, None).await;
                 return Flow::End("upstream_stream_error");
             }

@@ -119,7 +119,12 @@ pub async fn start_gateway(mut config: Config) -> TestGateway {
     let admin_addr = server.admin_addr();
     let gateway = server.gateway();
     let task = tokio::spawn(server.run());
-    TestGateway { addr, admin_addr, gateway, task }
+    TestGateway {
+        addr,
+        admin_addr,
+        gateway,
+        task,
+    }
 }
 
 impl TestGateway {
@@ -171,7 +176,9 @@ impl ScriptedUpstream {
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("upstream binds");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("upstream binds");
         let addr = listener.local_addr().expect("bound address");
         let connections = Arc::new(AtomicUsize::new(0));
         let (tx, scripts) = mpsc::unbounded_channel();
@@ -183,7 +190,14 @@ impl ScriptedUpstream {
                 let _ = tx.send(tokio::spawn(script(UpstreamConn::new(tcp), n)));
             }
         });
-        (addr, UpstreamHandle { connections, scripts, accept_task })
+        (
+            addr,
+            UpstreamHandle {
+                connections,
+                scripts,
+                accept_task,
+            },
+        )
     }
 }
 
@@ -204,7 +218,9 @@ impl<T> UpstreamHandle<T> {
                 Err(e) => panic!("upstream script did not finish: {e}"),
             }
         };
-        tokio::time::timeout(TIMEOUT * 2, wait).await.expect("upstream script finished in time")
+        tokio::time::timeout(TIMEOUT * 2, wait)
+            .await
+            .expect("upstream script finished in time")
     }
 }
 
@@ -234,12 +250,19 @@ pub struct UpstreamConn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
     fn new(stream: S) -> Self {
-        Self { stream, buf: Vec::new() }
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     /// Accumulates bytes until they contain `needle`; returns everything up to and including
     /// it. Fails with how the read ended otherwise.
-    pub async fn try_read_until(&mut self, needle: &str, timeout: Duration) -> Result<Vec<u8>, ReadEnd> {
+    pub async fn try_read_until(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ReadEnd> {
         let needle = needle.as_bytes();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -291,7 +314,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
 
     /// Writes and flushes (flushing matters over TLS).
     pub async fn write(&mut self, data: &str) {
-        self.stream.write_all(data.as_bytes()).await.expect("upstream write");
+        self.stream
+            .write_all(data.as_bytes())
+            .await
+            .expect("upstream write");
         self.stream.flush().await.expect("upstream flush");
     }
 
@@ -299,7 +325,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
     pub async fn read_stream_header(&mut self) -> String {
         let mut header = self.read_until("<stream:stream").await;
         header.push_str(&self.read_until(">").await);
-        assert!(header.contains(&format!("xmlns:stream='{NS_STREAM}'")), "{header}");
+        assert!(
+            header.contains(&format!("xmlns:stream='{NS_STREAM}'")),
+            "{header}"
+        );
         header
     }
 
@@ -307,7 +336,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
     /// own header (stream id `id`) and `features`. Returns the gateway's header.
     pub async fn answer_stream(&mut self, id: &str, features: &str) -> String {
         let header = self.read_stream_header().await;
-        self.write(&format!("{}{features}", server_header(id))).await;
+        self.write(&format!("{}{features}", server_header(id)))
+            .await;
         header
     }
 
@@ -323,10 +353,15 @@ impl UpstreamConn<TcpStream> {
         self,
         acceptor: &TlsAcceptor,
     ) -> std::io::Result<UpstreamConn<tokio_rustls::server::TlsStream<TcpStream>>> {
-        assert!(self.buf.is_empty(), "plaintext pipelined before the TLS handshake");
+        assert!(
+            self.buf.is_empty(),
+            "plaintext pipelined before the TLS handshake"
+        );
         let tls = tokio::time::timeout(TIMEOUT, acceptor.accept(self.stream))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
         Ok(UpstreamConn::new(tls))
     }
 }
@@ -395,7 +430,9 @@ fn new_ca(name: &str) -> Ca {
     let key = rcgen::KeyPair::generate().expect("CA key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
@@ -408,7 +445,9 @@ fn new_ca(name: &str) -> Ca {
 fn acceptor_signed_by(ca: &Ca, domain: &str) -> TlsAcceptor {
     let key = rcgen::KeyPair::generate().expect("server key");
     let params = rcgen::CertificateParams::new(vec![domain.to_string()]).expect("server params");
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("server certificate");
+    let cert = params
+        .signed_by(&key, &ca.cert, &ca.key)
+        .expect("server certificate");
     let chain = vec![cert.der().clone()];
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -476,33 +515,49 @@ pub const CLOSE_FRAME: &str = "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing
 impl WsClient {
     /// Connects to `/xmpp-websocket` with `Sec-WebSocket-Protocol: xmpp` and extra headers.
     pub async fn connect(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Self {
-        Self::try_connect(addr, headers).await.expect("WebSocket handshake")
+        Self::try_connect(addr, headers)
+            .await
+            .expect("WebSocket handshake")
     }
 
-    /// As [`connect`](Self::connect), returning the handshake error.
+    /// As [`connect`](Self::connect), returning the connection or handshake error.
     pub async fn try_connect(
         addr: SocketAddr,
         headers: &[(&'static str, &str)],
     ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let mut req = format!("ws://{addr}/xmpp-websocket").into_client_request()?;
-        req.headers_mut().insert("Sec-WebSocket-Protocol", "xmpp".parse().expect("header"));
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "xmpp".parse().expect("header"));
         for (name, value) in headers {
-            req.headers_mut().insert(*name, value.parse().expect("header value"));
+            req.headers_mut()
+                .insert(*name, value.parse().expect("header value"));
         }
-        let tcp = TcpStream::connect(addr).await.expect("connect to gateway");
+        let tcp = TcpStream::connect(addr).await?;
         let (ws, response) =
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(req, tcp)).await.expect("handshake in time")?;
-        Ok(Self { ws, response, pings: 0 })
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(req, tcp))
+                .await
+                .expect("handshake in time")?;
+        Ok(Self {
+            ws,
+            response,
+            pings: 0,
+        })
     }
 
     /// Sends a text frame.
     pub async fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text.to_string())).await.expect("send text frame");
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send text frame");
     }
 
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, data: &[u8]) {
-        self.ws.send(Message::binary(data.to_vec())).await.expect("send binary frame");
+        self.ws
+            .send(Message::binary(data.to_vec()))
+            .await
+            .expect("send binary frame");
     }
 
     /// The next event within `timeout`; pings are counted and skipped.
@@ -545,15 +600,28 @@ impl WsClient {
         }
     }
 
+    /// Starts the WebSocket closing handshake with a close frame (no `<close/>` element).
+    pub async fn close_frame(&mut self) {
+        self.ws.close(None).await.expect("send close frame");
+    }
+
     /// Sends `<open/>` for `domain`; returns the `<open/>` and the features received.
     pub async fn open(&mut self, domain: &str) -> (String, String) {
         self.send(&open_frame(domain)).await;
         let open = self.recv().await;
         let root = parse_standalone(&open);
-        assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_FRAMING, "open"), "{open}");
+        assert_eq!(
+            (root.ns.as_str(), root.name.as_str()),
+            (NS_FRAMING, "open"),
+            "{open}"
+        );
         let features = self.recv().await;
         let root = parse_standalone(&features);
-        assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_STREAM, "features"), "{features}");
+        assert_eq!(
+            (root.ns.as_str(), root.name.as_str()),
+            (NS_STREAM, "features"),
+            "{features}"
+        );
         (open, features)
     }
 
@@ -586,16 +654,26 @@ pub async fn expect_stream_error_before_open(ws: &mut WsClient, condition: &str)
 pub async fn expect_close_element_and_socket_close(ws: &mut WsClient) {
     let close = ws.recv().await;
     let root = parse_standalone(&close);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_FRAMING, "close"), "{close}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_FRAMING, "close"),
+        "{close}"
+    );
     ws.expect_close().await;
 }
 
 /// `frame` is a standalone `<stream:error/>` whose condition is `condition`.
 pub fn assert_stream_error(frame: &str, condition: &str) {
     let root = parse_standalone(frame);
-    assert_eq!((root.ns.as_str(), root.name.as_str()), (NS_STREAM, "error"), "{frame}");
+    assert_eq!(
+        (root.ns.as_str(), root.name.as_str()),
+        (NS_STREAM, "error"),
+        "{frame}"
+    );
     assert!(
-        root.children.iter().any(|(ns, name)| ns == NS_STREAMS_ERR && name == condition),
+        root.children
+            .iter()
+            .any(|(ns, name)| ns == NS_STREAMS_ERR && name == condition),
         "expected condition {condition} in {frame}"
     );
 }
@@ -620,7 +698,10 @@ pub struct Root {
 impl Root {
     /// An attribute's value.
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -638,12 +719,17 @@ pub fn parse_standalone(frame: &str) -> Root {
     let mut roots = 0usize;
     let mut root: Option<Root> = None;
     loop {
-        let (resolved, event) = reader.read_resolved_event().unwrap_or_else(|e| panic!("{e}: {frame}"));
+        let (resolved, event) = reader
+            .read_resolved_event()
+            .unwrap_or_else(|e| panic!("{e}: {frame}"));
         let ns = match resolved {
             ResolveResult::Bound(ns) => String::from_utf8(ns.0.to_vec()).expect("utf-8"),
             ResolveResult::Unbound => String::new(),
             ResolveResult::Unknown(p) => {
-                panic!("undeclared prefix {:?} in {frame}", String::from_utf8_lossy(&p))
+                panic!(
+                    "undeclared prefix {:?} in {frame}",
+                    String::from_utf8_lossy(&p)
+                )
             }
         };
         let element = match &event {
@@ -655,7 +741,10 @@ pub fn parse_standalone(frame: &str) -> Root {
             for a in e.attributes() {
                 let a = a.unwrap_or_else(|err| panic!("{err}: {frame}"));
                 if let (ResolveResult::Unknown(p), _) = reader.resolve_attribute(a.key) {
-                    panic!("undeclared attribute prefix {:?} in {frame}", String::from_utf8_lossy(&p));
+                    panic!(
+                        "undeclared attribute prefix {:?} in {frame}",
+                        String::from_utf8_lossy(&p)
+                    );
                 }
             }
             if depth == 0 {
@@ -669,7 +758,12 @@ pub fn parse_standalone(frame: &str) -> Root {
                         (key, value)
                     })
                     .collect();
-                root = Some(Root { ns: ns.clone(), name: local.clone(), attrs, children: Vec::new() });
+                root = Some(Root {
+                    ns: ns.clone(),
+                    name: local.clone(),
+                    attrs,
+                    children: Vec::new(),
+                });
             } else if depth == 1 {
                 root.as_mut().expect("root").children.push((ns, local));
             }
@@ -710,15 +804,22 @@ impl HttpResponse {
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Sends `request` as is and reads one response (headers, then a Content-Length body).
 pub async fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(request.as_bytes()).await.expect("send request");
-    tokio::time::timeout(TIMEOUT, read_response(&mut tcp)).await.expect("response in time")
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    tokio::time::timeout(TIMEOUT, read_response(&mut tcp))
+        .await
+        .expect("response in time")
 }
 
 /// `GET path` with `Host` and extra headers, `Connection: close`.
@@ -742,14 +843,22 @@ async fn read_response(tcp: &mut TcpStream) -> HttpResponse {
         }
         let mut chunk = [0u8; 4096];
         let n = tcp.read(&mut chunk).await.expect("read response");
-        assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).expect("ASCII head");
     let mut body = buf.split_off(head_end + 4);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().expect("status line");
-    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -766,7 +875,11 @@ async fn read_response(tcp: &mut TcpStream) -> HttpResponse {
         body.extend_from_slice(&chunk[..n]);
     }
     body.truncate(len);
-    HttpResponse { status, headers, body: String::from_utf8(body).expect("UTF-8 body") }
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("UTF-8 body"),
+    }
 }
 
 /// A WebSocket upgrade request for `/xmpp-websocket`, with extra header lines.

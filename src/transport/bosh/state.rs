@@ -334,6 +334,7 @@ impl<R> BoshState<R> {
 
     /// The upstream stream ended (closed, failed or with a stream error).
     pub fn on_upstream_end(&mut self, why: Terminate, out: &mut Vec<Action<R>>) {
+        out.push(Action::CloseUpstream);
         self.terminate(why, None, out);
     }
 

@@ -1,0 +1,345 @@
+// Shared harness for the interop tests: a private Prosody (scripts/prosody.sh)
+// and the gateway in front of it, started per test file and always stopped.
+//
+// Environment:
+//   XMPP_GATEWAY_BIN     gateway binary (default: <repo>/target/debug/xmpp-gateway)
+//   XMPP_INTEROP_TARGET  "gateway" (default) or "prosody": with "prosody" the
+//                        clients talk to Prosody's own mod_websocket, which checks
+//                        the test scenarios themselves without the gateway; tests
+//                        that inspect the gateway are skipped then.
+//   INTEROP_KEEP=1       keep the temporary Prosody directory after the run.
+//
+// Logs of every stack go to <repo>/.run/interop/<name>/ (git-ignored), so a
+// failure on CI can be read afterwards.
+
+import { spawn, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const execFileP = promisify(execFile);
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const DOMAIN = 'localhost';
+export const MUC_DOMAIN = 'conference.localhost';
+export const TARGET = process.env.XMPP_INTEROP_TARGET === 'prosody' ? 'prosody' : 'gateway';
+export const GATEWAY_BIN =
+	process.env.XMPP_GATEWAY_BIN || path.join(REPO, 'target', 'debug', 'xmpp-gateway');
+
+/** Every child process this harness started and has not seen exit yet. */
+const children = new Set();
+
+// A test file that throws or is interrupted must not leave Prosody or the
+// gateway behind: signal whatever is still running when Node exits.
+process.on('exit', () => {
+	for (const child of children) child.kill('SIGKILL');
+});
+for (const signal of ['SIGINT', 'SIGTERM']) {
+	process.once(signal, () => {
+		for (const child of children) child.kill('SIGKILL');
+		process.exit(130);
+	});
+}
+
+/** Thrown by a waitFor probe to give up at once (e.g. the process died). */
+export class GiveUp extends Error {}
+
+/**
+ * Polls `probe` until it returns a truthy value, or throws after `timeout` ms.
+ * This is the only way the tests wait: bounded, and with a message saying what
+ * did not happen. A probe that throws is retried, unless it throws GiveUp.
+ */
+export async function waitFor(probe, { timeout = 10_000, interval = 50, what = 'condition' } = {}) {
+	const deadline = Date.now() + timeout;
+	let last;
+	for (;;) {
+		try {
+			const value = await probe();
+			if (value) return value;
+			last = value;
+		} catch (err) {
+			if (err instanceof GiveUp) throw err;
+			last = err;
+		}
+		if (Date.now() > deadline) {
+			const detail = last instanceof Error ? `: ${last.message}` : ` (last value: ${JSON.stringify(last)})`;
+			throw new Error(`timed out after ${timeout} ms waiting for ${what}${detail}`);
+		}
+		await new Promise((resolve) => setTimeout(resolve, interval));
+	}
+}
+
+/** Rejects with a clear message when `promise` takes longer than `ms`. */
+export function withTimeout(promise, ms, what) {
+	let timer;
+	const timeout = new Promise((_, reject) => {
+		timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
+	});
+	return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort() {
+	return new Promise((resolve, reject) => {
+		const server = net.createServer();
+		server.unref();
+		server.on('error', reject);
+		server.listen(0, '127.0.0.1', () => {
+			const { port } = server.address();
+			server.close(() => resolve(port));
+		});
+	});
+}
+
+function canConnect(port) {
+	return new Promise((resolve) => {
+		const socket = net.connect({ host: '127.0.0.1', port });
+		socket.once('connect', () => {
+			socket.destroy();
+			resolve(true);
+		});
+		socket.once('error', () => resolve(false));
+	});
+}
+
+function spawnTracked(command, args, { logFile, env } = {}) {
+	const log = fs.openSync(logFile, 'a');
+	const childEnv = { ...process.env, ...env };
+	// The gateway takes XMPP_GATEWAY_* variables as configuration and rejects
+	// unknown ones; the binary path is ours, not its.
+	delete childEnv.XMPP_GATEWAY_BIN;
+	const child = spawn(command, args, { stdio: ['ignore', log, log], env: childEnv });
+	fs.closeSync(log);
+	children.add(child);
+	child.exited = new Promise((resolve) => {
+		child.once('exit', (code, signal) => {
+			children.delete(child);
+			resolve({ code, signal });
+		});
+	});
+	return child;
+}
+
+async function stopChild(child, { graceMs = 5000 } = {}) {
+	if (!children.has(child)) return child.exited;
+	child.kill('SIGTERM');
+	let timer;
+	const result = await Promise.race([
+		child.exited,
+		new Promise((resolve) => {
+			timer = setTimeout(() => resolve(null), graceMs);
+		}),
+	]);
+	clearTimeout(timer);
+	if (result) return result;
+	child.kill('SIGKILL');
+	return child.exited;
+}
+
+function tail(file, lines = 30) {
+	try {
+		return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
+	} catch {
+		return '(no log)';
+	}
+}
+
+/**
+ * Starts a private Prosody: VirtualHost "localhost" with STARTTLS required,
+ * MUC at conference.localhost, accounts from `users` ([name, password] pairs).
+ * With `websocket: true` Prosody also serves its own /xmpp-websocket.
+ */
+export async function startProsody({ users, websocket = false, logDir }) {
+	const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'xmpp-gw-prosody-'));
+	const removeDir = () =>
+		process.env.INTEROP_KEEP === '1' ? undefined : fsp.rm(dir, { recursive: true, force: true });
+	const c2sPort = await freePort();
+	const wsPort = websocket ? await freePort() : null;
+	const args = ['setup', dir, '--c2s-port', String(c2sPort)];
+	if (wsPort) args.push('--websocket-port', String(wsPort));
+	for (const [name, password] of users) args.push('--user', `${name}:${password}`);
+	try {
+		await execFileP(path.join(REPO, 'scripts', 'prosody.sh'), args);
+	} catch (err) {
+		await removeDir();
+		throw err;
+	}
+
+	const child = spawnTracked(path.join(REPO, 'scripts', 'prosody.sh'), ['run', dir], {
+		logFile: path.join(logDir, 'prosody.out'),
+	});
+	const prosodyLog = path.join(dir, 'prosody.log');
+	const stop = async () => {
+		await stopChild(child);
+		await fsp.copyFile(prosodyLog, path.join(logDir, 'prosody.log')).catch(() => {});
+		await removeDir();
+	};
+	try {
+		await waitFor(
+			async () => {
+				if (!children.has(child)) throw new GiveUp(`Prosody exited early:\n${tail(prosodyLog)}`);
+				return canConnect(c2sPort);
+			},
+			{ timeout: 20_000, what: `Prosody c2s port ${c2sPort}` },
+		);
+	} catch (err) {
+		await stop();
+		throw err;
+	}
+
+	return {
+		dir,
+		c2sPort,
+		wsPort,
+		ca: path.join(dir, 'certs', 'ca.pem'),
+		pid: child.pid,
+		stop,
+	};
+}
+
+/** Starts the gateway in front of `prosody` and waits until /healthz says ok. */
+export async function startGateway({ prosody, logDir, extraArgs = [] }) {
+	if (!fs.existsSync(GATEWAY_BIN)) {
+		throw new Error(`gateway binary not found at ${GATEWAY_BIN} (build it or set XMPP_GATEWAY_BIN)`);
+	}
+	const port = await freePort();
+	const adminPort = await freePort();
+	const logFile = path.join(logDir, 'gateway.log');
+	const child = spawnTracked(
+		GATEWAY_BIN,
+		[
+			'--listen', `127.0.0.1:${port}`,
+			'--admin-listen', `127.0.0.1:${adminPort}`,
+			'--route', `${DOMAIN}=127.0.0.1:${prosody.c2sPort}`,
+			'--upstream-ca', prosody.ca,
+			...extraArgs,
+		],
+		{ logFile, env: { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' } },
+	);
+	const adminUrl = `http://127.0.0.1:${adminPort}`;
+	try {
+		await waitFor(
+			async () => {
+				if (!children.has(child)) throw new GiveUp(`gateway exited early:\n${tail(logFile)}`);
+				const res = await fetch(`${adminUrl}/healthz`);
+				return res.status === 200;
+			},
+			{ timeout: 20_000, what: 'gateway /healthz' },
+		);
+	} catch (err) {
+		await stopChild(child);
+		throw err;
+	}
+
+	return {
+		pid: child.pid,
+		port,
+		adminUrl,
+		wsUrl: `ws://127.0.0.1:${port}/xmpp-websocket`,
+		logFile,
+		async metricsText() {
+			const res = await fetch(`${adminUrl}/metrics`);
+			if (res.status !== 200) throw new Error(`/metrics answered HTTP ${res.status}`);
+			return res.text();
+		},
+		/** The `xmpp_gateway_sessions_active{transport="..."}` gauge. */
+		async sessionsActive(transport = 'websocket') {
+			const text = await this.metricsText();
+			const re = new RegExp(
+				`^xmpp_gateway_sessions_active\\{[^}]*transport="${transport}"[^}]*\\}\\s+(\\S+)`,
+				'm',
+			);
+			const m = text.match(re);
+			if (!m) throw new Error(`no xmpp_gateway_sessions_active{transport="${transport}"} in /metrics`);
+			return Number(m[1]);
+		},
+		/** Established TCP connections from this gateway to Prosody's c2s port. */
+		upstreamSockets() {
+			return establishedSockets(child.pid, prosody.c2sPort);
+		},
+		async stop() {
+			return stopChild(child);
+		},
+	};
+}
+
+/**
+ * Counts ESTABLISHED TCP sockets owned by process `pid` whose remote port is
+ * `remotePort`, from /proc (the process's socket inodes joined with the
+ * kernel's TCP tables), so no external tool is needed.
+ */
+export function establishedSockets(pid, remotePort) {
+	const inodes = new Set();
+	for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+		let target;
+		try {
+			target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+		} catch {
+			continue; // closed while we looked
+		}
+		const m = target.match(/^socket:\[(\d+)\]$/);
+		if (m) inodes.add(m[1]);
+	}
+	let count = 0;
+	for (const table of ['tcp', 'tcp6']) {
+		let text;
+		try {
+			text = fs.readFileSync(`/proc/${pid}/net/${table}`, 'utf8');
+		} catch {
+			continue;
+		}
+		for (const line of text.trim().split('\n').slice(1)) {
+			const cols = line.trim().split(/\s+/);
+			const remote = cols[2];
+			const state = cols[3];
+			const inode = cols[9];
+			const port = parseInt(remote.split(':')[1], 16);
+			// State 01 is TCP_ESTABLISHED (include/net/tcp_states.h).
+			if (state === '01' && port === remotePort && inodes.has(inode)) count += 1;
+		}
+	}
+	return count;
+}
+
+/**
+ * Starts everything one test file needs and returns where clients connect.
+ * `name` names the log directory; `users` are [name, password] pairs.
+ */
+export async function startStack({ name, users }) {
+	const logDir = path.join(REPO, '.run', 'interop', name);
+	await fsp.rm(logDir, { recursive: true, force: true });
+	await fsp.mkdir(logDir, { recursive: true });
+
+	const prosody = await startProsody({ users, websocket: TARGET === 'prosody', logDir });
+	let gateway = null;
+	try {
+		if (TARGET === 'gateway') gateway = await startGateway({ prosody, logDir });
+	} catch (err) {
+		await prosody.stop();
+		throw err;
+	}
+	const wsUrl = gateway ? gateway.wsUrl : `ws://127.0.0.1:${prosody.wsPort}/xmpp-websocket`;
+	return {
+		wsUrl,
+		domain: DOMAIN,
+		prosody,
+		gateway,
+		logDir,
+		async stop() {
+			if (gateway) await gateway.stop();
+			await prosody.stop();
+		},
+	};
+}
+
+/** Unique-enough names for rooms and resources within one run. */
+export function uniqueName(prefix) {
+	return `${prefix}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** Text that must survive the trip byte for byte: XML specials, non-ASCII, emoji. */
+export const TRICKY_TEXT = `Grüße <&>'" ünïcødé 日本語 🎉👩‍💻 ]]> &amp; done`;
