@@ -91,12 +91,14 @@ impl UpstreamStream {
         params: &StreamParams,
         limits: &Limits,
     ) -> Result<(Self, Opened), UpstreamError> {
+        let t = std::time::Instant::now();
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|e| UpstreamError::Connect {
                 endpoint: endpoint.to_string(),
                 reason: e.to_string(),
             })?;
+        METRICS.connect_phase("tcp", t.elapsed());
         // Stanzas are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
         let tls_name = route

@@ -307,11 +307,33 @@ async fn continue_session(b: BoshBody, gw: &Gateway) -> Bytes {
     if handle.send(req).await.is_err() {
         return terminate_body(&Terminate::Condition("item-not-found"));
     }
+    let started = std::time::Instant::now();
+    let _held = HeldGauge::new();
     // If the client disconnects, this future is dropped; the session keeps the response for a
     // repeated rid, so nothing is lost.
-    answer
+    let body = answer
         .await
-        .unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")))
+        .unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")));
+    METRICS
+        .bosh_request_duration
+        .observe(started.elapsed().as_secs_f64());
+    body
+}
+
+/// Counts a request as held while its handler waits, including when the client hangs up.
+struct HeldGauge;
+
+impl HeldGauge {
+    fn new() -> Self {
+        METRICS.bosh_held_requests.inc();
+        HeldGauge
+    }
+}
+
+impl Drop for HeldGauge {
+    fn drop(&mut self) {
+        METRICS.bosh_held_requests.dec();
+    }
 }
 
 fn accepts_gzip(h: &HeaderMap) -> bool {
