@@ -285,6 +285,10 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Seconds a drain waits for sessions to end before the process exits anyway.
     pub drain_timeout_secs: u64,
+    /// Seconds between failing `/readyz` and telling sessions to leave, so load balancers
+    /// stop sending new clients first (their health-check interval times the failures they
+    /// need).
+    pub drain_grace_secs: u64,
     /// What draining sessions are told.
     pub drain: DrainConfig,
 }
@@ -303,6 +307,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             discovery: DiscoveryConfig::default(),
             drain_timeout_secs: 30,
+            drain_grace_secs: 0,
             drain: DrainConfig::default(),
         }
     }

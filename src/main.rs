@@ -75,6 +75,16 @@ async fn serve(cli: Cli, config: Config) -> anyhow::Result<()> {
         deadline_secs = deadline.as_secs(),
         "signal received; draining"
     );
+    let grace = Duration::from_secs(gw.settings().config.drain_grace_secs);
+    gw.shutdown.mark_draining();
+    if !grace.is_zero() {
+        // Keep serving while load balancers notice the failing /readyz.
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
     gw.shutdown.begin();
     let drained = tokio::select! {
         d = gw.shutdown.wait(deadline) => d,

@@ -19,14 +19,25 @@ pub struct Shutdown {
 impl Shutdown {
     /// Starts the drain: readiness fails, listeners stop accepting, sessions are told to leave.
     pub fn begin(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        crate::metrics::METRICS.draining.set(1);
+        self.mark_draining();
         self.token.cancel();
     }
 
-    /// Whether a drain has begun.
+    /// First step of a drain with a grace period: readiness fails so load balancers stop
+    /// sending new clients, while everything keeps serving until [`begin`](Self::begin).
+    pub fn mark_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        crate::metrics::METRICS.draining.set(1);
+    }
+
+    /// Whether a drain has begun (readiness fails from here on).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Whether sessions have been told to leave: no new session starts from here on.
+    pub fn is_stopping(&self) -> bool {
+        self.token.is_cancelled()
     }
 
     /// Completes when the drain begins.

@@ -88,7 +88,7 @@ pub fn upgrade(
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         .unwrap_or("");
-    if gw.shutdown.is_draining() {
+    if gw.shutdown.is_stopping() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining; connect to another node\n",

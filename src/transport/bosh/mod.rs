@@ -163,7 +163,7 @@ async fn create(b: BoshBody, gw: &Arc<Gateway>, peer: SocketAddr) -> Bytes {
         METRICS.input_rejected("no_to");
         return terminate_body(&Terminate::Condition("improper-addressing"));
     };
-    if gw.shutdown.is_draining() {
+    if gw.shutdown.is_stopping() {
         return terminate_body(&Terminate::Condition("system-shutdown"));
     }
     let settings = gw.settings();
@@ -255,13 +255,14 @@ fn creation_body(
     let mut s = String::with_capacity(512 + features.len());
     s.push_str("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh' xmlns:stream='http://etherx.jabber.org/streams'");
     s.push_str(&format!(
-        " sid='{sid}' wait='{}' requests='{}' hold='{}' inactivity='{}' polling='{}' maxpause='{}' ver='1.11' from='{}' xmpp:version='1.0' xmpp:restartlogic='true' accept='gzip'",
+        " sid='{sid}' wait='{}' requests='{}' hold='{}' inactivity='{}' polling='{}' maxpause='{}' ver='{}' from='{}' xmpp:version='1.0' xmpp:restartlogic='true' accept='gzip'",
         p.wait.as_secs(),
         p.requests,
         p.hold,
         p.inactivity.as_secs(),
         p.polling.as_secs(),
         p.maxpause.as_secs(),
+        negotiated_ver(b.ver.as_deref()),
         escape_attr(to),
     ));
     if let Some(id) = authid {
@@ -278,6 +279,22 @@ fn creation_body(
     bytes.extend_from_slice(features);
     bytes.extend_from_slice(b"</body>");
     Bytes::from(bytes)
+}
+
+/// The BOSH version implemented (XEP-0124 1.11).
+const BOSH_VERSION: (u32, u32) = (1, 11);
+
+/// XEP-0124 §7.2: `ver` in the session creation response is the version the gateway implements
+/// or the client's, whichever is lower; ours when the client sent none (or nothing readable).
+fn negotiated_ver(client: Option<&str>) -> String {
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let (major, minor) = v.trim().split_once('.')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    };
+    let (major, minor) = client
+        .and_then(parse)
+        .map_or(BOSH_VERSION, |c| c.min(BOSH_VERSION));
+    format!("{major}.{minor}")
 }
 
 async fn continue_session(b: BoshBody, gw: &Gateway) -> Bytes {

@@ -94,7 +94,7 @@ pub enum Action<R> {
 
 struct Held<R> {
     rid: u64,
-    reply: R,
+    replies: Vec<R>,
     deadline: Instant,
 }
 
@@ -231,8 +231,7 @@ impl<R> BoshState<R> {
 
     fn repeated(&mut self, req: Request<R>, out: &mut Vec<Action<R>>) {
         if let Some(h) = self.held.iter_mut().find(|h| h.rid == req.rid) {
-            // The client gave up on the held connection and asked again: answer the new one.
-            h.reply = req.reply;
+            h.replies.push(req.reply);
             return;
         }
         match self.cache.iter().find(|(rid, _)| *rid == req.rid) {
@@ -281,7 +280,7 @@ impl<R> BoshState<R> {
         }
         self.held.push_back(Held {
             rid: req.rid,
-            reply: req.reply,
+            replies: vec![req.reply],
             deadline: now + self.params.wait,
         });
         if let Some(secs) = req.pause {
@@ -391,7 +390,9 @@ impl<R> BoshState<R> {
             // Inactivity counts from the moment no request is held.
             self.idle_since = self.idle_since.max(Instant::now());
         }
-        out.push(Action::Respond(h.reply, body));
+        for reply in h.replies {
+            out.push(Action::Respond(reply, body.clone()));
+        }
     }
 
     fn body_with_pending(&mut self, rid: u64) -> Bytes {
@@ -430,7 +431,9 @@ impl<R> BoshState<R> {
             self.final_delivered = true;
         }
         while let Some(h) = self.held.pop_front() {
-            out.push(Action::Respond(h.reply, body.clone()));
+            for reply in h.replies {
+                out.push(Action::Respond(reply, body.clone()));
+            }
             self.final_delivered = true;
         }
         self.final_body = Some(body.clone());
