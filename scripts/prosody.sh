@@ -19,6 +19,8 @@
 #   --user NAME:PASS     create an account NAME@localhost (repeatable;
 #                        default alice and bob with password demo-password)
 #   --log-level LEVEL    debug|info|warn (default info; env PROSODY_LOG_LEVEL)
+#   --tls12-only         offer TLS 1.2 only: Prosody 0.12 then advertises
+#                        SCRAM-SHA-1-PLUS (tls-unique channel binding)
 #
 # After setup, DIR/env holds shell assignments a caller can source:
 #   PROSODY_C2S_PORT, PROSODY_WEBSOCKET_PORT, PROSODY_CA (the CA that signed the
@@ -28,19 +30,10 @@ set -euo pipefail
 DOMAIN=localhost
 MUC_DOMAIN=conference.localhost
 
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
 die() { echo "prosody.sh: $*" >&2; exit 1; }
-
-# True when something already listens on TCP port $1 (any address).
-port_in_use() {
-	ss -Htln "sport = :$1" 2>/dev/null | grep -q .
-}
-
-# First port from $1 upwards that nobody listens on.
-free_port_from() {
-	local p=$1
-	while port_in_use "$p"; do p=$((p + 1)); done
-	echo "$p"
-}
 
 # A CA and a certificate for "localhost" signed by it. EC P-256 keeps this
 # fast; the server certificate carries SAN DNS:localhost and serverAuth
@@ -71,7 +64,7 @@ make_certs() {
 }
 
 write_config() {
-	local dir=$1 c2s_port=$2 ws_port=$3 log_level=$4
+	local dir=$1 c2s_port=$2 ws_port=$3 log_level=$4 tls_protocol=$5
 	local http_modules="" http_settings=""
 	if [[ -n "$ws_port" ]]; then
 		http_modules='"websocket"; "bosh";'
@@ -79,7 +72,7 @@ write_config() {
 http_interfaces = { \"127.0.0.1\" }
 https_ports = { }
 consider_websocket_secure = true
-consider_bosh_secure = true
+consider_bosh_secure = true"
 	else
 		http_settings="http_ports = { }
 https_ports = { }"
@@ -122,6 +115,7 @@ smacks_hibernation_time = 30
 ssl = {
 	certificate = "$dir/certs/$DOMAIN.crt";
 	key = "$dir/certs/$DOMAIN.key";
+	protocol = "$tls_protocol";
 }
 
 VirtualHost "$DOMAIN"
@@ -146,7 +140,7 @@ create_accounts() {
 
 cmd_setup() {
 	local dir=${1:?DIR missing}; shift
-	local c2s_port="" ws_port="" log_level=${PROSODY_LOG_LEVEL:-info}
+	local c2s_port="" ws_port="" log_level=${PROSODY_LOG_LEVEL:-info} tls_protocol="tlsv1_2+"
 	local users=()
 	while (($#)); do
 		case $1 in
@@ -154,6 +148,7 @@ cmd_setup() {
 		--websocket-port) ws_port=$2; shift 2 ;;
 		--user) users+=("$2"); shift 2 ;;
 		--log-level) log_level=$2; shift 2 ;;
+		--tls12-only) tls_protocol="tlsv1_2"; shift ;;
 		*) die "unknown option $1" ;;
 		esac
 	done
@@ -165,7 +160,7 @@ cmd_setup() {
 	dir=$(cd "$dir" && pwd)
 	rm -rf "$dir/data" "$dir/prosody.log"
 	make_certs "$dir/certs"
-	write_config "$dir" "$c2s_port" "$ws_port" "$log_level"
+	write_config "$dir" "$c2s_port" "$ws_port" "$log_level" "$tls_protocol"
 	create_accounts "$dir" "${users[@]}"
 	cat >"$dir/env" <<-EOF
 		PROSODY_DIR=$dir
@@ -202,19 +197,9 @@ cmd_start() {
 }
 
 cmd_stop() {
-	local dir=${1:?DIR missing} pid
+	local dir=${1:?DIR missing}
 	[[ -f "$dir/prosody.pid" ]] || return 0
-	pid=$(cat "$dir/prosody.pid" 2>/dev/null || true)
-	[[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid"
-	local deadline=$((SECONDS + 10))
-	while kill -0 "$pid" 2>/dev/null; do
-		if ((SECONDS > deadline)); then
-			kill -KILL "$pid" 2>/dev/null || true
-			break
-		fi
-		sleep 0.1
-	done
+	stop_pid "$(cat "$dir/prosody.pid" 2>/dev/null || true)"
 }
 
 case ${1:-} in

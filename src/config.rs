@@ -291,6 +291,10 @@ pub struct Config {
     pub drain_grace_secs: u64,
     /// What draining sessions are told.
     pub drain: DrainConfig,
+    /// `XMPP_GATEWAY_*` variables that name no option (other tools share the prefix, e.g. a
+    /// test harness's `XMPP_GATEWAY_BIN`): ignored, and logged at start-up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 impl Default for Config {
@@ -309,6 +313,7 @@ impl Default for Config {
             drain_timeout_secs: 30,
             drain_grace_secs: 0,
             drain: DrainConfig::default(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -350,11 +355,15 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(file).map_err(|e| ConfigError::Invalid(e.message().to_string()))?;
+        let mut ignored = Vec::new();
         for (key, value) in env {
-            apply_env(&mut table, key, value)?;
+            if !apply_env(&mut table, key, value)? {
+                ignored.push(key.clone());
+            }
         }
         let mut config: Config = Config::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::Invalid(e.message().to_string()))?;
+        config.ignored_env = ignored;
         config.apply_cli(cli)?;
         config.validate()?;
         Ok(config)
@@ -527,13 +536,33 @@ fn merge_routes(file: &[RouteConfig], flags: &[String]) -> Result<Vec<RouteConfi
 /// Applies one `XMPP_GATEWAY_*` variable: `XMPP_GATEWAY_LIMITS__MAX_DEPTH=8` sets
 /// `limits.max_depth`; values are read as TOML (numbers, booleans, arrays) and as plain strings
 /// otherwise. `XMPP_GATEWAY_ROUTE` takes flag syntax, several routes separated by spaces.
-fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+/// Returns `false` for a variable whose first key names no top-level option; unknown keys
+/// inside a known section are errors, like in the file.
+fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<bool, ConfigError> {
+    const TOP_LEVEL: &[&str] = &[
+        "listen",
+        "admin_listen",
+        "route",
+        "upstream_ca",
+        "static_dir",
+        "log",
+        "websocket",
+        "bosh",
+        "limits",
+        "discovery",
+        "drain_timeout_secs",
+        "drain_grace_secs",
+        "drain",
+    ];
     let Some(path) = key.strip_prefix(ENV_PREFIX) else {
-        return Ok(());
+        return Ok(true);
     };
     let path = path.to_ascii_lowercase();
     if path == "config" {
-        return Ok(());
+        return Ok(true);
+    }
+    if !TOP_LEVEL.contains(&path.split("__").next().unwrap_or_default()) {
+        return Ok(false);
     }
     if path == "route" {
         let file_routes: Vec<RouteConfig> = match table.remove("route") {
@@ -546,7 +575,7 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), Conf
         let value = toml::Value::try_from(RoutesOut(&merged))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         table.insert("route".into(), value);
-        return Ok(());
+        return Ok(true);
     }
     let parts: Vec<&str> = path.split("__").collect();
     let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
@@ -580,7 +609,7 @@ fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<(), Conf
                 .ok_or_else(|| ConfigError::Invalid(format!("{key}: {part} is not a table")))?;
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Serialises merged routes back into the TOML table the schema reads.
@@ -720,6 +749,17 @@ mod tests {
         let c = Config::from_sources("", &e, &cli(&[])).unwrap();
         assert_eq!(c.routes.len(), 2);
         assert_eq!(c.routes[1].domain, "b.example");
+    }
+
+    #[test]
+    fn env_variables_naming_no_option_are_ignored_and_reported() {
+        let e = env(&[
+            ("XMPP_GATEWAY_BIN", "/usr/bin/x"),
+            ("XMPP_GATEWAY_LISTEN", "127.0.0.1:7"),
+        ]);
+        let c = Config::from_sources("", &e, &cli(&[])).unwrap();
+        assert_eq!(c.listen.port(), 7);
+        assert_eq!(c.ignored_env, vec!["XMPP_GATEWAY_BIN"]);
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -54,6 +55,9 @@ fn init_logging(config: &Config) {
 async fn serve(cli: Cli, config: Config) -> anyhow::Result<()> {
     if config.routes.is_empty() {
         tracing::warn!("no --route configured: every client will get host-unknown");
+    }
+    for name in &config.ignored_env {
+        tracing::warn!(variable = %name, "environment variable names no option; ignored");
     }
     let server = Server::bind(config).await.context("starting")?;
     let gw = server.gateway();

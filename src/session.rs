@@ -62,6 +62,8 @@ pub struct Session {
     params: StreamParams,
     ended: Option<&'static str>,
     started: std::time::Instant,
+    /// The server answered `<enable resume='true'/>` (or a `<resume/>`): see [`Session::leave`].
+    resumable: bool,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -115,6 +117,7 @@ impl Session {
                 params,
                 ended: None,
                 started: std::time::Instant::now(),
+                resumable: false,
             },
             header: opened.header,
             features,
@@ -150,10 +153,30 @@ impl Session {
                 ElementKind::StreamError => Outbound::StreamError(e.bytes),
                 _ => {
                     METRICS.relayed(self.transport, Direction::ToClient, e.bytes.len());
+                    if is_resumption_granted(&e.bytes) {
+                        self.resumable = true;
+                    }
                     Outbound::Element(e.bytes)
                 }
             },
         })
+    }
+
+    /// Whether the server granted XEP-0198 resumption on this stream.
+    pub fn is_resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// The client went away without closing (tab closed, network lost, node draining). A
+    /// stream the server allows to be resumed (XEP-0198) is left open for the client to
+    /// resume, through any node: the socket is dropped without `</stream:stream>`, which the
+    /// server would take as a logout. Any other stream is closed cleanly (PROTOCOL.md §3).
+    pub async fn leave(&mut self) {
+        if self.resumable {
+            self.upstream.shutdown().await;
+        } else {
+            let _ = self.upstream.close_stream().await;
+        }
     }
 
     /// Forwards one validated client element verbatim.
@@ -189,11 +212,51 @@ impl Session {
     }
 }
 
+/// XEP-0198 §5: `<enabled resume='true'/>` or `<resumed/>` from the server means the stream
+/// can be resumed after the connection is lost. A prefix check first keeps this off the
+/// per-stanza cost for everything else.
+fn is_resumption_granted(el: &[u8]) -> bool {
+    if el.starts_with(b"<resumed") {
+        return el.windows(11).any(|w| w == b"urn:xmpp:sm");
+    }
+    if !el.starts_with(b"<enabled") {
+        return false;
+    }
+    let has = |needle: &[u8]| el.windows(needle.len()).any(|w| w == needle);
+    has(b"urn:xmpp:sm")
+        && (has(b"resume='true'")
+            || has(b"resume=\"true\"")
+            || has(b"resume='1'")
+            || has(b"resume=\"1\""))
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
         // Every session is counted out exactly once, including on a panic or a dropped task.
         let reason = self.ended.unwrap_or("aborted");
         METRICS.session_ended(self.transport, reason, self.started.elapsed());
         tracing::info!(reason, "session ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_resumption_granted;
+
+    #[test]
+    fn resumption_is_recognised_only_when_granted() {
+        assert!(is_resumption_granted(
+            b"<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true'/>"
+        ));
+        assert!(is_resumption_granted(
+            b"<enabled xmlns=\"urn:xmpp:sm:3\" resume=\"1\" id=\"x\"/>"
+        ));
+        assert!(is_resumption_granted(
+            b"<resumed xmlns='urn:xmpp:sm:3' h='3' previd='x'/>"
+        ));
+        assert!(!is_resumption_granted(b"<enabled xmlns='urn:xmpp:sm:3'/>"));
+        assert!(!is_resumption_granted(
+            b"<message xmlns='jabber:client'><body>resume='true' urn:xmpp:sm</body></message>"
+        ));
     }
 }

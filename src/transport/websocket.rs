@@ -283,8 +283,8 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Sett
                         return "bad_input";
                     }
                     _ => {
-                        // The browser vanished: end the upstream stream cleanly.
-                        let _ = session.close_stream().await;
+                        // The browser vanished (PROTOCOL.md §3 and §4's note on reloads).
+                        session.leave().await;
                         return "client_gone";
                     }
                 };
@@ -330,8 +330,8 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Sett
                         let _ = ws.flush().await;
                     }
                     Message::Close(_) => {
-                        // A close frame without <close/>: end the upstream stream too.
-                        let _ = session.close_stream().await;
+                        // A close frame without <close/> (a tab closing): the client is gone.
+                        session.leave().await;
                         let _ = ws.flush().await;
                         return "client_close";
                     }
@@ -345,7 +345,7 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Sett
                     Ok(Flow::End(reason)) => return reason,
                     Err(_) => {
                         METRICS.input_rejected("slow_reader");
-                        let _ = session.close_stream().await;
+                        session.leave().await;
                         return "slow_reader";
                     }
                 }
@@ -354,13 +354,13 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Sett
                 if missed >= max_missed {
                     METRICS.websocket_pings_missed.inc();
                     tracing::info!(missed, "pings unanswered; closing");
-                    let _ = session.close_stream().await;
+                    session.leave().await;
                     let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "ping timeout".into() })).await;
                     return "ping_timeout";
                 }
                 missed += 1;
                 if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                    let _ = session.close_stream().await;
+                    session.leave().await;
                     return "client_gone";
                 }
             }
@@ -369,9 +369,15 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Sett
                 return finish(ws, ending, settings).await;
             }
             _ = gw.shutdown.cancelled(), if closing.is_none() => {
-                // PROTOCOL.md §6: close the upstream stream first and keep relaying until the
-                // server's close, so stanzas already on their way still reach the client; then
-                // tell the client where to go.
+                // PROTOCOL.md §6: a resumable stream is left to the server, which keeps what
+                // is in flight for the client's <resume/> through another node. Any other
+                // stream is closed first and relayed until the server's close, so stanzas
+                // already on their way still reach the client; then the client is told where
+                // to go.
+                if session.is_resumable() {
+                    session.leave().await;
+                    return finish(ws, Ending::Drain, settings).await;
+                }
                 let _ = session.close_stream().await;
                 closing = Some((Instant::now() + CLOSE_GRACE, Ending::Drain));
             }
@@ -464,13 +470,13 @@ async fn forward(
             }
         };
         if sent.is_err() {
-            let _ = session.close_stream().await;
+            session.leave().await;
             return Flow::End("client_gone");
         }
         next = session.buffered_outbound().transpose();
     }
     if ws.flush().await.is_err() {
-        let _ = session.close_stream().await;
+        session.leave().await;
         return Flow::End("client_gone");
     }
     Flow::Continue

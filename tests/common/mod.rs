@@ -889,3 +889,174 @@ pub fn upgrade_request(addr: SocketAddr, extra: &str) -> String {
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/1.1 over one kept-alive connection
+// ---------------------------------------------------------------------------------------------
+
+/// A response read from an [`HttpConn`], body as bytes (it may be gzip-compressed).
+#[derive(Debug)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// Header names in lower case, with values.
+    pub headers: Vec<(String, String)>,
+    /// The body (Content-Length bytes), as received.
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as UTF-8 text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+}
+
+/// One client TCP connection carrying HTTP/1.1 requests one after another (keep-alive). Bytes
+/// read past one response are kept for the next, so pipelined or interim (`100 Continue`)
+/// responses are read in order.
+pub struct HttpConn {
+    addr: SocketAddr,
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let _ = tcp.set_nodelay(true);
+        Self {
+            addr,
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes raw bytes.
+    pub async fn write_raw(&mut self, data: &[u8]) {
+        self.tcp.write_all(data).await.expect("send request bytes");
+    }
+
+    /// The head of a request with `Host` and `Content-Length` (when `body_len` is given) and
+    /// extra header lines, ending with the empty line.
+    pub fn head(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body_len: Option<usize>,
+    ) -> String {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(len) = body_len {
+            head.push_str(&format!("Content-Length: {len}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// Sends a whole request without waiting for the response.
+    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
+        let mut req = self
+            .head(method, path, headers, Some(body.len()))
+            .into_bytes();
+        req.extend_from_slice(body);
+        self.write_raw(&req).await;
+    }
+
+    /// Reads the next response within `timeout`.
+    pub async fn try_response(&mut self, timeout: Duration) -> Result<HttpReply, ReadEnd> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let head_end = loop {
+            if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
+                break pos;
+            }
+            self.fill(deadline).await?;
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).expect("ASCII head");
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .map(|(_, v)| v.parse().expect("content-length"))
+            .unwrap_or(0);
+        assert!(
+            !headers
+                .iter()
+                .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")),
+            "chunked responses are not expected here: {head}"
+        );
+        let start = head_end + 4;
+        while self.buf.len() < start + len {
+            self.fill(deadline).await?;
+        }
+        let rest = self.buf.split_off(start + len);
+        let body = self.buf.split_off(start);
+        self.buf = rest;
+        Ok(HttpReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Reads the next response within [`TIMEOUT`]; panics with how the read ended otherwise.
+    pub async fn response(&mut self) -> HttpReply {
+        match self.try_response(TIMEOUT).await {
+            Ok(r) => r,
+            Err(end) => panic!(
+                "no HTTP response: {end:?} after {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Sends a request and reads its response.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpReply {
+        self.send(method, path, headers, body).await;
+        self.response().await
+    }
+
+    async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<(), ReadEnd> {
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk)).await {
+            Err(_) => Err(ReadEnd::Timeout),
+            Ok(Ok(0)) => Err(ReadEnd::Eof),
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ReadEnd::Error(e)),
+        }
+    }
+}

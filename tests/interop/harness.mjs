@@ -4,9 +4,9 @@
 // Environment:
 //   XMPP_GATEWAY_BIN     gateway binary (default: <repo>/target/debug/xmpp-gateway)
 //   XMPP_INTEROP_TARGET  "gateway" (default) or "prosody": with "prosody" the
-//                        clients talk to Prosody's own mod_websocket, which checks
-//                        the test scenarios themselves without the gateway; tests
-//                        that inspect the gateway are skipped then.
+//                        clients talk to Prosody's own mod_websocket and mod_bosh,
+//                        which checks the test scenarios themselves without the
+//                        gateway; checks that inspect the gateway are skipped then.
 //   INTEROP_KEEP=1       keep the temporary Prosody directory after the run.
 //
 // Logs of every stack go to <repo>/.run/interop/<name>/ (git-ignored), so a
@@ -151,9 +151,10 @@ function tail(file, lines = 30) {
 /**
  * Starts a private Prosody: VirtualHost "localhost" with STARTTLS required,
  * MUC at conference.localhost, accounts from `users` ([name, password] pairs).
- * With `websocket: true` Prosody also serves its own /xmpp-websocket.
+ * With `websocket: true` Prosody also serves its own /xmpp-websocket; with
+ * `tls12Only: true` it speaks TLS 1.2 only (and so offers SCRAM-*-PLUS).
  */
-export async function startProsody({ users, websocket = false, logDir }) {
+export async function startProsody({ users, websocket = false, tls12Only = false, logDir }) {
 	const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'xmpp-gw-prosody-'));
 	const removeDir = () =>
 		process.env.INTEROP_KEEP === '1' ? undefined : fsp.rm(dir, { recursive: true, force: true });
@@ -161,6 +162,7 @@ export async function startProsody({ users, websocket = false, logDir }) {
 	const wsPort = websocket ? await freePort() : null;
 	const args = ['setup', dir, '--c2s-port', String(c2sPort)];
 	if (wsPort) args.push('--websocket-port', String(wsPort));
+	if (tls12Only) args.push('--tls12-only');
 	for (const [name, password] of users) args.push('--user', `${name}:${password}`);
 	try {
 		await execFileP(path.join(REPO, 'scripts', 'prosody.sh'), args);
@@ -240,6 +242,7 @@ export async function startGateway({ prosody, logDir, extraArgs = [] }) {
 		port,
 		adminUrl,
 		wsUrl: `ws://127.0.0.1:${port}/xmpp-websocket`,
+		boshUrl: `http://127.0.0.1:${port}/http-bind`,
 		logFile,
 		async metricsText() {
 			const res = await fetch(`${adminUrl}/metrics`);
@@ -307,14 +310,15 @@ export function establishedSockets(pid, remotePort) {
 
 /**
  * Starts everything one test file needs and returns where clients connect.
- * `name` names the log directory; `users` are [name, password] pairs.
+ * `name` names the log directory; `users` are [name, password] pairs;
+ * `prosody` holds extra startProsody options.
  */
-export async function startStack({ name, users }) {
+export async function startStack({ name, users, prosody: prosodyOptions = {} }) {
 	const logDir = path.join(REPO, '.run', 'interop', name);
 	await fsp.rm(logDir, { recursive: true, force: true });
 	await fsp.mkdir(logDir, { recursive: true });
 
-	const prosody = await startProsody({ users, websocket: TARGET === 'prosody', logDir });
+	const prosody = await startProsody({ ...prosodyOptions, users, websocket: TARGET === 'prosody', logDir });
 	let gateway = null;
 	try {
 		if (TARGET === 'gateway') gateway = await startGateway({ prosody, logDir });
@@ -323,8 +327,10 @@ export async function startStack({ name, users }) {
 		throw err;
 	}
 	const wsUrl = gateway ? gateway.wsUrl : `ws://127.0.0.1:${prosody.wsPort}/xmpp-websocket`;
+	const boshUrl = gateway ? gateway.boshUrl : `http://127.0.0.1:${prosody.wsPort}/http-bind`;
 	return {
 		wsUrl,
+		boshUrl,
 		domain: DOMAIN,
 		prosody,
 		gateway,

@@ -4,7 +4,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startStack, waitFor, TARGET } from './harness.mjs';
+import { startStack, waitFor, withTimeout, TARGET } from './harness.mjs';
 import * as xmppjs from './lib/xmppjs.mjs';
 import * as strophe from './lib/strophe.mjs';
 
@@ -116,6 +116,53 @@ test('a failed login leaves no session behind', async () => {
 	await assert.rejects(xmpp.start(), { condition: 'not-authorized' });
 	await xmpp.stop().catch(() => {});
 	await expectGatewaySessions(0, 'after the failed login');
+	if (TARGET === 'gateway') {
+		await waitFor(() => stack.gateway.upstreamSockets() === 0, { what: 'no socket to Prosody' });
+	}
+});
+
+test('an upstream stream error (resource conflict) reaches the client and ends its session', async (t) => {
+	const first = await xmppjs.login(stack, 'alice', PASSWORD, { resource: 'same' });
+	t.after(() => first.close().catch(() => {}));
+	const errors = [];
+	first.xmpp.on('error', (err) => errors.push(err));
+	const disconnected = new Promise((resolve) => first.xmpp.once('disconnect', resolve));
+
+	// Prosody's default conflict rule replaces the old session with a
+	// <conflict/> stream error (RFC 6120 §4.9.3.3).
+	const second = await xmppjs.login(stack, 'alice', PASSWORD, { resource: 'same' });
+	t.after(() => second.close().catch(() => {}));
+
+	const streamError = await first.inbox.waitFor(
+		(el) => el.is('error', 'http://etherx.jabber.org/streams'),
+		{ what: '<stream:error/> at the replaced session' },
+	);
+	assert.ok(
+		streamError.getChild('conflict', 'urn:ietf:params:xml:ns:xmpp-streams'),
+		`not a conflict: ${streamError.toString()}`,
+	);
+	assert.equal(errors[0]?.condition, 'conflict', 'xmpp.js reported the stream error');
+	await withTimeout(disconnected, 10_000, 'the replaced WebSocket closing');
+	await expectGatewaySessions(1, 'only the new session');
+});
+
+test('an oversized stanza ends the session with a policy-violation stream error', async (t) => {
+	const alice = await xmppjs.login(stack, 'alice', PASSWORD, { resource: 'oversized' });
+	t.after(() => alice.close().catch(() => {}));
+	const disconnected = new Promise((resolve) => alice.xmpp.once('disconnect', resolve));
+	// 300 KB: over the gateway's default element limit and Prosody's 256 KiB
+	// c2s_stanza_size_limit, so whichever looks first must refuse it.
+	await alice.send(xml('message', { to: 'bob@localhost' }, xml('body', {}, 'y'.repeat(300_000))));
+	const streamError = await alice.inbox.waitFor(
+		(el) => el.is('error', 'http://etherx.jabber.org/streams'),
+		{ what: '<stream:error/> for the oversized stanza' },
+	);
+	assert.ok(
+		streamError.getChild('policy-violation', 'urn:ietf:params:xml:ns:xmpp-streams'),
+		`unexpected stream error: ${streamError.toString()}`,
+	);
+	await withTimeout(disconnected, 10_000, 'the WebSocket closing after the stream error');
+	await expectGatewaySessions(0, 'after the stream error');
 	if (TARGET === 'gateway') {
 		await waitFor(() => stack.gateway.upstreamSockets() === 0, { what: 'no socket to Prosody' });
 	}

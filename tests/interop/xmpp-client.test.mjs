@@ -29,6 +29,24 @@ test('login over the websocket binds a full JID', async (t) => {
 	assert.equal(alice.jid, 'alice@localhost/login-test');
 });
 
+test('stream features: no <starttls/>, no channel binding, SASL then bind and SM', async (t) => {
+	const alice = await session(t, 'alice');
+	const features = alice.inbox.items.filter((el) => el.is('features', 'http://etherx.jabber.org/streams'));
+	assert.equal(features.length, 2, 'one <stream:features/> before and one after authentication');
+	const [beforeAuth, afterAuth] = features;
+	// The gateway did STARTTLS upstream itself; the browser never sees it.
+	assert.equal(beforeAuth.getChild('starttls', 'urn:ietf:params:xml:ns:xmpp-tls'), undefined);
+	const mechanisms = beforeAuth
+		.getChild('mechanisms', 'urn:ietf:params:xml:ns:xmpp-sasl')
+		.getChildren('mechanism')
+		.map((m) => m.text());
+	assert.ok(mechanisms.includes('SCRAM-SHA-1'), `mechanisms: ${mechanisms}`);
+	// Channel binding cannot cross a proxy: no *-PLUS mechanism may be offered.
+	assert.deepEqual(mechanisms.filter((m) => m.endsWith('-PLUS')), []);
+	assert.ok(afterAuth.getChild('bind', 'urn:ietf:params:xml:ns:xmpp-bind'), 'bind offered after auth');
+	assert.ok(afterAuth.getChild('sm', 'urn:xmpp:sm:3'), 'XEP-0198 offered after auth');
+});
+
 test('roster item set and fetched back', async (t) => {
 	const alice = await session(t, 'alice');
 	await alice.iq(

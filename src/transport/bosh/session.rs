@@ -15,6 +15,9 @@ use crate::session::{Outbound, Session};
 
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+/// The same during a drain: a live client is between two requests for milliseconds, and a
+/// vanished one must not hold the process.
+const LINGER_DRAINING: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a response goes: the HTTP handler waiting for it. If that handler is gone (the client
 /// dropped the connection), the response stays cached for a repeated rid.
@@ -91,7 +94,12 @@ pub async fn run(
     };
     // A client with no request held when the session ended learns why from its next one.
     if !state.end_delivered() {
-        let linger = tokio::time::sleep(LINGER.min(settings.config.bosh_inactivity()));
+        let linger = if told_shutdown {
+            LINGER_DRAINING
+        } else {
+            LINGER
+        };
+        let linger = tokio::time::sleep(linger.min(settings.config.bosh_inactivity()));
         tokio::pin!(linger);
         tokio::select! {
             Some(req) = rx.recv() => {
@@ -153,6 +161,7 @@ async fn perform(
             Action::CloseUpstream => {
                 let _ = session.close_stream().await;
             }
+            Action::LeaveUpstream => session.leave().await,
             Action::Respond(reply, body) => {
                 // A closed receiver means the client hung up; the body is cached for its retry.
                 let _ = reply.send(body);

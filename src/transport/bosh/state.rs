@@ -86,6 +86,9 @@ pub enum Action<R> {
     Restart,
     /// Send `</stream:stream>` upstream (client terminate).
     CloseUpstream,
+    /// The client is gone or the node drains: leave the upstream stream for XEP-0198
+    /// resumption where the server granted it, else close it (see `Session::leave`).
+    LeaveUpstream,
     /// Answer a request with this complete `<body/>`.
     Respond(R, Bytes),
     /// The session is over; the task ends after carrying out the other actions.
@@ -340,7 +343,7 @@ impl<R> BoshState<R> {
     /// The gateway is draining (PROTOCOL.md §6): pending stanzas and the redirect (or
     /// `system-shutdown`) go to the client.
     pub fn on_shutdown(&mut self, redirect: Option<&str>, out: &mut Vec<Action<R>>) {
-        out.push(Action::CloseUpstream);
+        out.push(Action::LeaveUpstream);
         let why = match redirect {
             Some(uri) => Terminate::SeeOtherUri(uri.to_string()),
             None => Terminate::Condition("system-shutdown"),
@@ -370,8 +373,8 @@ impl<R> BoshState<R> {
         if self.held.is_empty() {
             let limit = self.pause.unwrap_or(self.params.inactivity);
             if now.duration_since(self.idle_since) >= limit {
-                // XEP-0124 §10: nobody is listening; close upstream and forget the session.
-                out.push(Action::CloseUpstream);
+                // XEP-0124 §10: nobody is listening; let go of upstream and forget the session.
+                out.push(Action::LeaveUpstream);
                 self.ended = true;
                 self.final_delivered = true;
                 self.parked.clear();

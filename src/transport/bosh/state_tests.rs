@@ -211,7 +211,7 @@ async fn bosh_inactivity_ends_the_session_and_closes_upstream() {
     tokio::time::advance(Duration::from_secs(1)).await;
     s.on_tick(Instant::now(), &mut a);
     assert_eq!(ended(&a), Some("inactivity"));
-    assert!(a.iter().any(|x| matches!(x, Action::CloseUpstream)));
+    assert!(a.iter().any(|x| matches!(x, Action::LeaveUpstream)));
 }
 
 #[tokio::test(start_paused = true)]

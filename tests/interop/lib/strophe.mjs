@@ -5,7 +5,11 @@
 import { EventEmitter } from 'node:events';
 import { Strophe, $build, $iq, $msg, $pres } from 'strophe.js';
 import { Inbox } from './inbox.mjs';
+import { installXMLHttpRequest } from './xhr-fetch.mjs';
 import { withTimeout } from '../harness.mjs';
+
+// For BOSH: Node has fetch() but no XMLHttpRequest.
+installXMLHttpRequest();
 
 export { Strophe, $build, $iq, $msg, $pres };
 
@@ -35,18 +39,28 @@ function firstElement(el) {
 }
 
 /**
- * Starts a connection and resolves once Strophe reports CONNECTED; rejects
- * with a LoginError on AUTHFAIL/CONNFAIL/DISCONNECTED before that.
+ * Starts a connection (WebSocket, or BOSH with `transport: 'bosh'`) and
+ * resolves once Strophe reports CONNECTED; rejects with a LoginError on
+ * AUTHFAIL/CONNFAIL/DISCONNECTED before that.
  */
-export function connect(stack, username, password, { resource, streamManagement = false } = {}) {
-	const conn = new Strophe.Connection(stack.wsUrl, {
+export function connect(stack, username, password, { resource, streamManagement = false, transport = 'websocket' } = {}) {
+	// Strophe picks its transport from the URL: ws(s):// or http(s)://.
+	const service = transport === 'bosh' ? stack.boshUrl : stack.wsUrl;
+	const conn = new Strophe.Connection(service, {
 		enableStreamManagement: streamManagement,
 		// Ask for <r/> only when the test does, so acks are deterministic.
 		streamManagement: { maxUnacked: 0, requestResume: true },
 	});
 	const inbox = new Inbox();
 	const events = new EventEmitter();
-	conn.xmlInput = (el) => inbox.push(el);
+	conn.xmlInput = (el) => {
+		// Over BOSH Strophe hands over the whole <body/>; record its payloads.
+		if (is(el, 'body', 'http://jabber.org/protocol/httpbind')) {
+			for (let n = el.firstChild; n; n = n.nextSibling) if (n.nodeType === 1) inbox.push(n);
+		} else {
+			inbox.push(el);
+		}
+	};
 
 	const jid = `${username}@${stack.domain}${resource ? `/${resource}` : ''}`;
 	const connected = new Promise((resolve, reject) => {

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Starts the demo stack without asking anything (loopback only, a free port
+# from 5280), runs scripts/demo-screenshot.mjs against it and stops it all.
+# The picture lands in .run/demo.png (or $1).
+#
+# Environment: XMPP_GATEWAY_BIN (use this binary instead of building
+# target/release/xmpp-gateway); DEMO_TRANSPORT=bosh to have converse.js use
+# BOSH (/http-bind) instead of the WebSocket.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/demo-stack.sh
+source scripts/lib/demo-stack.sh
+
+output=${1:-$PWD/.run/demo.png}
+
+phase "Installing dependencies"
+scripts/install-deps.sh
+
+if [[ -n "${XMPP_GATEWAY_BIN:-}" ]]; then
+	GATEWAY_BIN=$XMPP_GATEWAY_BIN
+else
+	phase "cargo build --release"
+	cargo build --release
+	GATEWAY_BIN=$PWD/target/release/xmpp-gateway
+fi
+
+export DEMO_LISTEN_HOST=127.0.0.1
+DEMO_PORT=${DEMO_PORT:-$(free_port_from 5280)}
+export DEMO_PORT
+export DEMO_RUN_DIR=${DEMO_RUN_DIR:-$PWD/.run/demo-screenshot}
+
+trap 'demo_stack_stop' EXIT
+trap 'exit 130' INT TERM
+demo_stack_start
+
+phase "Taking the screenshot"
+page=$DEMO_URL
+[[ "${DEMO_TRANSPORT:-websocket}" == websocket ]] || page="$DEMO_URL?transport=$DEMO_TRANSPORT"
+node scripts/demo-screenshot.mjs "$page" "$output"

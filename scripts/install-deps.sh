@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what the interop tests and the demo need on a Debian machine that
+# already has the Rust toolchain and Node.js 20+. Safe to run again: apt runs
+# only when a package is missing, npm only when a lockfile changed.
+#
+#   Debian:  prosody (the XMPP server under test), openssl (test certificates),
+#            chromium + fonts, emoji included (demo screenshot), procps, iproute2 (ss),
+#            curl, ca-certificates
+#   npm:     tests/interop and demo, exactly as pinned in their package-lock.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(prosody openssl chromium fonts-liberation fonts-noto-color-emoji procps iproute2 curl ca-certificates prometheus haproxy python3-venv)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+	# "install ok installed" only once the package is fully set up.
+	if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]]; then
+		missing+=("$pkg")
+	fi
+done
+if ((${#missing[@]})); then
+	echo "install-deps: apt packages missing: ${missing[*]}"
+	sudo=()
+	((EUID == 0)) || sudo=(sudo)
+	export DEBIAN_FRONTEND=noninteractive
+	"${sudo[@]}" apt-get update -qq
+	"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+	echo "install-deps: apt packages present"
+fi
+
+# The Debian package may start a system-wide Prosody on 5222. Ours run from
+# private directories on other ports, so it does no harm; it is left alone.
+
+if ! command -v node >/dev/null; then
+	echo "install-deps: Node.js 20 or newer is required (not found)" >&2
+	exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 20)); then
+	echo "install-deps: Node.js 20 or newer is required (found $(node --version))" >&2
+	exit 1
+fi
+
+# npm ci wipes and reinstalls node_modules; skip it while the lockfile that
+# produced node_modules is unchanged.
+npm_ci() {
+	local dir=$1 stamp want
+	stamp=$dir/node_modules/.lock-sha256
+	want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+	if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+		echo "install-deps: $dir/node_modules up to date"
+		return
+	fi
+	echo "install-deps: npm ci in $dir"
+	(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+	echo "$want" >"$stamp"
+}
+npm_ci tests/interop
+npm_ci demo

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one test command (also what CI runs): dependencies, build, the Rust
+# tests, then the interop tests (real clients -> gateway -> real Prosody).
+# Exits non-zero as soon as a phase fails.
+#
+# Environment: XMPP_INTEROP_TARGET=prosody runs the interop scenarios against
+# Prosody's own WebSocket endpoint instead of the gateway (a check of the
+# tests themselves); INTEROP_SESSIONS changes the 1,000 of many-sessions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
+
+phase "install dependencies (scripts/install-deps.sh)"
+scripts/install-deps.sh
+
+phase "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+phase "cargo test --workspace"
+cargo test --workspace
+
+# The Node tests use the debug binary that the build phase just made.
+export XMPP_GATEWAY_BIN=${XMPP_GATEWAY_BIN:-$PWD/target/debug/xmpp-gateway}
+
+phase "deployment recipes (tests/deploy/validate.sh)"
+bash tests/deploy/validate.sh
+
+phase "operations tests (dashboard queries against a real Prometheus, tests/ops)"
+node --test --test-concurrency=1 tests/ops/
+
+phase "interop tests (node --test, tests/interop)"
+cd tests/interop
+# One file at a time: each starts its own Prosody and gateway, and the
+# 1,000-session test wants the machine's two cores for itself.
+# The runner's own summary ("# pass N", "# fail N") closes the output.
+exec node --test --test-concurrency=1
