@@ -147,6 +147,19 @@ pub fn parse(data: Bytes, limits: &Limits) -> Result<Body, BodyError> {
     }
 }
 
+/// The `<body/>` attributes of a request whose payload was refused, so the request can still
+/// be tied to its session (sid, rid, key); `None` when not even the root start tag parses.
+pub fn root_attributes(data: &[u8], limits: &Limits) -> Option<Body> {
+    let mut reader = Reader::from_reader(data);
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) | Event::Empty(e) => return root(&e, limits).ok(),
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
 fn push_child(
     data: &Bytes,
     start: usize,

@@ -131,24 +131,47 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
             );
         }
     };
-    let parsed = body::parse(data, &settings.xml_limits);
+    let parsed = body::parse(data.clone(), &settings.xml_limits);
     let answer = match parsed {
         Ok(b) if b.sid.is_none() => create(b, &gw, peer).await,
-        Ok(b) => continue_session(b, &gw).await,
+        Ok(b) => {
+            let kind = if b.terminate {
+                Kind::Terminate
+            } else if b.restart {
+                Kind::Restart
+            } else {
+                Kind::Normal
+            };
+            continue_session(b, &gw, kind).await
+        }
         Err(BodyError::NotBosh(why)) => {
             METRICS.input_rejected("not_bosh");
             return with_cors(text(StatusCode::BAD_REQUEST, why), cors);
         }
         Err(e) => {
-            // A broken body cannot be tied to a rid safely; the client's session (if any)
-            // lives on and the request is answered with bad-request.
             let reason = match &e {
                 BodyError::Xml(x) => x.reason(),
                 _ => "bad_attribute",
             };
             METRICS.input_rejected(reason);
             tracing::info!(%peer, error = %e, "BOSH body refused");
-            terminate_body(&Terminate::Condition("bad-request"))
+            // PROTOCOL.md §2: bad input ends the session. The request goes to its session
+            // without payload, which ends it only if the rid (and key) check out, so knowing
+            // a sid is not enough to end someone else's session.
+            match body::root_attributes(&data, &settings.xml_limits) {
+                Some(root) if root.sid.is_some() && root.rid.is_some() => {
+                    continue_session(
+                        BoshBody {
+                            children: Vec::new(),
+                            ..root
+                        },
+                        &gw,
+                        Kind::Invalid,
+                    )
+                    .await
+                }
+                _ => terminate_body(&Terminate::Condition("bad-request")),
+            }
         }
     };
     respond(answer, gzip, settings.config.bosh.gzip_min_bytes, cors)
@@ -297,18 +320,11 @@ fn negotiated_ver(client: Option<&str>) -> String {
     format!("{major}.{minor}")
 }
 
-async fn continue_session(b: BoshBody, gw: &Gateway) -> Bytes {
+async fn continue_session(b: BoshBody, gw: &Gateway, kind: Kind) -> Bytes {
     let sid = b.sid.as_deref().unwrap_or_default();
     let (Some(handle), Some(rid)) = (gw.bosh_sessions.get(sid), b.rid) else {
         // XEP-0124 §17.2: unknown sid.
         return terminate_body(&Terminate::Condition("item-not-found"));
-    };
-    let kind = if b.terminate {
-        Kind::Terminate
-    } else if b.restart {
-        Kind::Restart
-    } else {
-        Kind::Normal
     };
     let (reply, answer) = oneshot::channel();
     let req = BoshRequest {

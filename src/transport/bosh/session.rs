@@ -13,6 +13,9 @@ use super::Sessions;
 use crate::server::Gateway;
 use crate::session::{Outbound, Session};
 
+/// How long a draining session waits for the server to answer its close.
+const DRAIN_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 /// The same during a drain: a live client is between two requests for milliseconds, and a
@@ -37,10 +40,16 @@ pub async fn run(
 ) {
     let settings = gw.settings();
     let limit = settings.config.limits.max_buffered_bytes;
+    let redirect = settings.config.drain.bosh_redirect.as_deref();
     let mut told_shutdown = false;
+    // During a drain of a stream that cannot be resumed: the deadline for the server's close.
+    let mut draining: Option<Instant> = None;
     let reason = loop {
         let mut actions = Vec::new();
-        let deadline = state.next_deadline();
+        let deadline = match (state.next_deadline(), draining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let tick = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -65,8 +74,19 @@ pub async fn run(
                             state.on_upstream_end(Terminate::RemoteStreamError(e), &mut actions);
                             break;
                         }
+                        Ok(Outbound::End) if draining.is_some() => {
+                            // The server answered the drain's close: everything it had sent
+                            // is pending and goes out with the terminate body.
+                            state.on_shutdown(redirect, &mut actions);
+                            break;
+                        }
                         Ok(Outbound::End) => {
                             state.on_upstream_end(Terminate::Normal, &mut actions);
+                            break;
+                        }
+                        Err(e) if draining.is_some() => {
+                            tracing::debug!(error = %e, "upstream gone during drain");
+                            state.on_shutdown(redirect, &mut actions);
                             break;
                         }
                         Err(e) => {
@@ -82,10 +102,26 @@ pub async fn run(
                 }
                 state.flush(&mut actions);
             }
-            _ = tick => state.on_tick(Instant::now(), &mut actions),
+            _ = tick => {
+                if draining.is_some_and(|d| d <= Instant::now()) {
+                    state.on_shutdown(redirect, &mut actions);
+                } else {
+                    state.on_tick(Instant::now(), &mut actions);
+                }
+            }
             _ = gw.shutdown.cancelled(), if !told_shutdown => {
                 told_shutdown = true;
-                state.on_shutdown(settings.config.drain.bosh_redirect.as_deref(), &mut actions);
+                if session.is_resumable() {
+                    // PROTOCOL.md §6 with XEP-0198: the server keeps what is in flight for
+                    // the client's <resume/> through another node.
+                    session.leave().await;
+                    state.on_shutdown(redirect, &mut actions);
+                } else {
+                    // Close first and relay until the server's close, so nothing in flight
+                    // is dropped; the session ends there or at the deadline.
+                    let _ = session.close_stream().await;
+                    draining = Some(Instant::now() + DRAIN_CLOSE_GRACE);
+                }
             }
         }
         if let Some(reason) = perform(&mut session, &mut state, actions).await {

@@ -41,6 +41,9 @@ pub enum Kind {
     Restart,
     /// `type='terminate'`.
     Terminate,
+    /// A body the gateway refused (malformed or hostile payload): once its rid and key check
+    /// out, the session ends with `bad-request`.
+    Invalid,
 }
 
 /// One client request, parsed.
@@ -249,6 +252,10 @@ impl<R> BoshState<R> {
             self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), out);
             return;
         }
+        if req.kind == Kind::Invalid {
+            self.terminate(Terminate::Condition("bad-request"), Some(req.reply), out);
+            return;
+        }
         if let Some(ack) = req.ack {
             // Responses the client has seen need not be kept for repeats.
             self.cache.retain(|(rid, _)| *rid > ack);
@@ -266,7 +273,7 @@ impl<R> BoshState<R> {
                 return;
             }
             Kind::Restart => out.push(Action::Restart),
-            Kind::Normal => {}
+            Kind::Normal | Kind::Invalid => {}
         }
         if self.params.hold == 0 && empty && self.pending.is_empty() {
             if let Some(last) = self.last_empty_poll {
@@ -342,8 +349,8 @@ impl<R> BoshState<R> {
 
     /// The gateway is draining (PROTOCOL.md §6): pending stanzas and the redirect (or
     /// `system-shutdown`) go to the client.
+    /// The session task has already dealt with the upstream stream.
     pub fn on_shutdown(&mut self, redirect: Option<&str>, out: &mut Vec<Action<R>>) {
-        out.push(Action::LeaveUpstream);
         let why = match redirect {
             Some(uri) => Terminate::SeeOtherUri(uri.to_string()),
             None => Terminate::Condition("system-shutdown"),
@@ -427,6 +434,10 @@ impl<R> BoshState<R> {
     }
 
     fn terminate(&mut self, why: Terminate, reply: Option<R>, out: &mut Vec<Action<R>>) {
+        if matches!(why, Terminate::Condition(c) if c != "system-shutdown") {
+            // A protocol error ends the XMPP stream properly too (RFC 6120 §4.4).
+            out.push(Action::CloseUpstream);
+        }
         let body = terminate_body_with(&why, &mut self.pending);
         self.pending_bytes = 0;
         if let Some(reply) = reply {

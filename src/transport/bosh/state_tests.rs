@@ -253,6 +253,31 @@ async fn bosh_acks_name_the_highest_rid_when_answering_an_older_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn bosh_refused_body_ends_the_session_with_bad_request_once_its_rid_checks_out() {
+    let mut s = new_state(1);
+    // Out of the window: the session is not ended by someone who merely knows the sid.
+    let a = s.on_request(
+        Request {
+            kind: Kind::Invalid,
+            ..req(150, 1)
+        },
+        Instant::now(),
+    );
+    assert!(responses(&a)[0].1.contains("item-not-found"));
+    let mut s = new_state(1);
+    let a = s.on_request(
+        Request {
+            kind: Kind::Invalid,
+            ..req(101, 1)
+        },
+        Instant::now(),
+    );
+    assert!(responses(&a)[0].1.contains("condition='bad-request'"));
+    assert!(a.iter().any(|x| matches!(x, Action::CloseUpstream)));
+    assert_eq!(ended(&a), Some("bad_input"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn bosh_key_sequence_is_checked() {
     // XEP-0124 §15: K(n-1) = hex(SHA-1(K(n))).
     let k2 = "second";
