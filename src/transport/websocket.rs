@@ -29,7 +29,7 @@ use crate::upstream::stream::StreamParams;
 use crate::upstream::UpstreamError;
 use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};
 use crate::xml::split::StreamHeader;
-use crate::xml::{escape_attr, XmlError};
+use crate::xml::{escape_attr, push_attr, XmlError};
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -504,22 +504,12 @@ const CLOSE: &[u8] = b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>";
 
 /// The framing `<open/>` for a server stream header (RFC 7395 §3.4).
 fn open_element(h: &StreamHeader, domain: &str) -> String {
-    let from = h.from.as_deref().unwrap_or(domain);
     let mut s = String::with_capacity(160);
-    s.push_str("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='");
-    s.push_str(&escape_attr(from));
-    s.push('\'');
-    if let Some(id) = &h.id {
-        s.push_str(" id='");
-        s.push_str(&escape_attr(id));
-        s.push('\'');
-    }
-    s.push_str(" version='1.0'");
-    if let Some(lang) = &h.lang {
-        s.push_str(" xml:lang='");
-        s.push_str(&escape_attr(lang));
-        s.push('\'');
-    }
+    s.push_str("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'");
+    push_attr(&mut s, "from", Some(h.from.as_deref().unwrap_or(domain)));
+    push_attr(&mut s, "id", h.id.as_deref());
+    push_attr(&mut s, "version", Some("1.0"));
+    push_attr(&mut s, "xml:lang", h.lang.as_deref());
     s.push_str("/>");
     s
 }

@@ -14,7 +14,7 @@ use crate::config::TlsPolicy;
 use crate::metrics::METRICS;
 use crate::xml::features::summarize_features;
 use crate::xml::split::{Element, ElementKind, StreamHeader, StreamItem, StreamSplitter};
-use crate::xml::{escape_attr, Limits};
+use crate::xml::{push_attr, Limits};
 
 /// What the client asked for in its stream header, passed on upstream.
 #[derive(Debug, Clone, Default)]
@@ -252,19 +252,11 @@ impl UpstreamStream {
 /// The stream header sent upstream for a client's `<open/>`.
 fn header(p: &StreamParams) -> String {
     let mut h = String::with_capacity(200);
-    h.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='");
-    h.push_str(&escape_attr(&p.to));
-    h.push_str("' version='1.0'");
-    if let Some(from) = &p.from {
-        h.push_str(" from='");
-        h.push_str(&escape_attr(from));
-        h.push('\'');
-    }
-    if let Some(lang) = &p.lang {
-        h.push_str(" xml:lang='");
-        h.push_str(&escape_attr(lang));
-        h.push('\'');
-    }
+    h.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'");
+    push_attr(&mut h, "to", Some(&p.to));
+    push_attr(&mut h, "version", Some("1.0"));
+    push_attr(&mut h, "from", p.from.as_deref());
+    push_attr(&mut h, "xml:lang", p.lang.as_deref());
     h.push('>');
     h
 }

@@ -61,6 +61,17 @@ pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL namespace (RFC 6120 §6.4).
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 
+/// Appends ` name='value'` to a start tag being built, escaping the value; nothing for `None`.
+pub fn push_attr(tag: &mut String, name: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        tag.push(' ');
+        tag.push_str(name);
+        tag.push_str("='");
+        tag.push_str(&escape_attr(value));
+        tag.push('\'');
+    }
+}
+
 /// Escape text for use inside a single-quoted XML attribute value (and text): `&`, `<`, `>`,
 /// `'` and `"` become predefined entity references. Borrows when nothing needs escaping.
 pub fn escape_attr(s: &str) -> Cow<'_, str> {
