@@ -33,7 +33,22 @@ trap 'demo_stack_stop' EXIT
 trap 'exit 130' INT TERM
 demo_stack_start
 
-phase "Taking the screenshot"
-page=$DEMO_URL
-[[ "${DEMO_TRANSPORT:-websocket}" == websocket ]] || page="$DEMO_URL?transport=$DEMO_TRANSPORT"
-node scripts/demo-screenshot.mjs "$page" "$output"
+phase "Taking the screenshot ($DEMO_TRANSPORT)"
+# DEMO_URL carries ?transport=bosh when DEMO_TRANSPORT=bosh.
+node scripts/demo-screenshot.mjs "$DEMO_URL" "$output"
+
+# The picture looks the same on both transports; the gateway's counters tell
+# them apart. bob (the Node.js client) is always one WebSocket session, alice
+# (converse.js) is one session on DEMO_TRANSPORT.
+started() {
+	curl -fsS "$DEMO_ADMIN_URL/metrics" |
+		sed -n "s/^xmpp_gateway_sessions_started_total{transport=\"$1\"} //p"
+}
+ws=$(started websocket) bosh=$(started bosh)
+echo "sessions started: websocket=${ws:-0} bosh=${bosh:-0}"
+if [[ $DEMO_TRANSPORT == bosh ]]; then want="1 1"; else want="2 0"; fi
+if [[ "${ws:-0} ${bosh:-0}" != "$want" ]]; then
+	echo "demo-screenshot: converse.js did not use $DEMO_TRANSPORT (expected websocket bosh = $want)" >&2
+	exit 1
+fi
+echo "converse.js used $DEMO_TRANSPORT"

@@ -5,7 +5,9 @@
 # serving converse.js. Runs until Ctrl-C, then stops everything.
 #
 # Environment: DEMO_PORT (default 5280), XMPP_GATEWAY_BIN (use this binary
-# instead of building target/release/xmpp-gateway).
+# instead of building target/release/xmpp-gateway), DEMO_TRANSPORT=bosh (the
+# page it tells you to open has converse.js use BOSH at /http-bind instead of
+# the WebSocket; any page also takes ?transport=bosh or ?transport=websocket).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/demo-stack.sh
@@ -26,14 +28,23 @@ trap 'demo_stack_stop' EXIT
 trap 'echo; echo "Stopping..."; exit 0' INT TERM
 demo_stack_start
 
+port=${DEMO_PORT:-5280}
+if [[ $DEMO_TRANSPORT == bosh ]]; then
+	query="?transport=bosh"
+	endpoint="BOSH at http://localhost:$port/http-bind (WebSocket: open the page without ?transport=bosh)"
+else
+	query=
+	endpoint="WebSocket at ws://localhost:$port/xmpp-websocket (BOSH: open the page with ?transport=bosh)"
+fi
+
 cat <<EOT
 
   xmpp-gateway demo is running.
 
-    Open:      $DEMO_URL   (from another machine: http://<this-host>:${DEMO_PORT:-5280}/)
+    Open:      $DEMO_URL   (from another machine: http://<this-host>:$port/$query)
     Log in as: alice@localhost  /  $DEMO_PASSWORD
           or:  bob@localhost    /  $DEMO_PASSWORD
-    WebSocket: ws://localhost:${DEMO_PORT:-5280}/xmpp-websocket
+    Transport: $endpoint
     Metrics:   $DEMO_ADMIN_URL/metrics
 
   Press Ctrl-C to stop.

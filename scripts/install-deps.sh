@@ -4,13 +4,14 @@
 # only when a package is missing, npm only when a lockfile changed.
 #
 #   Debian:  prosody (the XMPP server under test), openssl (test certificates),
-#            chromium + fonts, emoji included (demo screenshot), procps, iproute2 (ss),
+#            chromium + fonts, emoji and CJK (fonts-droid-fallback) included (demo and
+#            converse.js screenshots show non-ASCII text), procps, iproute2 (ss),
 #            curl, ca-certificates
 #   npm:     tests/interop and demo, exactly as pinned in their package-lock.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(prosody openssl chromium fonts-liberation fonts-noto-color-emoji procps iproute2 curl ca-certificates prometheus haproxy python3-venv)
+APT_PACKAGES=(prosody openssl chromium fonts-liberation fonts-noto-color-emoji fonts-droid-fallback procps iproute2 curl ca-certificates prometheus haproxy python3-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -9,6 +9,9 @@
 #   DEMO_LISTEN_HOST   address the gateway listens on (default 0.0.0.0)
 #   DEMO_PORT          its port (default 5280)
 #   DEMO_RUN_DIR       where Prosody's files and the logs go (default .run/demo)
+#   DEMO_TRANSPORT     websocket (default) or bosh: which endpoint the page
+#                      at DEMO_URL has converse.js use (demo/index.html reads
+#                      it from ?transport=)
 # Outputs: DEMO_URL, DEMO_ADMIN_URL, GATEWAY_PID, PROSODY_DIR and the
 # variables of $PROSODY_DIR/env.
 
@@ -24,6 +27,13 @@ demo_stack_start() {
 	port=${DEMO_PORT:-5280}
 	DEMO_RUN_DIR=${DEMO_RUN_DIR:-$root/.run/demo}
 	PROSODY_DIR=$DEMO_RUN_DIR/prosody
+	case ${DEMO_TRANSPORT:=websocket} in
+	websocket | bosh) ;;
+	*)
+		echo "DEMO_TRANSPORT must be websocket or bosh, not '$DEMO_TRANSPORT'." >&2
+		return 1
+		;;
+	esac
 	mkdir -p "$DEMO_RUN_DIR"
 
 	if port_in_use "$port"; then
@@ -56,6 +66,7 @@ demo_stack_start() {
 	DEMO_ADMIN_URL="http://127.0.0.1:$admin_port"
 	# shellcheck disable=SC2034
 	DEMO_URL="http://localhost:$port/"
+	[[ $DEMO_TRANSPORT == websocket ]] || DEMO_URL+="?transport=$DEMO_TRANSPORT"
 	if ! wait_http_ok "$DEMO_ADMIN_URL/healthz" 20 "$GATEWAY_PID"; then
 		tail -n 20 "$DEMO_RUN_DIR/gateway.log" >&2 || true
 		return 1

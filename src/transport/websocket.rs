@@ -329,6 +329,12 @@ async fn relay(ws: &mut Ws, session: &mut Session, gw: &Gateway, settings: &Sett
                         // tungstenite queued the pong; push it out now.
                         let _ = ws.flush().await;
                     }
+                    Message::Close(_) if closing.is_some() => {
+                        // The client sent <close/> and did not wait for the answer: the close
+                        // already went upstream.
+                        let _ = ws.flush().await;
+                        return "closed";
+                    }
                     Message::Close(_) => {
                         // A close frame without <close/> (a tab closing): the client is gone.
                         session.leave().await;

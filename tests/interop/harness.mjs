@@ -106,7 +106,11 @@ function canConnect(port) {
 	});
 }
 
-function spawnTracked(command, args, { logFile, env } = {}) {
+/**
+ * Spawns a process whose output goes to `logFile`, tracked so that it is killed
+ * when this Node process exits. `child.exited` resolves with { code, signal }.
+ */
+export function spawnTracked(command, args, { logFile, env } = {}) {
 	const log = fs.openSync(logFile, 'a');
 	const childEnv = { ...process.env, ...env };
 	// The gateway takes XMPP_GATEWAY_* variables as configuration and rejects
@@ -124,7 +128,8 @@ function spawnTracked(command, args, { logFile, env } = {}) {
 	return child;
 }
 
-async function stopChild(child, { graceMs = 5000 } = {}) {
+/** SIGTERM, then SIGKILL after `graceMs`; resolves with how the child exited. */
+export async function stopChild(child, { graceMs = 5000 } = {}) {
 	if (!children.has(child)) return child.exited;
 	child.kill('SIGTERM');
 	let timer;
@@ -203,17 +208,29 @@ export async function startProsody({ users, websocket = false, tls12Only = false
 	};
 }
 
-/** Starts the gateway in front of `prosody` and waits until /healthz says ok. */
-export async function startGateway({ prosody, logDir, extraArgs = [] }) {
+/**
+ * Starts the gateway in front of `prosody` and waits until /healthz says ok.
+ * `name` names its log file (<logDir>/<name>.log), for stacks with several
+ * gateways; `config` is TOML text written next to the log and passed with
+ * --config; `extraArgs` are appended to the command line.
+ */
+export async function startGateway({ prosody, logDir, extraArgs = [], name = 'gateway', config }) {
 	if (!fs.existsSync(GATEWAY_BIN)) {
 		throw new Error(`gateway binary not found at ${GATEWAY_BIN} (build it or set XMPP_GATEWAY_BIN)`);
 	}
 	const port = await freePort();
 	const adminPort = await freePort();
-	const logFile = path.join(logDir, 'gateway.log');
+	const logFile = path.join(logDir, `${name}.log`);
+	const configArgs = [];
+	if (config !== undefined) {
+		const configFile = path.join(logDir, `${name}.toml`);
+		await fsp.writeFile(configFile, config);
+		configArgs.push('--config', configFile);
+	}
 	const child = spawnTracked(
 		GATEWAY_BIN,
 		[
+			...configArgs,
 			'--listen', `127.0.0.1:${port}`,
 			'--admin-listen', `127.0.0.1:${adminPort}`,
 			'--route', `${DOMAIN}=127.0.0.1:${prosody.c2sPort}`,
@@ -238,9 +255,21 @@ export async function startGateway({ prosody, logDir, extraArgs = [] }) {
 	}
 
 	return {
+		name,
 		pid: child.pid,
 		port,
+		adminPort,
 		adminUrl,
+		/** Resolves with { code, signal } once the process has exited. */
+		exited: child.exited,
+		/** Whether the process is still running. */
+		get running() {
+			return children.has(child);
+		},
+		/** Sends `signal` (e.g. 'SIGTERM' to start a drain) without waiting. */
+		kill(signal) {
+			return child.kill(signal);
+		},
 		wsUrl: `ws://127.0.0.1:${port}/xmpp-websocket`,
 		boshUrl: `http://127.0.0.1:${port}/http-bind`,
 		logFile,
@@ -259,6 +288,31 @@ export async function startGateway({ prosody, logDir, extraArgs = [] }) {
 			const m = text.match(re);
 			if (!m) throw new Error(`no xmpp_gateway_sessions_active{transport="${transport}"} in /metrics`);
 			return Number(m[1]);
+		},
+		/**
+		 * Every series of metric `name` in /metrics, as [{ labels, value }]
+		 * (labels an object, e.g. { transport: 'bosh', reason: 'closed' }).
+		 */
+		async metricSeries(name) {
+			const text = await this.metricsText();
+			const series = [];
+			for (const line of text.split('\n')) {
+				const m = line.match(/^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)/);
+				if (!m || m[1] !== name) continue;
+				const labels = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((l) => [l[1], l[2]]));
+				series.push({ labels, value: Number(m[3]) });
+			}
+			return series;
+		},
+		/**
+		 * The sum of the series of metric `name` whose labels include `labels`
+		 * (e.g. metricValue('xmpp_gateway_sessions_started_total', { transport: 'bosh' })):
+		 * 0 when there is none yet, as for a counter not touched so far.
+		 */
+		async metricValue(name, labels = {}) {
+			return (await this.metricSeries(name))
+				.filter((s) => Object.entries(labels).every(([key, value]) => s.labels[key] === value))
+				.reduce((sum, s) => sum + s.value, 0);
 		},
 		/** Established TCP connections from this gateway to Prosody's c2s port. */
 		upstreamSockets() {
@@ -311,9 +365,10 @@ export function establishedSockets(pid, remotePort) {
 /**
  * Starts everything one test file needs and returns where clients connect.
  * `name` names the log directory; `users` are [name, password] pairs;
- * `prosody` holds extra startProsody options.
+ * `prosody` holds extra startProsody options; `gatewayArgs` are extra
+ * command-line arguments for the gateway (e.g. ['--static-dir', dir]).
  */
-export async function startStack({ name, users, prosody: prosodyOptions = {} }) {
+export async function startStack({ name, users, prosody: prosodyOptions = {}, gatewayArgs = [] }) {
 	const logDir = path.join(REPO, '.run', 'interop', name);
 	await fsp.rm(logDir, { recursive: true, force: true });
 	await fsp.mkdir(logDir, { recursive: true });
@@ -321,7 +376,7 @@ export async function startStack({ name, users, prosody: prosodyOptions = {} }) 
 	const prosody = await startProsody({ ...prosodyOptions, users, websocket: TARGET === 'prosody', logDir });
 	let gateway = null;
 	try {
-		if (TARGET === 'gateway') gateway = await startGateway({ prosody, logDir });
+		if (TARGET === 'gateway') gateway = await startGateway({ prosody, logDir, extraArgs: gatewayArgs });
 	} catch (err) {
 		await prosody.stop();
 		throw err;

@@ -38,18 +38,32 @@ function firstElement(el) {
 	return null;
 }
 
+/** Strophe's class for a SASL mechanism name. */
+function saslMechanism(name) {
+	const mechanism = Object.values(Strophe).find((m) => m?.prototype?.mechname === name);
+	if (!mechanism) throw new Error(`strophe.js has no SASL mechanism ${name}`);
+	return mechanism;
+}
+
 /**
  * Starts a connection (WebSocket, or BOSH with `transport: 'bosh'`) and
  * resolves once Strophe reports CONNECTED; rejects with a LoginError on
  * AUTHFAIL/CONNFAIL/DISCONNECTED before that.
  */
-export function connect(stack, username, password, { resource, streamManagement = false, transport = 'websocket' } = {}) {
+export function connect(
+	stack,
+	username,
+	password,
+	{ resource, streamManagement = false, transport = 'websocket', mechanism } = {},
+) {
 	// Strophe picks its transport from the URL: ws(s):// or http(s)://.
 	const service = transport === 'bosh' ? stack.boshUrl : stack.wsUrl;
 	const conn = new Strophe.Connection(service, {
 		enableStreamManagement: streamManagement,
 		// Ask for <r/> only when the test does, so acks are deterministic.
 		streamManagement: { maxUnacked: 0, requestResume: true },
+		// Only this SASL mechanism (e.g. 'PLAIN'), instead of Strophe's preference.
+		...(mechanism ? { mechanisms: [saslMechanism(mechanism)] } : {}),
 	});
 	const inbox = new Inbox();
 	const events = new EventEmitter();
