@@ -29,6 +29,9 @@ bash tests/deploy/validate.sh
 phase "operations tests (dashboard queries against a real Prometheus, tests/ops)"
 node --test --test-concurrency=1 tests/ops/
 
+phase "scale-out: two gateways behind HAProxy, one drained (tests/scaleout)"
+node --test tests/scaleout/
+
 phase "interop tests (node --test, tests/interop)"
 cd tests/interop
 # One file at a time: each starts its own Prosody and gateway, and the

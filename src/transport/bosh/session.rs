@@ -135,17 +135,26 @@ pub async fn run(
         } else {
             LINGER
         };
-        let linger = tokio::time::sleep(linger.min(settings.config.bosh_inactivity()));
+        let until = Instant::now() + linger.min(settings.config.bosh_inactivity());
+        let linger = tokio::time::sleep_until(until);
         tokio::pin!(linger);
-        tokio::select! {
-            Some(req) = rx.recv() => {
-                for action in state.on_request(req, Instant::now()) {
-                    if let Action::Respond(reply, body) = action {
-                        let _ = reply.send(body);
+        loop {
+            tokio::select! {
+                Some(req) = rx.recv() => {
+                    for action in state.on_request(req, Instant::now()) {
+                        if let Action::Respond(reply, body) = action {
+                            let _ = reply.send(body);
+                        }
                     }
+                    break;
+                }
+                _ = &mut linger => break,
+                // A drain that starts while lingering must not wait the full period.
+                _ = gw.shutdown.cancelled(), if !told_shutdown => {
+                    told_shutdown = true;
+                    linger.as_mut().reset(until.min(Instant::now() + LINGER_DRAINING));
                 }
             }
-            _ = &mut linger => {}
         }
     }
     sessions.remove(&sid);

@@ -40,7 +40,10 @@ function firstElement(el) {
 
 /** Strophe's class for a SASL mechanism name. */
 function saslMechanism(name) {
-	const mechanism = Object.values(Strophe).find((m) => m?.prototype?.mechname === name);
+	// The name is set by each mechanism's constructor.
+	const mechanism = Object.entries(Strophe).find(
+		([key, m]) => key.startsWith('SASL') && typeof m === 'function' && new m().mechname === name,
+	)?.[1];
 	if (!mechanism) throw new Error(`strophe.js has no SASL mechanism ${name}`);
 	return mechanism;
 }
