@@ -95,6 +95,10 @@ impl Gateway {
     }
 }
 
+/// How long a connection keeps being served after the drain tells sessions to leave; as long
+/// as a draining BOSH session waits for requests already on their way.
+const DRAIN_KEEP_SERVING: Duration = Duration::from_secs(2);
+
 /// A connection slot, held for as long as the connection or a session it upgraded lives.
 pub type ConnectionPermit = Arc<OwnedSemaphorePermit>;
 
@@ -267,8 +271,14 @@ where
         _ = conn.as_mut() => {}
         _ = no_request_in_time => tracing::debug!("no request within the header-read timeout"),
         _ = drain => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            // Requests already sent on this connection when the drain began (a BOSH client's
+            // next poll, its last messages) are still read and answered for a moment; the
+            // draining sessions answer them and forward their payload (PROTOCOL.md §6).
+            let served = tokio::time::timeout(DRAIN_KEEP_SERVING, conn.as_mut()).await;
+            if served.is_err() {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            }
         }
     }
 }

@@ -1226,7 +1226,7 @@ async fn inactive_session_is_ended_and_its_upstream_stream_closed() {
 // ---------------------------------------------------------------------------------------------
 
 // PROTOCOL.md §4, §6: a draining node answers a held request type='terminate'
-// condition='system-shutdown' and closes the upstream stream.
+// condition='system-shutdown' at once and then closes the upstream stream.
 #[tokio::test]
 async fn drain_terminates_held_request_with_system_shutdown() {
     let mut up = Upstream::start().await;
@@ -1239,18 +1239,17 @@ async fn drain_terminates_held_request_with_system_shutdown() {
     bosh.send("", "<presence/>").await;
     assert_eq!(server.read_until("<presence/>").await, "<presence/>");
     gw.gateway.shutdown.begin();
-    // The stream is closed first; the session ends when the server answers the close.
-    assert_eq!(server.read_until(STREAM_END).await, STREAM_END);
-    server.write(STREAM_END).await;
     assert_terminate(&bosh.response().await, Some("system-shutdown"));
+    assert_eq!(server.read_until(STREAM_END).await, STREAM_END);
     assert_eq!(server.read_to_eof().await, "");
 }
 
-// PROTOCOL.md §6: nothing in flight is silently dropped: what the server sends before answering
-// the drain's stream close still reaches the client, in the system-shutdown terminate body (as
-// WebSocket clients get it before their close, tests/http.rs).
+// PROTOCOL.md §6: nothing in flight is silently dropped. A request that was already on its way
+// when the client was told to leave still has its payload delivered upstream, before the
+// stream is closed, and is answered with the same terminate body. (Stanzas from the server
+// waiting in the session go out in that body: state_tests.rs.)
 #[tokio::test]
-async fn drain_delivers_stanzas_in_flight_before_system_shutdown() {
+async fn drain_still_delivers_a_request_already_on_its_way() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
     let Opened {
@@ -1258,20 +1257,21 @@ async fn drain_delivers_stanzas_in_flight_before_system_shutdown() {
         upstream: mut server,
         ..
     } = Bosh::open(&gw, &mut up, DEFAULT_ATTRS, "s-1", FEATURES_SASL).await;
-    bosh.send("", "<presence/>").await;
-    assert_eq!(server.read_until("<presence/>").await, "<presence/>");
     gw.gateway.shutdown.begin();
-    assert_eq!(server.read_until(STREAM_END).await, STREAM_END);
-    server
-        .write(&format!("<message id='late'/>{STREAM_END}"))
+    // The client's next request crossed the drain on the wire.
+    let answer = bosh
+        .request("", "<message xmlns='jabber:client' id='raced'/>")
         .await;
-    let answer = bosh.response().await;
     assert_terminate(&answer, Some("system-shutdown"));
-    assert_eq!(ids(&answer), vec!["late"], "{answer}");
+    let seen = server.read_until(STREAM_END).await;
+    assert!(
+        seen.contains("<message xmlns='jabber:client' id='raced'/>"),
+        "the raced payload reached the server before the close: {seen}"
+    );
 }
 
 // PROTOCOL.md §4, §6 (XEP-0124 §17.3): with drain.bosh_redirect, the held request is told
-// see-other-uri with a <uri/> child.
+// condition='see-other-uri' with the URI in a <uri/> child.
 #[tokio::test]
 async fn drain_with_redirect_terminates_with_see_other_uri() {
     let mut up = Upstream::start().await;
@@ -1287,8 +1287,6 @@ async fn drain_with_redirect_terminates_with_see_other_uri() {
     bosh.send("", "<presence/>").await;
     assert_eq!(server.read_until("<presence/>").await, "<presence/>");
     gw.gateway.shutdown.begin();
-    assert_eq!(server.read_until(STREAM_END).await, STREAM_END);
-    server.write(STREAM_END).await;
     let answer = bosh.response().await;
     let root = assert_terminate(&answer, Some("see-other-uri"));
     assert_eq!(
@@ -1300,6 +1298,7 @@ async fn drain_with_redirect_terminates_with_see_other_uri() {
         answer.contains("<uri>https://other-node.example.test/http-bind?a=1&amp;b=2</uri>"),
         "{answer}"
     );
+    assert_eq!(server.read_until(STREAM_END).await, STREAM_END);
 }
 
 // PROTOCOL.md §6: a session request that arrives while the node drains is refused with
@@ -1323,8 +1322,14 @@ async fn session_request_during_drain_is_system_shutdown() {
 
     gw.gateway.shutdown.begin();
     conn.write_raw(body.as_bytes()).await;
-    let answer = check_ok(&conn.response().await);
-    assert_terminate(&answer, Some("system-shutdown"));
+    // HTTP 503 lets a load balancer retry on another node; the body still says why.
+    let reply = conn.response().await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.header("retry-after"), Some("1"), "{reply:?}");
+    assert_terminate(
+        &String::from_utf8_lossy(&reply.body),
+        Some("system-shutdown"),
+    );
     assert_eq!(up.connections(), 0);
 }
 

@@ -133,6 +133,23 @@ pub async fn handle(req: Request<Incoming>, gw: Arc<Gateway>, peer: SocketAddr) 
     };
     let parsed = body::parse(data.clone(), &settings.xml_limits);
     let answer = match parsed {
+        Ok(b) if b.sid.is_none() && gw.shutdown.is_stopping() => {
+            // PROTOCOL.md §6: no new sessions on a draining node. HTTP 503 (with the BOSH
+            // answer in the body) lets a load balancer retry the request on another node,
+            // even when a cookie still points here.
+            let mut r = respond(
+                terminate_body(&Terminate::Condition("system-shutdown")),
+                false,
+                usize::MAX,
+                cors,
+            );
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         Ok(b) if b.sid.is_none() => create(b, &gw, peer).await,
         Ok(b) => {
             let kind = if b.terminate {
@@ -186,9 +203,6 @@ async fn create(b: BoshBody, gw: &Arc<Gateway>, peer: SocketAddr) -> Bytes {
         METRICS.input_rejected("no_to");
         return terminate_body(&Terminate::Condition("improper-addressing"));
     };
-    if gw.shutdown.is_stopping() {
-        return terminate_body(&Terminate::Condition("system-shutdown"));
-    }
     let settings = gw.settings();
     let cfg = &settings.config.bosh;
     let hold = b.hold.unwrap_or(1).min(cfg.max_hold) as usize;

@@ -13,9 +13,6 @@ use super::Sessions;
 use crate::server::Gateway;
 use crate::session::{Outbound, Session};
 
-/// How long a draining session waits for the server to answer its close.
-const DRAIN_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 /// The same during a drain: a live client is between two requests for milliseconds, and a
@@ -42,14 +39,9 @@ pub async fn run(
     let limit = settings.config.limits.max_buffered_bytes;
     let redirect = settings.config.drain.bosh_redirect.as_deref();
     let mut told_shutdown = false;
-    // During a drain of a stream that cannot be resumed: the deadline for the server's close.
-    let mut draining: Option<Instant> = None;
     let reason = loop {
         let mut actions = Vec::new();
-        let deadline = match (state.next_deadline(), draining) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = state.next_deadline();
         let tick = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -74,19 +66,8 @@ pub async fn run(
                             state.on_upstream_end(Terminate::RemoteStreamError(e), &mut actions);
                             break;
                         }
-                        Ok(Outbound::End) if draining.is_some() => {
-                            // The server answered the drain's close: everything it had sent
-                            // is pending and goes out with the terminate body.
-                            state.on_shutdown(redirect, &mut actions);
-                            break;
-                        }
                         Ok(Outbound::End) => {
                             state.on_upstream_end(Terminate::Normal, &mut actions);
-                            break;
-                        }
-                        Err(e) if draining.is_some() => {
-                            tracing::debug!(error = %e, "upstream gone during drain");
-                            state.on_shutdown(redirect, &mut actions);
                             break;
                         }
                         Err(e) => {
@@ -102,34 +83,27 @@ pub async fn run(
                 }
                 state.flush(&mut actions);
             }
-            _ = tick => {
-                if draining.is_some_and(|d| d <= Instant::now()) {
-                    state.on_shutdown(redirect, &mut actions);
-                } else {
-                    state.on_tick(Instant::now(), &mut actions);
-                }
-            }
+            _ = tick => state.on_tick(Instant::now(), &mut actions),
             _ = gw.shutdown.cancelled(), if !told_shutdown => {
                 told_shutdown = true;
                 if session.is_resumable() {
                     // PROTOCOL.md §6 with XEP-0198: the server keeps what is in flight for
                     // the client's <resume/> through another node.
                     session.leave().await;
-                    state.on_shutdown(redirect, &mut actions);
-                } else {
-                    // Close first and relay until the server's close, so nothing in flight
-                    // is dropped; the session ends there or at the deadline.
-                    let _ = session.close_stream().await;
-                    draining = Some(Instant::now() + DRAIN_CLOSE_GRACE);
                 }
+                // The client is told at once, with every stanza pending. The upstream stream
+                // stays open while requests already on their way arrive (below), so their
+                // payload still reaches the server; then it is closed.
+                state.on_shutdown(redirect, &mut actions);
             }
         }
         if let Some(reason) = perform(&mut session, &mut state, actions).await {
             break reason;
         }
     };
-    // A client with no request held when the session ended learns why from its next one.
-    if !state.end_delivered() {
+    // A client with no request held when the session ended learns why from its next one; in a
+    // drain, requests that crossed the terminate body on the wire are still carried out.
+    if told_shutdown || !state.end_delivered() {
         let linger = if told_shutdown {
             LINGER_DRAINING
         } else {
@@ -141,12 +115,11 @@ pub async fn run(
         loop {
             tokio::select! {
                 Some(req) = rx.recv() => {
-                    for action in state.on_request(req, Instant::now()) {
-                        if let Action::Respond(reply, body) = action {
-                            let _ = reply.send(body);
-                        }
+                    let actions = state.on_request(req, Instant::now());
+                    perform(&mut session, &mut state, actions).await;
+                    if !told_shutdown {
+                        break;
                     }
-                    break;
                 }
                 _ = &mut linger => break,
                 // A drain that starts while lingering must not wait the full period.
@@ -156,6 +129,10 @@ pub async fn run(
                 }
             }
         }
+    }
+    if told_shutdown && !session.is_resumable() {
+        // The drain's requests in flight have been carried out: now the stream ends.
+        let _ = session.close_stream().await;
     }
     sessions.remove(&sid);
     rx.close();

@@ -127,6 +127,8 @@ pub struct BoshState<R> {
     /// The terminate body, kept for a client that had no request held when the session ended.
     final_body: Option<Bytes>,
     final_delivered: bool,
+    /// Set by a drain: requests already on their way still have their payload forwarded.
+    forward_after_end: bool,
 }
 
 /// The XEP-0124 body namespace.
@@ -158,6 +160,7 @@ impl<R> BoshState<R> {
             ended: false,
             final_body: None,
             final_delivered: false,
+            forward_after_end: false,
         }
     }
 
@@ -186,8 +189,16 @@ impl<R> BoshState<R> {
     pub fn on_request(&mut self, req: Request<R>, now: Instant) -> Vec<Action<R>> {
         let mut out = Vec::new();
         if self.ended {
+            if self.forward_after_end && req.rid > self.last_rid {
+                // PROTOCOL.md §6: a request sent before the client saw the drain's terminate
+                // body still has its payload delivered; it is answered with that body.
+                self.last_rid = req.rid;
+                if !req.payload.is_empty() {
+                    out.push(Action::Forward(req.payload));
+                }
+            }
             let body = match &self.final_body {
-                Some(b) if !self.final_delivered => b.clone(),
+                Some(b) if !self.final_delivered || self.forward_after_end => b.clone(),
                 _ => terminate_body(&Terminate::Condition("item-not-found")),
             };
             self.final_delivered = true;
@@ -351,6 +362,7 @@ impl<R> BoshState<R> {
     /// `system-shutdown`) go to the client.
     /// The session task has already dealt with the upstream stream.
     pub fn on_shutdown(&mut self, redirect: Option<&str>, out: &mut Vec<Action<R>>) {
+        self.forward_after_end = true;
         let why = match redirect {
             Some(uri) => Terminate::SeeOtherUri(uri.to_string()),
             None => Terminate::Condition("system-shutdown"),

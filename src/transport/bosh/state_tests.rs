@@ -278,6 +278,28 @@ async fn bosh_refused_body_ends_the_session_with_bad_request_once_its_rid_checks
 }
 
 #[tokio::test(start_paused = true)]
+async fn bosh_drain_tells_the_client_at_once_and_still_delivers_requests_in_flight() {
+    // PROTOCOL.md §6: held requests get the redirect with pending stanzas; a request that was
+    // already on its way has its payload forwarded and gets the same answer.
+    let mut s = new_state(1);
+    s.on_request(req(101, 1), Instant::now());
+    s.on_upstream(Bytes::from_static(b"<message id='pending'/>"));
+    let mut a = Vec::new();
+    s.on_shutdown(Some("https://lb.example/http-bind"), &mut a);
+    let r = responses(&a);
+    assert_eq!(r.len(), 1);
+    assert!(
+        r[0].1.contains("condition='see-other-uri'") && r[0].1.contains("<message id='pending'/>")
+    );
+    let a = s.on_request(
+        with_payload(102, 2, "<message id='raced'/>"),
+        Instant::now(),
+    );
+    assert_eq!(forwarded(&a), vec!["<message id='raced'/>"]);
+    assert!(responses(&a)[0].1.contains("condition='see-other-uri'"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn bosh_key_sequence_is_checked() {
     // XEP-0124 §15: K(n-1) = hex(SHA-1(K(n))).
     let k2 = "second";
