@@ -59,13 +59,15 @@ async fn serve(cli: Cli, config: Config) -> anyhow::Result<()> {
     for name in &config.ignored_env {
         tracing::warn!(variable = %name, "environment variable names no option; ignored");
     }
+    // Handlers first: a signal that arrives once the gateway says it started must be handled,
+    // not take the default action (which ends the process).
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let server = Server::bind(config).await.context("starting")?;
     let gw = server.gateway();
     tracing::info!(listen = %server.local_addr(), admin = %server.admin_addr(), "xmpp-gateway started");
     let running = tokio::spawn(server.run());
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

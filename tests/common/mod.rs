@@ -394,9 +394,14 @@ pub struct TempFile(pub PathBuf);
 
 impl TempFile {
     fn write(contents: &str) -> Self {
+        Self::new("pem", contents)
+    }
+
+    /// A file in the temp directory with a unique name ending in `suffix`.
+    pub fn new(suffix: &str, contents: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
-            "xmpp-gateway-test-{}-{}.pem",
+            "xmpp-gateway-test-{}-{}.{suffix}",
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
