@@ -1377,3 +1377,34 @@ async fn bosh_and_websocket_sessions_get_their_own_upstream_streams() {
     assert_eq!(ids(&bosh.response().await), vec!["to-bosh"]);
     assert_eq!(parse_standalone(&ws.recv().await).attr("id"), Some("to-ws"));
 }
+
+// The listener negotiates HTTP/2 too (h2c with prior knowledge, as a TLS-terminating proxy
+// speaking HTTP/2 to its backends does): BOSH answers the same over it.
+#[tokio::test]
+async fn bosh_is_served_over_http2() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let body =
+        format!("<body xmlns='{NS_HTTPBIND}' rid='1' to='elsewhere.test' wait='60' hold='1'/>");
+    let req = http::Request::post("http://gateway/http-bind")
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let text = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_terminate(&String::from_utf8_lossy(&text), Some("host-unknown"));
+    assert_eq!(up.connections(), 0);
+}
