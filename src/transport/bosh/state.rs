@@ -341,6 +341,14 @@ impl<R> BoshState<R> {
     /// An element arrived from upstream.
     pub fn on_upstream(&mut self, element: Bytes) {
         self.pending_bytes += element.len();
+        // An element is a slice of the read buffer it came in, and keeps that whole buffer
+        // alive. One that will wait for a request is copied out, so what a session holds
+        // stays close to `pending_bytes`, which the limit counts.
+        let element = if self.held.is_empty() {
+            Bytes::copy_from_slice(&element)
+        } else {
+            element
+        };
         self.pending.push(element);
     }
 
