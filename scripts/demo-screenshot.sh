@@ -13,16 +13,7 @@ source scripts/lib/demo-stack.sh
 
 output=${1:-$PWD/.run/demo.png}
 
-phase "Installing dependencies"
-scripts/install-deps.sh
-
-if [[ -n "${XMPP_GATEWAY_BIN:-}" ]]; then
-	GATEWAY_BIN=$XMPP_GATEWAY_BIN
-else
-	phase "cargo build --release"
-	cargo build --release
-	GATEWAY_BIN=$PWD/target/release/xmpp-gateway
-fi
+prepare_demo_binary
 
 export DEMO_LISTEN_HOST=127.0.0.1
 DEMO_PORT=${DEMO_PORT:-$(free_port_from 5280)}

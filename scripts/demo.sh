@@ -13,16 +13,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/demo-stack.sh
 source scripts/lib/demo-stack.sh
 
-phase "Installing dependencies"
-scripts/install-deps.sh
-
-if [[ -n "${XMPP_GATEWAY_BIN:-}" ]]; then
-	GATEWAY_BIN=$XMPP_GATEWAY_BIN
-else
-	phase "cargo build --release"
-	cargo build --release
-	GATEWAY_BIN=$PWD/target/release/xmpp-gateway
-fi
+prepare_demo_binary
 
 trap 'demo_stack_stop' EXIT
 trap 'echo; echo "Stopping..."; exit 0' INT TERM

@@ -51,9 +51,9 @@ demo_stack_start() {
 	echo "Prosody c2s (STARTTLS required) on 127.0.0.1:$PROSODY_C2S_PORT, log $PROSODY_DIR/prosody.log"
 
 	phase "Starting the gateway on $listen_host:$port"
-	# The gateway reads XMPP_GATEWAY_* variables as configuration and rejects
-	# unknown ones, so our own XMPP_GATEWAY_BIN must not reach it.
-	NO_COLOR=1 env -u XMPP_GATEWAY_BIN "${GATEWAY_BIN:?GATEWAY_BIN not set}" \
+	# The gateway reads XMPP_GATEWAY_* variables as configuration (and logs a
+	# warning for names it does not know), so our own XMPP_GATEWAY_BIN stays out.
+	env -u XMPP_GATEWAY_BIN "${GATEWAY_BIN:?GATEWAY_BIN not set}" \
 		--listen "$listen_host:$port" \
 		--admin-listen "127.0.0.1:$admin_port" \
 		--route "localhost=127.0.0.1:$PROSODY_C2S_PORT" \
@@ -83,5 +83,19 @@ demo_stack_stop() {
 	fi
 	if [[ -n "${PROSODY_DIR:-}" ]]; then
 		"$root/scripts/prosody.sh" stop "$PROSODY_DIR"
+	fi
+}
+
+# Installs what the demo needs and sets GATEWAY_BIN: $XMPP_GATEWAY_BIN when given, else a
+# fresh release build.
+prepare_demo_binary() {
+	phase "Installing dependencies"
+	scripts/install-deps.sh
+	if [[ -n "${XMPP_GATEWAY_BIN:-}" ]]; then
+		GATEWAY_BIN=$XMPP_GATEWAY_BIN
+	else
+		phase "cargo build --release"
+		cargo build --release
+		GATEWAY_BIN=$PWD/target/release/xmpp-gateway
 	fi
 }
