@@ -45,11 +45,6 @@ impl Shutdown {
         self.token.cancelled().await
     }
 
-    /// A token for tasks that need to own one.
-    pub fn token(&self) -> CancellationToken {
-        self.token.clone()
-    }
-
     /// Spawns a task the drain will wait for.
     pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
     where

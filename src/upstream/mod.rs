@@ -171,7 +171,6 @@ impl UpstreamError {
     pub fn condition(&self) -> &'static str {
         match self {
             UpstreamError::UnknownDomain => "host-unknown",
-            UpstreamError::Timeout => "remote-connection-failed",
             _ => "remote-connection-failed",
         }
     }
