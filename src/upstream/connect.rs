@@ -40,7 +40,14 @@ impl UpstreamIo {
                 reserve(buf);
                 match tcp.try_read_buf(buf) {
                     Ok(n) => return Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Readiness after the last read was stale: give the buffer back
+                        // before waiting again, or every idle session keeps 4 KiB.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
             },
