@@ -95,9 +95,9 @@ impl Gateway {
     }
 }
 
-/// How long a connection keeps being served after the drain tells sessions to leave; as long
+/// How long a connection keeps being served after the drain tells sessions to leave: as long
 /// as a draining BOSH session waits for requests already on their way.
-const DRAIN_KEEP_SERVING: Duration = Duration::from_secs(2);
+const DRAIN_KEEP_SERVING: Duration = crate::transport::bosh::session::LINGER_DRAINING;
 
 /// A connection slot, held for as long as the connection or a session it upgraded lives.
 pub type ConnectionPermit = Arc<OwnedSemaphorePermit>;
