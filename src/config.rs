@@ -536,24 +536,26 @@ fn merge_routes(file: &[RouteConfig], flags: &[String]) -> Result<Vec<RouteConfi
 /// Applies one `XMPP_GATEWAY_*` variable: `XMPP_GATEWAY_LIMITS__MAX_DEPTH=8` sets
 /// `limits.max_depth`; values are read as TOML (numbers, booleans, arrays) and as plain strings
 /// otherwise. `XMPP_GATEWAY_ROUTE` takes flag syntax, several routes separated by spaces.
+/// Top-level keys of [`Config`], which `XMPP_GATEWAY_*` variables may set.
+const TOP_LEVEL: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "route",
+    "upstream_ca",
+    "static_dir",
+    "log",
+    "websocket",
+    "bosh",
+    "limits",
+    "discovery",
+    "drain_timeout_secs",
+    "drain_grace_secs",
+    "drain",
+];
+
 /// Returns `false` for a variable whose first key names no top-level option; unknown keys
 /// inside a known section are errors, like in the file.
 fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<bool, ConfigError> {
-    const TOP_LEVEL: &[&str] = &[
-        "listen",
-        "admin_listen",
-        "route",
-        "upstream_ca",
-        "static_dir",
-        "log",
-        "websocket",
-        "bosh",
-        "limits",
-        "discovery",
-        "drain_timeout_secs",
-        "drain_grace_secs",
-        "drain",
-    ];
     let Some(path) = key.strip_prefix(ENV_PREFIX) else {
         return Ok(true);
     };
@@ -760,6 +762,25 @@ mod tests {
         let c = Config::from_sources("", &e, &cli(&[])).unwrap();
         assert_eq!(c.listen.port(), 7);
         assert_eq!(c.ignored_env, vec!["XMPP_GATEWAY_BIN"]);
+    }
+
+    #[test]
+    fn every_top_level_option_can_be_set_from_the_environment() {
+        // serde names every field it knows when it meets one it does not.
+        let err = Config::from_sources("no_such_option = 1", &[], &cli(&[])).unwrap_err();
+        let msg = err.to_string();
+        let known: Vec<&str> = msg
+            .split("expected one of ")
+            .nth(1)
+            .expect("serde lists the fields")
+            .split(", ")
+            .map(|f| f.trim_matches(|c| c == '`' || c == ' '))
+            .collect();
+        let mut known = known;
+        known.sort_unstable();
+        let mut listed = TOP_LEVEL.to_vec();
+        listed.sort_unstable();
+        assert_eq!(known, listed);
     }
 
     #[test]
