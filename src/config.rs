@@ -533,9 +533,6 @@ fn merge_routes(file: &[RouteConfig], flags: &[String]) -> Result<Vec<RouteConfi
         .collect()
 }
 
-/// Applies one `XMPP_GATEWAY_*` variable: `XMPP_GATEWAY_LIMITS__MAX_DEPTH=8` sets
-/// `limits.max_depth`; values are read as TOML (numbers, booleans, arrays) and as plain strings
-/// otherwise. `XMPP_GATEWAY_ROUTE` takes flag syntax, several routes separated by spaces.
 /// Top-level keys of [`Config`], which `XMPP_GATEWAY_*` variables may set.
 const TOP_LEVEL: &[&str] = &[
     "listen",
@@ -553,6 +550,10 @@ const TOP_LEVEL: &[&str] = &[
     "drain",
 ];
 
+/// Applies one `XMPP_GATEWAY_*` variable: `XMPP_GATEWAY_LIMITS__MAX_DEPTH=8` sets
+/// `limits.max_depth`; values are read as TOML (numbers, booleans, arrays) and as plain strings
+/// otherwise. `XMPP_GATEWAY_ROUTE` takes flag syntax, several routes separated by spaces.
+///
 /// Returns `false` for a variable whose first key names no top-level option; unknown keys
 /// inside a known section are errors, like in the file.
 fn apply_env(table: &mut toml::Table, key: &str, value: &str) -> Result<bool, ConfigError> {
