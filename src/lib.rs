@@ -2,18 +2,23 @@
 //! gateway relays each browser session as an ordinary client-to-server stream (RFC 6120) to
 //! the operator's XMPP server.
 //!
-//! A stanza's path: [`server`] accepts the connection, [`http`] routes it, a [`transport`]
-//! adapter turns its framing into [`session`] calls, [`xml`] validates and splits, and
-//! [`upstream`] carries it to the XMPP server.
+//! The modules are layers; each uses only those listed before it (docs/architecture.md, checked
+//! by `tests/layering.rs`). A stanza from the browser: [`server`] accepts the connection,
+//! [`router`] picks the endpoint, a [`transport`] adapter unframes it and [`xml`] validates it,
+//! the [`session`] core forwards it through [`upstream`]. A stanza from the server takes the same
+//! path back: [`upstream`] reads, [`xml`] splits, [`session`] batches, the [`transport`] frames.
 
 #![deny(missing_docs)]
 
 pub mod config; // configuration types, defaults, file/env/flag merge and validation
-pub mod http; // hyper services: public routes (upgrade, host-meta, static) and admin routes
-pub mod metrics; // the Prometheus registry and every metric the gateway exports
-pub mod server; // listeners, accept loops, connection limits, shared Gateway state
-pub mod session; // transport-agnostic session: client side <-> upstream stream
-pub mod shutdown; // drain/cancellation primitive shared by all tasks
-pub mod transport; // WebSocket (and later BOSH) framing adapters
-pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
 pub mod xml; // incremental splitter, client input validation, feature filtering
+pub mod metrics; // the Prometheus registry, every metric and the label values they take
+pub mod shutdown; // drain/cancellation primitive shared by all tasks
+pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
+pub mod settings; // the reloadable configuration snapshot sessions start with
+pub mod session; // transport-neutral session core: open, relay, batch, drain, failures
+pub mod http; // HTTP building blocks: responses, host-meta, static files
+pub mod transport; // WebSocket and BOSH framing adapters over the session core
+pub mod gateway; // the shared state: live settings, drain, BOSH registry
+pub mod router; // the HTTP routes of the public and admin listeners
+pub mod server; // listeners, accept loops, connection limits, drain wiring

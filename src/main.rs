@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use xmpp_gateway::config::{Cli, Config, LogFormat};
-use xmpp_gateway::server::{Gateway, Server};
+use xmpp_gateway::gateway::Gateway;
+use xmpp_gateway::server::Server;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -19,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if cli.check_config {
-        if let Err(e) = xmpp_gateway::server::Gateway::new(config.clone()) {
+        if let Err(e) = xmpp_gateway::gateway::Gateway::new(config.clone()) {
             eprintln!("xmpp-gateway: {e}");
             std::process::exit(2);
         }

@@ -4,6 +4,11 @@
 //!
 //! Counters are plain atomics behind the `prometheus` types, so recording on the per-stanza
 //! path costs an atomic add and no allocation: label lookups are done once, here.
+//!
+//! This module owns the label values too ([`Transport`], [`Direction`], and the lists of end
+//! reasons, rejection reasons and connect failure kinds): every labelled series whose values are
+//! known is exported at zero from start-up, so dashboards and `increase()` alerts work before
+//! the first event. Recording a value missing from its list is a bug caught in debug builds.
 
 use std::sync::LazyLock;
 
@@ -14,7 +19,76 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::session::Transport;
+/// How a session reached the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// RFC 7395.
+    WebSocket = 0,
+    /// XEP-0124/XEP-0206.
+    Bosh = 1,
+}
+
+impl Transport {
+    /// Label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        TRANSPORTS[self as usize]
+    }
+}
+
+/// Why a session ended (`sessions_ended_total{reason}`).
+pub const END_REASONS: &[&str] = &[
+    // Either side closed the stream with the closing handshake.
+    "closed",
+    // The browser sent a close frame without `<close/>` (a tab closing).
+    "client_close",
+    // The browser's connection vanished.
+    "client_gone",
+    // The browser sent something refused (a stream error or BOSH condition was sent).
+    "bad_input",
+    // The browser stopped reading; its queue reached the limit.
+    "slow_reader",
+    // WebSocket pings went unanswered.
+    "ping_timeout",
+    // No BOSH request arrived within `inactivity` (or the granted pause).
+    "inactivity",
+    // The upstream stream broke (I/O, malformed XML, protocol).
+    "upstream_error",
+    // The server ended the stream with a stream error.
+    "upstream_stream_error",
+    // The node drained.
+    "shutdown",
+    // The task ended without recording a reason (a panic or an aborted task).
+    "aborted",
+];
+
+/// Why a client input was refused (`inputs_rejected_total{reason}`).
+pub const REJECTION_REASONS: &[&str] = &[
+    // XML refusals, one per `XmlError` variant.
+    "not_well_formed",
+    "restricted",
+    "injection",
+    "too_large",
+    "too_deep",
+    "too_many_attributes",
+    "invalid_namespace",
+    // HTTP and framing refusals.
+    "no_subprotocol",
+    "origin",
+    "no_to",
+    "not_open",
+    "restart_domain",
+    "binary_frame",
+    "slow_reader",
+    "not_bosh",
+    "bad_attribute",
+];
+
+/// Why an upstream stream could not be opened (`upstream_connect_failures_total{kind}`).
+pub const CONNECT_FAILURE_KINDS: &[&str] =
+    &["unknown_domain", "dns", "tcp", "tls", "timeout", "io", "stream"];
+
+/// Phases of opening an upstream stream (`upstream_connect_seconds{phase}`).
+pub const CONNECT_PHASES: &[&str] = &["dns", "tcp", "tls", "stream"];
 
 /// Registered metrics of the process.
 pub struct Metrics {
@@ -184,6 +258,22 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // Every known label value is exported at zero from the start.
+        for t in TRANSPORTS {
+            sessions_started.with_label_values(&[t]);
+            for r in END_REASONS {
+                sessions_ended.with_label_values(&[t, r]);
+            }
+        }
+        for r in REJECTION_REASONS {
+            inputs_rejected.with_label_values(&[r]);
+        }
+        for k in CONNECT_FAILURE_KINDS {
+            upstream_connect_failures.with_label_values(&[k]);
+        }
+        for p in CONNECT_PHASES {
+            connect_phase.with_label_values(&[p]);
+        }
         let pair = |v: &IntCounterVec, t: &str| {
             [
                 v.with_label_values(&[t, DIRECTIONS[0]]),
@@ -234,6 +324,7 @@ impl Metrics {
 
     /// A session ended for `reason` (a fixed, low-cardinality word).
     pub fn session_ended(&self, transport: Transport, reason: &'static str, lasted: Duration) {
+        debug_assert!(END_REASONS.contains(&reason), "unlisted end reason {reason}");
         self.sessions_ended
             .with_label_values(&[transport.as_str(), reason])
             .inc();
@@ -243,6 +334,7 @@ impl Metrics {
 
     /// One phase of opening an upstream stream took `took`.
     pub fn connect_phase(&self, phase: &'static str, took: Duration) {
+        debug_assert!(CONNECT_PHASES.contains(&phase), "unlisted phase {phase}");
         self.connect_phase
             .with_label_values(&[phase])
             .observe(took.as_secs_f64());
@@ -255,11 +347,19 @@ impl Metrics {
 
     /// A client input was refused.
     pub fn input_rejected(&self, reason: &'static str) {
+        debug_assert!(
+            REJECTION_REASONS.contains(&reason),
+            "unlisted rejection reason {reason}"
+        );
         self.inputs_rejected.with_label_values(&[reason]).inc();
     }
 
     /// An upstream stream could not be opened.
     pub fn connect_failed(&self, kind: &'static str) {
+        debug_assert!(
+            CONNECT_FAILURE_KINDS.contains(&kind),
+            "unlisted connect failure kind {kind}"
+        );
         self.upstream_connect_failures
             .with_label_values(&[kind])
             .inc();
@@ -290,5 +390,43 @@ mod tests {
         assert!(text.contains(
             "xmpp_gateway_stanzas_total{direction=\"to_client\",transport=\"websocket\"}"
         ));
+    }
+
+    #[test]
+    fn known_label_values_are_exported_before_any_event() {
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        for t in TRANSPORTS {
+            for r in END_REASONS {
+                let series =
+                    format!("xmpp_gateway_sessions_ended_total{{reason=\"{r}\",transport=\"{t}\"}}");
+                assert!(text.contains(&series), "{series} missing");
+            }
+            let series = format!("xmpp_gateway_sessions_started_total{{transport=\"{t}\"}}");
+            assert!(text.contains(&series), "{series} missing");
+        }
+        for r in REJECTION_REASONS {
+            let series = format!("xmpp_gateway_inputs_rejected_total{{reason=\"{r}\"}}");
+            assert!(text.contains(&series), "{series} missing");
+        }
+        for k in CONNECT_FAILURE_KINDS {
+            let series = format!("xmpp_gateway_upstream_connect_failures_total{{kind=\"{k}\"}}");
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
+
+    #[test]
+    fn every_xml_refusal_has_a_listed_reason() {
+        use crate::xml::XmlError;
+        for e in [
+            XmlError::NotWellFormed(String::new()),
+            XmlError::Restricted(""),
+            XmlError::Injection(""),
+            XmlError::TooLarge,
+            XmlError::TooDeep,
+            XmlError::TooManyAttributes,
+            XmlError::InvalidNamespace(String::new()),
+        ] {
+            assert!(REJECTION_REASONS.contains(&e.reason()), "{e:?}");
+        }
     }
 }

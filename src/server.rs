@@ -1,6 +1,6 @@
-//! Listeners and their accept loops, the shared [`Gateway`] state, connection limits, and the
-//! wiring of shutdown into both. Each accepted connection is one task serving HTTP/1.1 (with
-//! upgrades) or HTTP/2 through hyper; WebSocket sessions continue in their own task.
+//! Listeners and their accept loops, connection limits, and the wiring of shutdown into both.
+//! Each accepted connection is one task serving HTTP/1.1 (with upgrades) or HTTP/2 through
+//! hyper, routed by `router.rs`; WebSocket sessions continue in their own task.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,88 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
-use crate::shutdown::Shutdown;
-use crate::upstream::{UpstreamError, Upstreams};
-use crate::xml::Limits;
-
-/// The reloadable part of the shared state: a snapshot that a session takes when it starts
-/// and keeps, so a reload (SIGHUP) changes new sessions and never disturbs live ones.
-pub struct Settings {
-    /// The configuration in force.
-    pub config: Config,
-    /// Routes, resolver and TLS toward the XMPP servers.
-    pub upstreams: Upstreams,
-    /// XML limits derived from the configuration.
-    pub xml_limits: Limits,
-}
-
-impl Settings {
-    /// Builds routes, TLS material and limits from a configuration.
-    pub fn new(config: Config) -> Result<Self, UpstreamError> {
-        let upstreams = Upstreams::new(&config)?;
-        let xml_limits = Limits {
-            max_element_bytes: config.limits.max_stanza_bytes,
-            max_depth: config.limits.max_depth,
-            max_attributes: config.limits.max_attributes,
-        };
-        Ok(Self {
-            config,
-            upstreams,
-            xml_limits,
-        })
-    }
-}
-
-/// What every connection and session shares.
-pub struct Gateway {
-    settings: ArcSwap<Settings>,
-    /// Drain state.
-    pub shutdown: Shutdown,
-    /// Live BOSH sessions by sid.
-    pub bosh_sessions: Arc<crate::transport::bosh::Sessions>,
-}
-
-impl Gateway {
-    /// Builds the shared state from a configuration.
-    pub fn new(config: Config) -> Result<Self, UpstreamError> {
-        Ok(Self {
-            settings: ArcSwap::from_pointee(Settings::new(config)?),
-            shutdown: Shutdown::default(),
-            bosh_sessions: Arc::default(),
-        })
-    }
-
-    /// The settings in force now.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings.load_full()
-    }
-
-    /// Replaces routes, limits and TLS material for sessions that start from now on. Returns
-    /// the names of changed options that only a restart applies (listener addresses, the
-    /// connection limit). On error nothing changes.
-    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, UpstreamError> {
-        let old = self.settings();
-        let mut needs_restart = Vec::new();
-        if old.config.listen != config.listen {
-            needs_restart.push("listen");
-        }
-        if old.config.admin_listen != config.admin_listen {
-            needs_restart.push("admin_listen");
-        }
-        if old.config.limits.max_connections != config.limits.max_connections {
-            needs_restart.push("limits.max_connections");
-        }
-        if old.config.log != config.log {
-            needs_restart.push("log");
-        }
-        self.settings.store(Arc::new(Settings::new(config)?));
-        Ok(needs_restart)
-    }
-}
+use crate::gateway::Gateway;
+use crate::upstream::UpstreamError;
 
 /// How long a connection keeps being served after the drain tells sessions to leave: as long
 /// as a draining BOSH session waits for requests already on their way.
-const DRAIN_KEEP_SERVING: Duration = crate::transport::bosh::session::LINGER_DRAINING;
+const DRAIN_KEEP_SERVING: Duration = crate::transport::bosh::task::LINGER_DRAINING;
 
 /// A connection slot, held for as long as the connection or a session it upgraded lives.
 pub type ConnectionPermit = Arc<OwnedSemaphorePermit>;
@@ -148,7 +71,7 @@ impl Server {
     }
 
     /// Serves until the drain begins, then stops accepting. Sessions keep running until they
-    /// end; wait for them with [`Shutdown::wait`].
+    /// end; wait for them with [`crate::shutdown::Shutdown::wait`].
     pub async fn run(self) {
         // The admin listener outlives the drain (/readyz answers 503 meanwhile); it ends when
         // the runtime does.
@@ -195,13 +118,13 @@ async fn serve_public(
     let svc = service_fn(move |req| {
         let gw = svc_gw.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(crate::http::public(req, gw, peer, permit).await) }
+        async move { Ok::<_, Infallible>(crate::router::public(req, &gw, peer, permit).await) }
     });
     serve_http(tcp, svc, &gw, true).await;
 }
 
 async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
-    // PROTOCOL.md §6: /readyz answers 503 while the drain lasts, so the admin listener keeps
+    // docs/protocol.md §6: /readyz answers 503 while the drain lasts, so the admin listener keeps
     // serving until the process exits.
     loop {
         let tcp = match listener.accept().await {
@@ -217,7 +140,7 @@ async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
             let svc_gw = gw.clone();
             let svc = service_fn(move |req| {
                 let gw = svc_gw.clone();
-                async move { Ok::<_, Infallible>(crate::http::admin(req, &gw).await) }
+                async move { Ok::<_, Infallible>(crate::router::admin(req, &gw).await) }
             });
             serve_http(tcp, svc, &gw, false).await;
         });
@@ -273,7 +196,7 @@ where
         _ = drain => {
             // Requests already sent on this connection when the drain began (a BOSH client's
             // next poll, its last messages) are still read and answered for a moment; the
-            // draining sessions answer them and forward their payload (PROTOCOL.md §6).
+            // draining sessions answer them and forward their payload (docs/protocol.md §6).
             let served = tokio::time::timeout(DRAIN_KEEP_SERVING, conn.as_mut()).await;
             if served.is_err() {
                 conn.as_mut().graceful_shutdown();

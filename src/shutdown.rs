@@ -3,17 +3,18 @@
 //! Sessions are never kept in a `JoinSet`, whose drop would abort them mid-stanza.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Shared shutdown state.
-#[derive(Default)]
+/// Shared shutdown state. Clones are handles to the same state, cheap to hand to every task.
+#[derive(Default, Clone)]
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
-    draining: AtomicBool,
+    draining: Arc<AtomicBool>,
 }
 
 impl Shutdown {

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use xmpp_gateway::metrics::METRICS;
-use xmpp_gateway::session::Transport;
+use xmpp_gateway::metrics::Transport;
 
 // PROTOCOL.md §3: a vanished browser closes the upstream stream cleanly; the session is counted
 // out (PROTOCOL.md §6 metrics).

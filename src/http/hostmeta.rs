@@ -1,4 +1,4 @@
-//! XEP-0156 discovery (PROTOCOL.md §5): `/.well-known/host-meta` (XRD) and
+//! XEP-0156 discovery (docs/protocol.md §5): `/.well-known/host-meta` (XRD) and
 //! `/.well-known/host-meta.json` (JRD) list the public connection URLs, with CORS open so a web
 //! client on another origin can read them.
 
@@ -7,15 +7,14 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 
 use super::Body;
-use crate::server::Gateway;
+use crate::settings::Settings;
 use crate::xml::escape_attr;
 
 const REL_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
 const REL_BOSH: &str = "urn:xmpp:alt-connections:xbosh";
 
 /// The announced links: from config, or derived from the request.
-fn links<B>(req: &Request<B>, gw: &Gateway) -> Vec<(&'static str, String)> {
-    let settings = gw.settings();
+fn links<B>(req: &Request<B>, settings: &Settings) -> Vec<(&'static str, String)> {
     let d = &settings.config.discovery;
     let ws = d
         .websocket_url
@@ -71,9 +70,9 @@ fn respond(content_type: &'static str, body: String) -> Response<Body> {
 }
 
 /// The XRD document.
-pub fn xrd<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
+pub fn xrd<B>(req: &Request<B>, settings: &Settings) -> Response<Body> {
     let mut doc = String::from("<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n");
-    for (rel, url) in links(req, gw) {
+    for (rel, url) in links(req, settings) {
         doc.push_str(&format!(
             "  <Link rel='{rel}' href='{}'/>\n",
             escape_attr(&url)
@@ -84,8 +83,8 @@ pub fn xrd<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
 }
 
 /// The JRD (JSON) document.
-pub fn json<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
-    let links: Vec<String> = links(req, gw)
+pub fn json<B>(req: &Request<B>, settings: &Settings) -> Response<Body> {
+    let links: Vec<String> = links(req, settings)
         .into_iter()
         .map(|(rel, url)| format!("{{\"rel\":\"{rel}\",\"href\":\"{}\"}}", json_escape(&url)))
         .collect();

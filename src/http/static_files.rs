@@ -8,11 +8,10 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
 use super::{text, Body};
-use crate::server::Gateway;
+use crate::settings::Settings;
 
 /// Serves `GET`/`HEAD` of a file below the static directory.
-pub async fn serve<B>(req: &Request<B>, gw: &Gateway) -> Response<Body> {
-    let settings = gw.settings();
+pub async fn serve<B>(req: &Request<B>, settings: &Settings) -> Response<Body> {
     let Some(root) = settings.config.static_dir.as_deref() else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };

@@ -5,7 +5,18 @@
 use hickory_resolver::TokioAsyncResolver;
 use tokio::sync::OnceCell;
 
-use super::{Route, UpstreamError};
+use super::error::UpstreamError;
+use crate::config::RouteConfig;
+
+/// A served domain, ready to be dialled.
+#[derive(Debug)]
+pub struct Route {
+    /// The route as configured.
+    pub config: RouteConfig,
+    /// Parsed static endpoints; empty means DNS SRV.
+    pub endpoints: Vec<Endpoint>,
+}
+
 
 /// One place to dial.
 #[derive(Debug, Clone, PartialEq, Eq)]

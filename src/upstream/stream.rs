@@ -8,8 +8,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::UpstreamIo;
-use super::resolve::Endpoint;
-use super::{Route, UpstreamError, Upstreams};
+use super::error::UpstreamError;
+use super::resolve::{Endpoint, Route};
+use super::routes::Upstreams;
 use crate::config::TlsPolicy;
 use crate::metrics::METRICS;
 use crate::xml::features::summarize_features;
@@ -42,6 +43,8 @@ pub struct UpstreamStream {
     splitter: StreamSplitter,
     /// `</stream:stream>` has been sent; the XML stream toward the server is over.
     close_sent: bool,
+    /// The socket has been shut down; nothing more is written.
+    shut_down: bool,
 }
 
 const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -118,6 +121,7 @@ impl UpstreamStream {
             io,
             splitter: StreamSplitter::new(limits.clone()),
             close_sent: false,
+            shut_down: false,
         };
         let t = std::time::Instant::now();
         let mut opened = stream.open(params).await?;
@@ -226,7 +230,7 @@ impl UpstreamStream {
     /// Sent at most once: after the client's close, the server's answering close must not be
     /// answered again (RFC 6120 §4.4: nothing may follow the closing tag).
     pub async fn close_stream(&mut self) -> Result<(), UpstreamError> {
-        if self.close_sent {
+        if self.close_sent || self.shut_down {
             return Ok(());
         }
         self.close_sent = true;
@@ -235,7 +239,16 @@ impl UpstreamStream {
 
     /// Shuts the socket down (TLS close_notify, then FIN), bounded in time.
     pub async fn shutdown(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        self.shut_down = true;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has run.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
     }
 
     /// Whether the stream is encrypted.

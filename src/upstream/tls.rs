@@ -8,7 +8,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::UpstreamError;
+use super::error::UpstreamError;
 
 /// Shared TLS client configuration.
 #[derive(Clone)]

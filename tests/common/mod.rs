@@ -26,7 +26,8 @@ use tokio_tungstenite::tungstenite::handshake::client::Response as WsResponse;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use xmpp_gateway::config::{Config, RouteConfig, TlsPolicy};
-use xmpp_gateway::server::{Gateway, Server};
+use xmpp_gateway::gateway::Gateway;
+use xmpp_gateway::server::Server;
 
 /// The domain every test serves.
 pub const DOMAIN: &str = "example.test";

@@ -1,4 +1,4 @@
-//! The BOSH session state machine (XEP-0124, PROTOCOL.md §4), free of I/O: requests, upstream
+//! The BOSH session state machine (XEP-0124, docs/protocol.md §4), free of I/O: requests, upstream
 //! elements and the clock go in, [`Action`]s come out. The session task carries the actions
 //! out; tests drive this type directly with paused tokio time.
 //!
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+
+use crate::session::{Failure, StreamEnd};
 
 /// Negotiated session parameters.
 #[derive(Debug, Clone)]
@@ -78,6 +80,31 @@ pub enum Terminate {
     RemoteStreamError(Bytes),
     /// The node drains and the client should reconnect at this URI (XEP-0124 §17.3).
     SeeOtherUri(String),
+}
+
+impl Terminate {
+    /// The terminate body's condition for a failure of the session core: the same condition a
+    /// WebSocket client gets (`Failure::condition`), except that XEP-0124 §17.2 has a name of
+    /// its own for a session request without `to` (`improper-addressing`) and carries the
+    /// server's stream error as `remote-stream-error`.
+    pub fn from_failure(failure: &Failure) -> Self {
+        if let Some(e) = failure.server_error() {
+            return Terminate::RemoteStreamError(e.clone());
+        }
+        match failure {
+            Failure::NoDomain => Terminate::Condition("improper-addressing"),
+            other => Terminate::Condition(other.condition()),
+        }
+    }
+
+    /// How the session ends when the upstream stream did.
+    pub fn from_end(end: StreamEnd) -> Self {
+        match end {
+            StreamEnd::Closed => Terminate::Normal,
+            StreamEnd::Error(e) => Terminate::RemoteStreamError(e),
+            StreamEnd::Failed(f) => Terminate::from_failure(&f),
+        }
+    }
 }
 
 /// What the session task must do.
@@ -190,7 +217,7 @@ impl<R> BoshState<R> {
         let mut out = Vec::new();
         if self.ended {
             if self.forward_after_end && req.rid > self.last_rid {
-                // PROTOCOL.md §6: a request sent before the client saw the drain's terminate
+                // docs/protocol.md §6: a request sent before the client saw the drain's terminate
                 // body still has its payload delivered; it is answered with that body.
                 self.last_rid = req.rid;
                 if !req.payload.is_empty() {
@@ -366,7 +393,7 @@ impl<R> BoshState<R> {
         self.terminate(why, None, out);
     }
 
-    /// The gateway is draining (PROTOCOL.md §6): pending stanzas and the redirect (or
+    /// The gateway is draining (docs/protocol.md §6): pending stanzas and the redirect (or
     /// `system-shutdown`) go to the client.
     /// The session task has already dealt with the upstream stream.
     pub fn on_shutdown(&mut self, redirect: Option<&str>, out: &mut Vec<Action<R>>) {
@@ -478,6 +505,7 @@ impl<R> BoshState<R> {
         let reason = match why {
             Terminate::Normal => "closed",
             Terminate::Condition("system-shutdown") | Terminate::SeeOtherUri(_) => "shutdown",
+            Terminate::Condition("remote-connection-failed") => "upstream_error",
             Terminate::Condition(_) => "bad_input",
             Terminate::RemoteStreamError(_) => "upstream_stream_error",
         };

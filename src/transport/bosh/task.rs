@@ -6,15 +6,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::state::{Action, BoshState, Request, Terminate};
-use super::Sessions;
-use crate::server::Gateway;
-use crate::session::{Outbound, Session};
-use crate::upstream::UpstreamError;
+use super::registry::{Registry, Reply};
+use super::state::{terminate_body, Action, BoshState, Request, Terminate};
+use crate::session::{Batch, Context, Drain, Outbound, Session};
 
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: Duration = Duration::from_secs(10);
@@ -23,26 +20,20 @@ const LINGER: Duration = Duration::from_secs(10);
 /// long (`server.rs`), so such requests can still arrive.
 pub const LINGER_DRAINING: Duration = Duration::from_secs(2);
 
-/// Where a response goes: the HTTP handler waiting for it. If that handler is gone (the client
-/// dropped the connection), the response stays cached for a repeated rid.
-pub type Reply = oneshot::Sender<Bytes>;
-
-/// The sending side handlers use to reach a session.
-pub type Handle = mpsc::Sender<Request<Reply>>;
-
 /// Runs the session until it ends, then removes its sid.
 pub async fn run(
     sid: Arc<str>,
     mut session: Session,
     mut state: BoshState<Reply>,
     mut rx: mpsc::Receiver<Request<Reply>>,
-    gw: Arc<Gateway>,
-    sessions: Arc<Sessions>,
+    ctx: Context,
+    registry: Arc<Registry>,
 ) {
-    let settings = gw.settings();
+    let settings = &ctx.settings;
     let limit = settings.config.limits.max_buffered_bytes;
     let redirect = settings.config.drain.bosh_redirect.as_deref();
     let mut told_shutdown = false;
+    let mut close_after_linger = false;
     let reason = loop {
         let mut actions = Vec::new();
         let deadline = state.next_deadline();
@@ -59,20 +50,17 @@ pub async fn run(
             },
             // Stanzas wait in the session for a request; past the limit, stop reading upstream
             // and let TCP push back on the server.
-            out = session.next_outbound(), if state.pending_bytes() < limit => {
-                absorb_upstream(out, &mut session, &mut state, limit, &mut actions);
+            batch = session.next_batch(limit.saturating_sub(state.pending_bytes())), if state.pending_bytes() < limit => {
+                absorb(batch, &mut state, &mut actions);
             }
             _ = tick => state.on_tick(Instant::now(), &mut actions),
-            _ = gw.shutdown.cancelled(), if !told_shutdown => {
+            _ = ctx.shutdown.cancelled(), if !told_shutdown => {
                 told_shutdown = true;
-                if session.is_resumable() {
-                    // PROTOCOL.md §6 with XEP-0198: the server keeps what is in flight for
-                    // the client's <resume/> through another node.
-                    session.leave().await;
-                }
-                // The client is told at once, with every stanza pending. The upstream stream
-                // stays open while requests already on their way arrive (see `linger`), so
-                // their payload still reaches the server; then it is closed.
+                // docs/protocol.md §6: a resumable stream is left to the server at once. Any
+                // other stays open while requests already on their way arrive (see `linger`),
+                // so their payload still reaches the server; then it is closed. The client is
+                // told at once, with every stanza pending.
+                close_after_linger = session.drain().await == Drain::Close;
                 state.on_shutdown(redirect, &mut actions);
             }
         }
@@ -85,62 +73,38 @@ pub async fn run(
             &mut session,
             &mut state,
             &mut rx,
-            &gw,
+            &ctx,
             told_shutdown,
             settings.config.bosh_inactivity(),
         )
         .await;
     }
-    if told_shutdown && !session.is_resumable() {
+    if told_shutdown && close_after_linger {
         // The drain's requests in flight have been carried out: now the stream ends.
-        let _ = session.close_stream().await;
+        session.close_stream().await;
     }
-    sessions.remove(&sid);
+    registry.remove(&sid);
     rx.close();
     // Requests that raced with the end still get an answer.
     while let Ok(req) = rx.try_recv() {
         let _ = req
             .reply
-            .send(super::state::terminate_body(&Terminate::Condition(
-                "item-not-found",
-            )));
+            .send(terminate_body(&Terminate::Condition("item-not-found")));
     }
     session.finish(reason).await;
 }
 
-/// Hands one upstream item, and every item already buffered behind it, to the state machine,
-/// then lets it answer a held request with the batch.
-fn absorb_upstream(
-    first: Result<Outbound, UpstreamError>,
-    session: &mut Session,
-    state: &mut BoshState<Reply>,
-    limit: usize,
-    actions: &mut Vec<Action<Reply>>,
-) {
-    let mut next = Some(first);
-    while let Some(out) = next.take() {
-        match out {
-            Ok(Outbound::Element(b) | Outbound::Features(b)) => state.on_upstream(b),
+/// Hands one upstream batch to the state machine, then lets it answer a held request with it.
+fn absorb(batch: Batch, state: &mut BoshState<Reply>, actions: &mut Vec<Action<Reply>>) {
+    for item in batch.items {
+        match item {
+            Outbound::Element(b) => state.on_upstream(b),
             // XEP-0206: a restarted stream's header is not shown; its features are.
-            Ok(Outbound::Header(_)) => {}
-            Ok(Outbound::StreamError(e)) => {
-                state.on_upstream_end(Terminate::RemoteStreamError(e), actions);
-                break;
-            }
-            Ok(Outbound::End) => {
-                state.on_upstream_end(Terminate::Normal, actions);
-                break;
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "upstream stream failed");
-                state.on_upstream_end(Terminate::Condition("remote-connection-failed"), actions);
-                break;
-            }
+            Outbound::Header(_) => {}
         }
-        if state.pending_bytes() >= limit {
-            break;
-        }
-        next = session.buffered_outbound().transpose();
+    }
+    if let Some(end) = batch.end {
+        state.on_upstream_end(Terminate::from_end(end), actions);
     }
     state.flush(actions);
 }
@@ -152,7 +116,7 @@ async fn linger(
     session: &mut Session,
     state: &mut BoshState<Reply>,
     rx: &mut mpsc::Receiver<Request<Reply>>,
-    gw: &Gateway,
+    ctx: &Context,
     mut draining: bool,
     inactivity: Duration,
 ) -> bool {
@@ -171,7 +135,7 @@ async fn linger(
             }
             _ = &mut timer => return draining,
             // A drain that starts while lingering must not wait the full period.
-            _ = gw.shutdown.cancelled(), if !draining => {
+            _ = ctx.shutdown.cancelled(), if !draining => {
                 draining = true;
                 timer.as_mut().reset(until.min(Instant::now() + LINGER_DRAINING));
             }
@@ -188,39 +152,39 @@ async fn perform(
     let mut end = None;
     let mut queue: VecDeque<_> = actions.into();
     while let Some(action) = queue.pop_front() {
-        let upstream_ok = match action {
+        let failed = match action {
             Action::Forward(elements) => {
-                let mut ok = true;
+                let mut failed = None;
                 for el in elements {
-                    if session.send(&el).await.is_err() {
-                        ok = false;
+                    if let Err(e) = session.send(&el).await {
+                        failed = Some(e);
                         break;
                     }
                 }
-                ok
+                failed
             }
-            Action::Restart => session.restart(None, None).await.is_ok(),
+            Action::Restart => session.restart(Default::default()).await.err(),
             Action::CloseUpstream => {
-                let _ = session.close_stream().await;
-                true
+                session.close_stream().await;
+                None
             }
             Action::LeaveUpstream => {
                 session.leave().await;
-                true
+                None
             }
             Action::Respond(reply, body) => {
                 // A closed receiver means the client hung up; the body is cached for its retry.
                 let _ = reply.send(body);
-                true
+                None
             }
             Action::End(reason) => {
                 end = end.or(Some(reason));
-                true
+                None
             }
         };
-        if !upstream_ok {
+        if let Some(e) = failed {
             let mut more = Vec::new();
-            state.on_upstream_end(Terminate::Condition("remote-connection-failed"), &mut more);
+            state.on_upstream_end(Terminate::from_failure(&e), &mut more);
             queue.extend(more);
         }
     }

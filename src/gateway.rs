@@ -1,0 +1,51 @@
+//! The state every connection and session shares: the live settings, the drain, and the
+//! registry of BOSH sessions. Handed to the router and the listeners; the transports get only
+//! what they need from it (a [`Context`], the BOSH registry).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::session::Context;
+use crate::settings::{LiveSettings, Settings};
+use crate::shutdown::Shutdown;
+use crate::transport::bosh;
+use crate::upstream::UpstreamError;
+
+/// What every connection and session shares.
+pub struct Gateway {
+    settings: LiveSettings,
+    /// Drain state.
+    pub shutdown: Shutdown,
+    /// Live BOSH sessions by sid.
+    pub bosh: Arc<bosh::Registry>,
+}
+
+impl Gateway {
+    /// Builds the shared state from a configuration.
+    pub fn new(config: Config) -> Result<Self, UpstreamError> {
+        Ok(Self {
+            settings: LiveSettings::new(config)?,
+            shutdown: Shutdown::default(),
+            bosh: Arc::default(),
+        })
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load()
+    }
+
+    /// What a session starting now runs with.
+    pub fn context(&self) -> Context {
+        Context {
+            settings: self.settings(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Replaces routes, limits and TLS material for sessions that start from now on; see
+    /// [`LiveSettings::reload`].
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, UpstreamError> {
+        self.settings.reload(config)
+    }
+}

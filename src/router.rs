@@ -1,0 +1,73 @@
+//! The HTTP routes of both listeners. The public listener: `/xmpp-websocket` (the WebSocket
+//! adapter), `/http-bind` (the BOSH adapter), XEP-0156 host-meta and the static demo files. The
+//! admin listener: `/healthz`, `/readyz` and `/metrics`.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::gateway::Gateway;
+use crate::http::{hostmeta, static_files, text, Body};
+use crate::metrics::METRICS;
+use crate::transport::{bosh, websocket};
+
+/// Routes one request of the public listener. `permit` is the connection's slot, held by a
+/// WebSocket session for as long as it lives.
+pub async fn public<P: Send + 'static>(
+    req: Request<Incoming>,
+    gw: &Gateway,
+    peer: SocketAddr,
+    permit: P,
+) -> Response<Body> {
+    let settings = gw.settings();
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (_, "/xmpp-websocket") => websocket::upgrade(req, gw.context(), peer, permit),
+        (_, "/http-bind" | "/http-bind/") => {
+            bosh::handle(req, gw.context(), &gw.bosh, peer).await
+        }
+        (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
+        (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &settings),
+        (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => {
+            hostmeta::json(&req, &settings)
+        }
+        (&Method::GET | &Method::HEAD, _) if settings.config.static_dir.is_some() => {
+            static_files::serve(&req, &settings).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Routes one request of the admin listener.
+pub async fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            // docs/protocol.md §6: not ready while draining or with nothing to serve.
+            let settings = gw.settings();
+            if gw.shutdown.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if settings.upstreams.route_count() == 0 {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no routes configured\n")
+            } else if !settings.upstreams.reachable().await {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no upstream endpoint reachable\n",
+                )
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(METRICS.render())))
+            .expect("static response parts are valid"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}

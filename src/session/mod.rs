@@ -1,0 +1,370 @@
+//! The transport-neutral session core (docs/protocol.md §1): one browser-side stream bound to
+//! exactly one upstream client-to-server stream. The transports (WebSocket, BOSH) differ only
+//! in framing: they turn what the browser sent into calls here and frame what comes back.
+//! Everything else lives here once: opening (the domain check, the stream parameters), the
+//! relay in both directions with its batching, restarts, the drain policy, the mapping of every
+//! failure to one condition ([`Failure`]), and the session's metrics.
+//!
+//! A stanza toward the server: transport adapter -> [`Session::send`] -> upstream stream.
+//! A stanza toward the browser: upstream stream -> [`Session::next_batch`] -> transport adapter.
+
+mod failure;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use self::failure::Failure;
+use crate::metrics::{Direction, Transport, METRICS};
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use crate::upstream::stream::{StreamParams, UpstreamStream};
+use crate::upstream::UpstreamError;
+use crate::xml::features::filter_features_for_client;
+use crate::xml::split::{ElementKind, StreamHeader, StreamItem};
+
+/// What a transport needs from the process to run a session: the settings snapshot the session
+/// keeps for its whole life, and the drain every session task observes.
+#[derive(Clone)]
+pub struct Context {
+    /// The settings in force when the request or connection arrived.
+    pub settings: Arc<Settings>,
+    /// The drain.
+    pub shutdown: Shutdown,
+}
+
+/// What the client asked for when it opened its stream (`<open/>`, or the BOSH session request).
+#[derive(Debug, Clone, Default)]
+pub struct OpenRequest {
+    /// `to`: the domain the client wants.
+    pub to: Option<String>,
+    /// `from`, forwarded because some servers use it (SASL2/FAST).
+    pub from: Option<String>,
+    /// `xml:lang`.
+    pub lang: Option<String>,
+}
+
+/// Something the upstream server said, ready for a transport to frame.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A restarted stream's header: WebSocket shows it as `<open/>`, BOSH shows only the
+    /// features after it (XEP-0206 §5).
+    Header(StreamHeader),
+    /// A standalone element for the client: a stanza, a nonza, or `<stream:features/>` already
+    /// stripped of what must not reach clients.
+    Element(Bytes),
+}
+
+/// How the upstream stream ended.
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The server sent `</stream:stream>` (its own close, or the answer to the client's).
+    Closed,
+    /// The server's `<stream:error/>`, to be passed on.
+    Error(Bytes),
+    /// Reading or parsing the stream failed.
+    Failed(Failure),
+}
+
+impl StreamEnd {
+    /// The session end reason (a metrics label).
+    pub fn end_reason(&self) -> &'static str {
+        match self {
+            StreamEnd::Closed => "closed",
+            StreamEnd::Error(_) => "upstream_stream_error",
+            StreamEnd::Failed(f) => f.end_reason(),
+        }
+    }
+}
+
+/// What the server said since the last batch: one or more items already buffered, in order,
+/// and how the stream ended if it did.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Items for the client, in order.
+    pub items: Vec<Outbound>,
+    /// Set when the stream ended after `items`.
+    pub end: Option<StreamEnd>,
+}
+
+/// What the drain does to a session (docs/protocol.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// The server granted XEP-0198 resumption: the upstream stream has been left to the server,
+    /// which keeps what is in flight for the client's `<resume/>` through another node.
+    Left,
+    /// Any other stream: the transport delivers what is in flight, then the stream is closed.
+    Close,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh session number for logs.
+pub fn next_session_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How long ending a session may take toward the server (closing tag, TLS close_notify).
+const FINISH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A live session: the upstream stream and the bookkeeping around it.
+pub struct Session {
+    transport: Transport,
+    upstream: UpstreamStream,
+    params: StreamParams,
+    ended: Option<&'static str>,
+    started: std::time::Instant,
+    /// The server answered `<enable resume='true'/>` (or a `<resume/>`): see [`Session::leave`].
+    resumable: bool,
+}
+
+/// A freshly opened session with what the client is told first.
+pub struct Opened {
+    /// The session.
+    pub session: Session,
+    /// The server's stream header.
+    pub header: StreamHeader,
+    /// The server's features, filtered for the client.
+    pub features: Bytes,
+    /// Whether the upstream stream is encrypted.
+    pub tls: bool,
+}
+
+impl Session {
+    /// Opens the upstream stream for the domain the client named. A missing or unknown domain
+    /// is refused before anything is dialled (docs/protocol.md §1: never an open relay).
+    pub async fn open(
+        settings: &Settings,
+        transport: Transport,
+        request: OpenRequest,
+    ) -> Result<Opened, Failure> {
+        let Some(to) = request.to.filter(|t| !t.is_empty()) else {
+            METRICS.input_rejected("no_to");
+            return Err(Failure::NoDomain);
+        };
+        let params = StreamParams {
+            to,
+            from: request.from,
+            lang: request.lang,
+        };
+        let result = Self::establish(settings, transport, params).await;
+        if let Err(e) = &result {
+            METRICS.connect_failed(e.kind());
+            tracing::info!(error = %e, "upstream stream not opened");
+        }
+        result.map_err(Failure::Upstream)
+    }
+
+    async fn establish(
+        settings: &Settings,
+        transport: Transport,
+        params: StreamParams,
+    ) -> Result<Opened, UpstreamError> {
+        let route = settings
+            .upstreams
+            .route(&params.to)
+            .ok_or(UpstreamError::UnknownDomain)?;
+        let (upstream, opened) =
+            UpstreamStream::establish(&settings.upstreams, &route, &params, &settings.xml_limits)
+                .await?;
+        let features = filter_features_for_client(&opened.features.bytes)?;
+        tracing::info!(domain = %params.to, tls = upstream.is_tls(), "session open");
+        METRICS.session_started(transport);
+        Ok(Opened {
+            tls: upstream.is_tls(),
+            session: Session {
+                transport,
+                upstream,
+                params,
+                ended: None,
+                started: std::time::Instant::now(),
+                resumable: false,
+            },
+            header: opened.header,
+            features,
+        })
+    }
+
+    /// The domain the session serves.
+    pub fn domain(&self) -> &str {
+        &self.params.to
+    }
+
+    /// Waits for the server to say something, then takes everything already buffered behind
+    /// it, until about `max_bytes` of elements or the end of the stream, so a transport writes
+    /// a burst with one flush (or one BOSH response). Cancel-safe: nothing is taken from the
+    /// stream before the first item is complete.
+    pub async fn next_batch(&mut self, max_bytes: usize) -> Batch {
+        let mut batch = Batch::default();
+        let mut next = Some(self.upstream.next_item().await);
+        let mut bytes = 0;
+        while let Some(item) = next.take() {
+            match self.translate(item) {
+                Ok(out) => {
+                    if let Outbound::Element(b) = &out {
+                        bytes += b.len();
+                    }
+                    batch.items.push(out);
+                }
+                Err(end) => {
+                    if let StreamEnd::Failed(e) = &end {
+                        tracing::info!(error = %e, "upstream stream failed");
+                    }
+                    batch.end = Some(end);
+                    break;
+                }
+            }
+            if bytes >= max_bytes {
+                break;
+            }
+            next = self.upstream.buffered_item().transpose();
+        }
+        batch
+    }
+
+    fn translate(&mut self, item: Result<StreamItem, UpstreamError>) -> Result<Outbound, StreamEnd> {
+        let failed = |e: UpstreamError| StreamEnd::Failed(Failure::Upstream(e));
+        Ok(match item.map_err(failed)? {
+            StreamItem::Header(h) => Outbound::Header(h),
+            StreamItem::End => return Err(StreamEnd::Closed),
+            StreamItem::Element(e) => match e.kind {
+                // docs/protocol.md §1: no <starttls/>, no channel binding toward clients.
+                ElementKind::Features => Outbound::Element(
+                    filter_features_for_client(&e.bytes).map_err(|x| failed(x.into()))?,
+                ),
+                ElementKind::StreamError => {
+                    tracing::info!("upstream stream error");
+                    return Err(StreamEnd::Error(e.bytes));
+                }
+                _ => {
+                    METRICS.relayed(self.transport, Direction::ToClient, e.bytes.len());
+                    if is_resumption_granted(&e.bytes) {
+                        self.resumable = true;
+                    }
+                    Outbound::Element(e.bytes)
+                }
+            },
+        })
+    }
+
+    /// Forwards one validated client element verbatim.
+    pub async fn send(&mut self, element: &[u8]) -> Result<(), Failure> {
+        METRICS.relayed(self.transport, Direction::ToUpstream, element.len());
+        Ok(self.upstream.send(element).await?)
+    }
+
+    /// Restarts the upstream stream after the client's new stream header (RFC 6120 §4.3.3).
+    /// A restart may not move the session to another domain. The server's new header and
+    /// features arrive through [`next_batch`](Self::next_batch).
+    pub async fn restart(&mut self, request: OpenRequest) -> Result<(), Failure> {
+        if let Some(to) = &request.to {
+            if !to.eq_ignore_ascii_case(&self.params.to) {
+                METRICS.input_rejected("restart_domain");
+                return Err(Failure::WrongDomain);
+            }
+        }
+        if request.from.is_some() {
+            self.params.from = request.from;
+        }
+        if request.lang.is_some() {
+            self.params.lang = request.lang;
+        }
+        Ok(self.upstream.restart(&self.params).await?)
+    }
+
+    /// Sends `</stream:stream>` upstream (at most once): the client closed its stream, or the
+    /// gateway ends it.
+    pub async fn close_stream(&mut self) {
+        let _ = tokio::time::timeout(FINISH_DEADLINE, self.upstream.close_stream()).await;
+    }
+
+    /// Whether the server granted XEP-0198 resumption on this stream.
+    pub fn is_resumable(&self) -> bool {
+        self.resumable
+    }
+
+    /// The client went away without closing (tab closed, network lost, too slow). A stream the
+    /// server allows to be resumed (XEP-0198) is left open for the client to resume, through
+    /// any node: the socket is dropped without `</stream:stream>`, which the server would take
+    /// as a logout. Any other stream is closed cleanly (docs/protocol.md §3).
+    pub async fn leave(&mut self) {
+        if self.resumable {
+            self.upstream.shutdown().await;
+        } else {
+            self.close_stream().await;
+        }
+    }
+
+    /// The node drains: a resumable stream is left at once; any other is closed by the
+    /// transport once what is in flight has been delivered.
+    pub async fn drain(&mut self) -> Drain {
+        if self.resumable {
+            self.upstream.shutdown().await;
+            Drain::Left
+        } else {
+            Drain::Close
+        }
+    }
+
+    /// Ends the session and records why: a stream that ended on either side, or that the
+    /// gateway ends, gets its closing tag (the answer to the server's, RFC 6120 §4.4), unless
+    /// it was left for resumption; then the socket is shut down. Bounded in time.
+    pub async fn finish(mut self, reason: &'static str) {
+        if !self.upstream.is_shut_down() {
+            self.close_stream().await;
+        }
+        self.upstream.shutdown().await;
+        self.ended = Some(reason);
+    }
+}
+
+/// XEP-0198 §5: `<enabled resume='true'/>` or `<resumed/>` from the server means the stream
+/// can be resumed after the connection is lost. A prefix check first keeps this off the
+/// per-stanza cost for everything else.
+fn is_resumption_granted(el: &[u8]) -> bool {
+    if el.starts_with(b"<resumed") {
+        return el.windows(11).any(|w| w == b"urn:xmpp:sm");
+    }
+    if !el.starts_with(b"<enabled") {
+        return false;
+    }
+    let has = |needle: &[u8]| el.windows(needle.len()).any(|w| w == needle);
+    has(b"urn:xmpp:sm")
+        && (has(b"resume='true'")
+            || has(b"resume=\"true\"")
+            || has(b"resume='1'")
+            || has(b"resume=\"1\""))
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Every session is counted out exactly once, including on a panic or a dropped task.
+        let reason = self.ended.unwrap_or("aborted");
+        METRICS.session_ended(self.transport, reason, self.started.elapsed());
+        tracing::info!(reason, "session ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_resumption_granted;
+
+    #[test]
+    fn resumption_is_recognised_only_when_granted() {
+        assert!(is_resumption_granted(
+            b"<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true'/>"
+        ));
+        assert!(is_resumption_granted(
+            b"<enabled xmlns=\"urn:xmpp:sm:3\" resume=\"1\" id=\"x\"/>"
+        ));
+        assert!(is_resumption_granted(
+            b"<resumed xmlns='urn:xmpp:sm:3' h='3' previd='x'/>"
+        ));
+        assert!(!is_resumption_granted(b"<enabled xmlns='urn:xmpp:sm:3'/>"));
+        assert!(!is_resumption_granted(
+            b"<message xmlns='jabber:client'><body>resume='true' urn:xmpp:sm</body></message>"
+        ));
+    }
+}

@@ -1,0 +1,76 @@
+//! The reloadable configuration snapshot: the configuration in force, the upstream routes and
+//! TLS material built from it, and the XML limits derived from it. A session takes the snapshot
+//! in force when it starts and keeps it, so a reload (SIGHUP) changes new sessions and never
+//! disturbs live ones.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::upstream::{UpstreamError, Upstreams};
+use crate::xml::Limits;
+
+/// One snapshot of what sessions are configured with.
+pub struct Settings {
+    /// The configuration in force.
+    pub config: Config,
+    /// Routes, resolver and TLS toward the XMPP servers.
+    pub upstreams: Upstreams,
+    /// XML limits for what browsers send, derived from the configuration.
+    pub xml_limits: Limits,
+}
+
+impl Settings {
+    /// Builds routes, TLS material and limits from a configuration.
+    pub fn new(config: Config) -> Result<Self, UpstreamError> {
+        let upstreams = Upstreams::new(&config)?;
+        let xml_limits = Limits {
+            max_element_bytes: config.limits.max_stanza_bytes,
+            max_depth: config.limits.max_depth,
+            max_attributes: config.limits.max_attributes,
+        };
+        Ok(Self {
+            config,
+            upstreams,
+            xml_limits,
+        })
+    }
+}
+
+/// The snapshot in force, replaced whole on reload.
+pub struct LiveSettings(ArcSwap<Settings>);
+
+impl LiveSettings {
+    /// Settings built from a configuration.
+    pub fn new(config: Config) -> Result<Self, UpstreamError> {
+        Ok(Self(ArcSwap::from_pointee(Settings::new(config)?)))
+    }
+
+    /// The snapshot in force now.
+    pub fn load(&self) -> Arc<Settings> {
+        self.0.load_full()
+    }
+
+    /// Replaces routes, limits and TLS material for sessions that start from now on. Returns
+    /// the names of changed options that only a restart applies (listener addresses, the
+    /// connection limit, logging). On error nothing changes.
+    pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, UpstreamError> {
+        let old = self.load();
+        let mut needs_restart = Vec::new();
+        if old.config.listen != config.listen {
+            needs_restart.push("listen");
+        }
+        if old.config.admin_listen != config.admin_listen {
+            needs_restart.push("admin_listen");
+        }
+        if old.config.limits.max_connections != config.limits.max_connections {
+            needs_restart.push("limits.max_connections");
+        }
+        if old.config.log != config.log {
+            needs_restart.push("log");
+        }
+        self.0.store(Arc::new(Settings::new(config)?));
+        Ok(needs_restart)
+    }
+}

@@ -1,0 +1,359 @@
+//! One HTTP request to `/http-bind`: CORS and method checks, the body read within its limit and
+//! parsed, then either a session request (opened through the session core, which starts the
+//! session's task) or a request routed by sid to its session's task, answered with the
+//! `<body/>` the task sends back (XEP-0124 §7–§8, docs/protocol.md §4).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::body::{self, Body as BoshBody, BodyError};
+use super::registry::{new_sid, Registry};
+use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
+use super::task;
+use crate::http::{text, Body};
+use crate::metrics::{Transport, METRICS};
+use crate::session::{next_session_id, Context, OpenRequest, Session};
+use crate::xml::escape_attr;
+
+/// Handles one request to `/http-bind`.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Context,
+    registry: &Arc<Registry>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let cors = match cors_origin(&ctx, origin.as_ref()) {
+        Ok(c) => c,
+        Err(()) => {
+            METRICS.input_rejected("origin");
+            return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
+    };
+    match *req.method() {
+        Method::OPTIONS => return preflight(cors),
+        Method::POST => {}
+        _ => {
+            return with_cors(
+                text(StatusCode::METHOD_NOT_ALLOWED, "BOSH requests are POSTed\n"),
+                cors,
+            )
+        }
+    }
+    let gzip = accepts_gzip(req.headers());
+    let settings = ctx.settings.clone();
+    let limit = settings.config.bosh.max_body_bytes;
+    let data = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            METRICS.input_rejected("too_large");
+            return with_cors(
+                text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+                cors,
+            );
+        }
+    };
+    let parsed = body::parse(data.clone(), &settings.xml_limits);
+    let answer = match parsed {
+        Ok(b) if b.sid.is_none() && ctx.shutdown.is_stopping() => {
+            // docs/protocol.md §6: no new sessions on a draining node. HTTP 503 (with the BOSH
+            // answer in the body) lets a load balancer retry the request on another node,
+            // even when a cookie still points here.
+            let mut r = respond(
+                terminate_body(&Terminate::Condition("system-shutdown")),
+                false,
+                usize::MAX,
+                cors,
+            );
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        Ok(b) if b.sid.is_none() => create(b, &ctx, registry, peer).await,
+        Ok(b) => {
+            let kind = if b.terminate {
+                Kind::Terminate
+            } else if b.restart {
+                Kind::Restart
+            } else {
+                Kind::Normal
+            };
+            continue_session(b, registry, kind).await
+        }
+        Err(BodyError::NotBosh(why)) => {
+            METRICS.input_rejected("not_bosh");
+            return with_cors(text(StatusCode::BAD_REQUEST, why), cors);
+        }
+        Err(e) => {
+            let reason = match &e {
+                BodyError::Xml(x) => x.reason(),
+                _ => "bad_attribute",
+            };
+            METRICS.input_rejected(reason);
+            tracing::info!(%peer, error = %e, "BOSH body refused");
+            // docs/protocol.md §2: bad input ends the session. The request goes to its session
+            // without payload, which ends it only if the rid (and key) check out, so knowing
+            // a sid is not enough to end someone else's session.
+            match body::root_attributes(&data, &settings.xml_limits) {
+                Some(root) if root.sid.is_some() && root.rid.is_some() => {
+                    continue_session(
+                        BoshBody {
+                            children: Vec::new(),
+                            ..root
+                        },
+                        registry,
+                        Kind::Invalid,
+                    )
+                    .await
+                }
+                _ => terminate_body(&Terminate::Condition("bad-request")),
+            }
+        }
+    };
+    respond(answer, gzip, settings.config.bosh.gzip_min_bytes, cors)
+}
+
+/// A session request (XEP-0124 §7.1, XEP-0206 §3).
+async fn create(b: BoshBody, ctx: &Context, registry: &Arc<Registry>, peer: SocketAddr) -> Bytes {
+    let Some(rid) = b.rid else {
+        return terminate_body(&Terminate::Condition("bad-request"));
+    };
+    let cfg = &ctx.settings.config.bosh;
+    let hold = b.hold.unwrap_or(1).min(cfg.max_hold) as usize;
+    let params = Params {
+        wait: Duration::from_secs(
+            b.wait
+                .unwrap_or(cfg.max_wait_secs)
+                .clamp(1, cfg.max_wait_secs),
+        ),
+        hold,
+        requests: hold + 1,
+        inactivity: Duration::from_secs(cfg.inactivity_secs),
+        polling: Duration::from_secs(cfg.polling_secs),
+        maxpause: Duration::from_secs(cfg.max_pause_secs),
+        acks: b.ack.is_some(),
+    };
+    let id = next_session_id();
+    let span = tracing::info_span!("session", id, transport = "bosh", %peer);
+    let request = OpenRequest {
+        to: b.to.clone(),
+        from: b.from.clone(),
+        lang: b.lang.clone(),
+    };
+    let opened = match Session::open(&ctx.settings, Transport::Bosh, request)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => return terminate_body(&Terminate::from_failure(&e)),
+    };
+    let sid = new_sid();
+    let created = creation_body(
+        &sid,
+        &params,
+        &b,
+        opened.session.domain(),
+        &opened.header.id,
+        opened.tls,
+        &opened.features,
+    );
+    let state = BoshState::new(
+        params.clone(),
+        rid,
+        b.newkey.clone(),
+        created.clone(),
+        Instant::now(),
+    );
+    // Bounded: a client may have at most `requests` requests in flight; a little slack for
+    // retries, beyond which handlers wait.
+    let (tx, rx) = mpsc::channel(params.requests + 2);
+    registry.insert(sid.clone(), tx);
+    let run = task::run(sid, opened.session, state, rx, ctx.clone(), registry.clone());
+    ctx.shutdown.spawn(run.instrument(span));
+    created
+}
+
+fn creation_body(
+    sid: &str,
+    p: &Params,
+    b: &BoshBody,
+    to: &str,
+    authid: &Option<String>,
+    secure: bool,
+    features: &Bytes,
+) -> Bytes {
+    let mut s = String::with_capacity(512 + features.len());
+    s.push_str("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh' xmlns:stream='http://etherx.jabber.org/streams'");
+    s.push_str(&format!(
+        " sid='{sid}' wait='{}' requests='{}' hold='{}' inactivity='{}' polling='{}' maxpause='{}' ver='{}' from='{}' xmpp:version='1.0' xmpp:restartlogic='true' accept='gzip'",
+        p.wait.as_secs(),
+        p.requests,
+        p.hold,
+        p.inactivity.as_secs(),
+        p.polling.as_secs(),
+        p.maxpause.as_secs(),
+        negotiated_ver(b.ver.as_deref()),
+        escape_attr(to),
+    ));
+    if let Some(id) = authid {
+        s.push_str(&format!(" authid='{}'", escape_attr(id)));
+    }
+    if secure {
+        s.push_str(" secure='true'");
+    }
+    if let Some(rid) = b.rid.filter(|_| b.ack.is_some()) {
+        s.push_str(&format!(" ack='{rid}'"));
+    }
+    s.push('>');
+    let mut bytes = s.into_bytes();
+    bytes.extend_from_slice(features);
+    bytes.extend_from_slice(b"</body>");
+    Bytes::from(bytes)
+}
+
+/// The BOSH version implemented (XEP-0124 1.11).
+const BOSH_VERSION: (u32, u32) = (1, 11);
+
+/// XEP-0124 §7.2: `ver` in the session creation response is the version the gateway implements
+/// or the client's, whichever is lower; ours when the client sent none (or nothing readable).
+fn negotiated_ver(client: Option<&str>) -> String {
+    let parse = |v: &str| -> Option<(u32, u32)> {
+        let (major, minor) = v.trim().split_once('.')?;
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    };
+    let (major, minor) = client
+        .and_then(parse)
+        .map_or(BOSH_VERSION, |c| c.min(BOSH_VERSION));
+    format!("{major}.{minor}")
+}
+
+async fn continue_session(b: BoshBody, registry: &Registry, kind: Kind) -> Bytes {
+    let sid = b.sid.as_deref().unwrap_or_default();
+    let (Some(handle), Some(rid)) = (registry.get(sid), b.rid) else {
+        // XEP-0124 §17.2: unknown sid.
+        return terminate_body(&Terminate::Condition("item-not-found"));
+    };
+    let (reply, answer) = oneshot::channel();
+    let req = BoshRequest {
+        rid,
+        key: b.key,
+        newkey: b.newkey,
+        kind,
+        payload: b.children,
+        pause: b.pause,
+        ack: b.ack,
+        reply,
+    };
+    if handle.send(req).await.is_err() {
+        return terminate_body(&Terminate::Condition("item-not-found"));
+    }
+    let started = std::time::Instant::now();
+    let _held = HeldGauge::new();
+    // If the client disconnects, this future is dropped; the session keeps the response for a
+    // repeated rid, so nothing is lost.
+    let body = answer
+        .await
+        .unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")));
+    METRICS
+        .bosh_request_duration
+        .observe(started.elapsed().as_secs_f64());
+    body
+}
+
+/// Counts a request as held while its handler waits, including when the client hangs up.
+struct HeldGauge;
+
+impl HeldGauge {
+    fn new() -> Self {
+        METRICS.bosh_held_requests.inc();
+        HeldGauge
+    }
+}
+
+impl Drop for HeldGauge {
+    fn drop(&mut self) {
+        METRICS.bosh_held_requests.dec();
+    }
+}
+
+fn accepts_gzip(h: &HeaderMap) -> bool {
+    h.get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let q0 = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            name.eq_ignore_ascii_case("gzip") && !q0
+        })
+}
+
+/// The `Access-Control-Allow-Origin` value, or `Err` for a refused origin.
+fn cors_origin(ctx: &Context, origin: Option<&HeaderValue>) -> Result<HeaderValue, ()> {
+    let allowed = &ctx.settings.config.bosh.allowed_origins;
+    match origin {
+        _ if allowed.is_empty() => Ok(HeaderValue::from_static("*")),
+        Some(o) if allowed.iter().any(|a| a.as_bytes() == o.as_bytes()) => Ok(o.clone()),
+        Some(_) => Err(()),
+        // Not a cross-origin browser request (no Origin header).
+        None => Ok(HeaderValue::from_static("*")),
+    }
+}
+
+fn with_cors(mut r: Response<Body>, origin: HeaderValue) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Origin, Accept-Encoding"),
+    );
+    r
+}
+
+fn preflight(origin: HeaderValue) -> Response<Body> {
+    let r = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS")
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type")
+        .header(header::ACCESS_CONTROL_MAX_AGE, "86400")
+        .body(Full::new(Bytes::new()))
+        .expect("static response parts are valid");
+    with_cors(r, origin)
+}
+
+fn respond(body: Bytes, gzip: bool, gzip_min: usize, cors: HeaderValue) -> Response<Body> {
+    let mut builder = Response::builder().header(header::CONTENT_TYPE, "text/xml; charset=utf-8");
+    let body = if gzip && body.len() >= gzip_min {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 2),
+            flate2::Compression::fast(),
+        );
+        match enc.write_all(&body).and_then(|_| enc.finish()) {
+            Ok(z) => {
+                builder = builder.header(header::CONTENT_ENCODING, "gzip");
+                Bytes::from(z)
+            }
+            Err(_) => body,
+        }
+    } else {
+        body
+    };
+    let r = builder
+        .body(Full::new(body))
+        .expect("static response parts are valid");
+    with_cors(r, cors)
+}

@@ -1,0 +1,87 @@
+//! The live BOSH sessions by sid: the one structure every BOSH request consults to find its
+//! session's task. Only lookups happen under a lock (sharded, so concurrent requests rarely
+//! contend); the session's state lives in its task, reached through a bounded channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::state::Request;
+
+/// Where a response goes: the HTTP handler waiting for it. If that handler is gone (the client
+/// dropped the connection), the response stays cached for a repeated rid.
+pub type Reply = oneshot::Sender<Bytes>;
+
+/// The sending side handlers use to reach a session's task.
+pub type Handle = mpsc::Sender<Request<Reply>>;
+
+const SHARDS: usize = 64;
+
+/// Live sessions by sid.
+pub struct Registry {
+    shards: Vec<Mutex<HashMap<Arc<str>, Handle>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl Registry {
+    fn shard(&self, sid: &str) -> &Mutex<HashMap<Arc<str>, Handle>> {
+        // sids are random, so their first bytes spread evenly.
+        let h = sid
+            .bytes()
+            .take(4)
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.shards[h % SHARDS]
+    }
+
+    /// The task of the session `sid`, if it lives.
+    pub fn get(&self, sid: &str) -> Option<Handle> {
+        self.shard(sid)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sid)
+            .cloned()
+    }
+
+    /// Registers a new session.
+    pub fn insert(&self, sid: Arc<str>, handle: Handle) {
+        self.shard(&sid)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sid, handle);
+    }
+
+    /// Forgets an ended session.
+    pub fn remove(&self, sid: &str) {
+        self.shard(sid)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sid);
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A new session id: 128 random bits from the operating system's CSPRNG-seeded generator.
+pub fn new_sid() -> Arc<str> {
+    format!("{:032x}", rand::random::<u128>()).into()
+}

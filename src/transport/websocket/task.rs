@@ -1,0 +1,302 @@
+//! One task per WebSocket session: wait for the first `<open/>`, open the session, then relay in
+//! one `select!` over browser messages, upstream batches, keepalive pings, the closing deadline
+//! and the drain, until the closing handshake (RFC 7395 §3.4–3.6).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::framing::{
+    binary_refused, failure, finish, open_element, reject, send_error_element, send_text,
+    stream_error, text_message, Ending, Ws,
+};
+use crate::metrics::{Transport, METRICS};
+use crate::session::{Batch, Context, Drain, OpenRequest, Outbound, Session, StreamEnd};
+use crate::settings::Settings;
+use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};
+use crate::xml::XmlError;
+
+/// How long the upstream gets to answer a `<close/>` before the WebSocket is closed anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a session ended; a metrics label.
+type Reason = &'static str;
+
+/// The session from the first `<open/>` to the closing handshake.
+pub async fn run(mut ws: Ws, ctx: Context) {
+    let settings = &ctx.settings;
+    let open_timeout = Duration::from_secs(settings.config.limits.open_timeout_secs);
+    let open = tokio::select! {
+        r = tokio::time::timeout(open_timeout, first_open(&mut ws, settings)) => match r {
+            Ok(Some(open)) => open,
+            Ok(None) => return,
+            Err(_) => {
+                let _ = stream_error(&mut ws, "connection-timeout", None).await;
+                return;
+            }
+        },
+        _ = ctx.shutdown.cancelled() => {
+            let _ = stream_error(&mut ws, "system-shutdown", None).await;
+            return;
+        }
+    };
+    let domain = open.to.clone().unwrap_or_default();
+    let request = OpenRequest {
+        to: open.to,
+        from: open.from,
+        lang: open.lang,
+    };
+    let opened = tokio::select! {
+        r = Session::open(settings, Transport::WebSocket, request) => r,
+        _ = ctx.shutdown.cancelled() => {
+            let _ = stream_error(&mut ws, "system-shutdown", Some(&domain)).await;
+            return;
+        }
+    };
+    let opened = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            failure(&mut ws, &e, Some(&domain)).await;
+            return;
+        }
+    };
+    let mut session = opened.session;
+    let first = async {
+        send_text(&mut ws, open_element(&opened.header, &domain).into()).await?;
+        send_text(&mut ws, opened.features).await
+    };
+    let reason = match first.await {
+        Ok(()) => relay(&mut ws, &mut session, &ctx).await,
+        Err(_) => {
+            session.leave().await;
+            "client_gone"
+        }
+    };
+    session.finish(reason).await;
+}
+
+/// Waits for the client's first `<open/>`. `None` when the client left or sent something else
+/// (which has been answered with a stream error).
+async fn first_open(ws: &mut Ws, settings: &Settings) -> Option<OpenFrame> {
+    loop {
+        let msg = match ws.next().await? {
+            Ok(msg) => msg,
+            // docs/protocol.md §2: an oversized frame is refused like any oversized element.
+            Err(WsError::Capacity(_)) => {
+                reject(ws, &XmlError::TooLarge).await;
+                return None;
+            }
+            Err(_) => return None,
+        };
+        match msg {
+            Message::Text(t) => match parse_client_frame(Bytes::from(t), &settings.xml_limits) {
+                Ok(ClientFrame::Open(open)) => return Some(open),
+                Ok(ClientFrame::Whitespace) => continue,
+                Ok(_) => {
+                    // RFC 7395 §3.4: the first element must be <open/>.
+                    METRICS.input_rejected("not_open");
+                    let _ = stream_error(ws, "invalid-xml", None).await;
+                    return None;
+                }
+                Err(e) => {
+                    reject(ws, &e).await;
+                    return None;
+                }
+            },
+            Message::Binary(_) => {
+                binary_refused(ws).await;
+                return None;
+            }
+            Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                let _ = ws.flush().await;
+            }
+        }
+    }
+}
+
+/// The relay loop: client frames, upstream batches, keepalive and drain in one `select!`.
+async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
+    let settings = &ctx.settings;
+    let interval = settings.config.ping_interval();
+    let max_missed = settings.config.websocket.max_missed_pongs;
+    let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut missed = 0u32;
+    // Set once the stream is being closed (the client's <close/>, or a drain): the deadline
+    // for the server's answer, and what the client is told at the end.
+    let mut closing: Option<(Instant, Ending)> = None;
+    // A client that stops reading is cut off instead of being buffered without bound.
+    let write_timeout = interval * max_missed.max(1);
+    let batch_bytes = settings.config.limits.max_buffered_bytes;
+    loop {
+        let close_deadline = async {
+            match closing {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = ws.next() => {
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    // tungstenite refuses a frame over max_stanza_bytes before the XML layer
+                    // sees it; docs/protocol.md §2 wants the same policy-violation as TooLarge.
+                    Some(Err(WsError::Capacity(_))) => {
+                        reject(ws, &XmlError::TooLarge).await;
+                        return "bad_input";
+                    }
+                    _ => {
+                        // The browser vanished (docs/protocol.md §3 and §4's note on reloads).
+                        session.leave().await;
+                        return "client_gone";
+                    }
+                };
+                match msg {
+                    Message::Text(t) => {
+                        match parse_client_frame(Bytes::from(t), &settings.xml_limits) {
+                            // After </stream:stream> went upstream the server reads no more.
+                            Ok(ClientFrame::Element(_)) if closing.is_some() => {}
+                            Ok(ClientFrame::Element(el)) => {
+                                if let Err(e) = session.send(&el).await {
+                                    failure(ws, &e, None).await;
+                                    return e.end_reason();
+                                }
+                            }
+                            Ok(ClientFrame::Open(open)) => {
+                                // RFC 7395 §3.5: a new <open/> after SASL success restarts the
+                                // stream; the server's new header comes through the relay.
+                                let request = OpenRequest { to: open.to, from: open.from, lang: open.lang };
+                                if let Err(e) = session.restart(request).await {
+                                    failure(ws, &e, None).await;
+                                    return e.end_reason();
+                                }
+                            }
+                            Ok(ClientFrame::Close { .. }) => {
+                                // RFC 7395 §3.6: answer the close; the server closes the socket.
+                                if closing.is_none() {
+                                    session.close_stream().await;
+                                    closing = Some((Instant::now() + CLOSE_GRACE, Ending::Close));
+                                }
+                            }
+                            Ok(ClientFrame::Whitespace) => {}
+                            Err(e) => {
+                                reject(ws, &e).await;
+                                return "bad_input";
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        binary_refused(ws).await;
+                        return "bad_input";
+                    }
+                    Message::Pong(_) => missed = 0,
+                    Message::Ping(_) | Message::Frame(_) => {
+                        // tungstenite queued the pong; push it out now.
+                        let _ = ws.flush().await;
+                    }
+                    Message::Close(_) if closing.is_some() => {
+                        // The client sent <close/> and did not wait for the answer: the close
+                        // already went upstream.
+                        let _ = ws.flush().await;
+                        return "closed";
+                    }
+                    Message::Close(_) => {
+                        // A close frame without <close/> (a tab closing): the client is gone.
+                        session.leave().await;
+                        let _ = ws.flush().await;
+                        return "client_close";
+                    }
+                }
+            }
+            batch = session.next_batch(batch_bytes) => {
+                let ending = closing.map_or(Ending::Close, |(_, e)| e);
+                let write = tokio::time::timeout(write_timeout, forward(ws, session, batch, ending, settings));
+                match write.await {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => return reason,
+                    Err(_) => {
+                        METRICS.input_rejected("slow_reader");
+                        session.leave().await;
+                        return "slow_reader";
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if missed >= max_missed {
+                    METRICS.websocket_pings_missed.inc();
+                    tracing::info!(missed, "pings unanswered; closing");
+                    session.leave().await;
+                    let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "ping timeout".into() })).await;
+                    return "ping_timeout";
+                }
+                missed += 1;
+                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                    session.leave().await;
+                    return "client_gone";
+                }
+            }
+            _ = close_deadline => {
+                let ending = closing.map_or(Ending::Close, |(_, e)| e);
+                return finish(ws, ending, settings).await;
+            }
+            _ = ctx.shutdown.cancelled(), if closing.is_none() => {
+                // docs/protocol.md §6: a resumable stream is left to the server; any other is
+                // closed first and relayed until the server's close, so stanzas already on
+                // their way still reach the client; then the client is told where to go.
+                match session.drain().await {
+                    Drain::Left => return finish(ws, Ending::Drain, settings).await,
+                    Drain::Close => {
+                        session.close_stream().await;
+                        closing = Some((Instant::now() + CLOSE_GRACE, Ending::Drain));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes one upstream batch with one flush, and the end of the stream if the batch ends it.
+/// Returns the end reason once the session is over.
+async fn forward(
+    ws: &mut Ws,
+    session: &mut Session,
+    batch: Batch,
+    ending: Ending,
+    settings: &Settings,
+) -> Option<Reason> {
+    for item in batch.items {
+        let message = match item {
+            Outbound::Element(b) => text_message(b),
+            Outbound::Header(h) => text_message(open_element(&h, session.domain()).into()),
+        };
+        if ws.feed(message).await.is_err() {
+            session.leave().await;
+            return Some("client_gone");
+        }
+    }
+    if let Some(end) = batch.end {
+        let reason = end.end_reason();
+        match end {
+            // Either the answer to the client's <close/> or the server leaving first; both
+            // are answered with <close/> and the WebSocket is closed by us (RFC 7395 §3.6).
+            StreamEnd::Closed => return Some(finish(ws, ending, settings).await),
+            StreamEnd::Error(el) => {
+                let _ = send_error_element(ws, el, None).await;
+            }
+            StreamEnd::Failed(e) => failure(ws, &e, None).await,
+        }
+        return Some(reason);
+    }
+    if ws.flush().await.is_err() {
+        session.leave().await;
+        return Some("client_gone");
+    }
+    None
+}

@@ -1,0 +1,133 @@
+//! The WebSocket upgrade (RFC 7395 §3.1–3.3): the request must be a version-13 upgrade that
+//! asks for the subprotocol `xmpp`, from an allowed origin, on a node that is not draining.
+//! Anything else is an HTTP error with a plain-text reason; an accepted upgrade starts the
+//! session task.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+use super::task;
+use crate::http::{text, Body};
+use crate::metrics::METRICS;
+use crate::session::{next_session_id, Context};
+use crate::settings::Settings;
+
+/// Answers the upgrade request and starts the session task. `permit` (the connection's slot)
+/// is held until the session ends.
+pub fn upgrade<P: Send + 'static>(
+    req: Request<Incoming>,
+    ctx: Context,
+    peer: SocketAddr,
+    permit: P,
+) -> Response<Body> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if req.method() != http::Method::GET
+        || !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+    {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this endpoint only accepts WebSocket upgrades\n",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .header(header::SEC_WEBSOCKET_VERSION, "13")
+            .body(Full::new(Bytes::from_static(
+                b"unsupported WebSocket version; use 13\n",
+            )))
+            .expect("static response parts are valid");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    // RFC 7395 §3.1: the subprotocol `xmpp` is mandatory and echoed.
+    if !has_token(header::SEC_WEBSOCKET_PROTOCOL, "xmpp") {
+        METRICS.input_rejected("no_subprotocol");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "WebSocket subprotocol 'xmpp' is required (RFC 7395)\n",
+        );
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .unwrap_or("");
+    if ctx.shutdown.is_stopping() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining; connect to another node\n",
+        );
+    }
+    let allowed = &ctx.settings.config.websocket.allowed_origins;
+    if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+        tracing::info!(%peer, origin, "WebSocket origin refused");
+        METRICS.input_rejected("origin");
+        return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    if !origin.is_empty() && allowed.is_empty() {
+        tracing::debug!(%peer, origin, "WebSocket session from origin");
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let tracker = ctx.shutdown.clone();
+    tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config(&ctx.settings)),
+                )
+                .await;
+                let id = next_session_id();
+                let span = tracing::info_span!("session", id, transport = "websocket", %peer);
+                task::run(ws, ctx).instrument(span).await;
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
+        }
+        drop(permit);
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+        )
+        .header(header::SEC_WEBSOCKET_PROTOCOL, "xmpp")
+        .body(Full::new(Bytes::new()))
+        .expect("static response parts are valid")
+}
+
+/// tungstenite's defaults allocate 128 KiB buffers per connection; a session needs a few KiB.
+fn ws_config(settings: &Settings) -> WebSocketConfig {
+    let max = settings.config.limits.max_stanza_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(settings.config.limits.max_buffered_bytes)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
