@@ -1,0 +1,327 @@
+//! The configuration schema: the types every part of the gateway reads, with their defaults
+//! and the command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags. Every option can also be set in the file or the environment; the flags
+/// listed here are the contract scripts rely on.
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "xmpp-gateway",
+    version,
+    about = "WebSocket and BOSH gateway from browsers to XMPP servers"
+)]
+pub struct Cli {
+    /// Public HTTP listener (WebSocket, BOSH, host-meta, demo files).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve DOMAIN, reaching it at the given endpoints, or by DNS SRV when none are given.
+    /// Repeatable.
+    #[arg(long = "route", value_name = "DOMAIN[=HOST:PORT[,HOST:PORT...]]")]
+    pub routes: Vec<String>,
+    /// PEM bundle of CA certificates that upstream server certificates are verified against
+    /// (instead of the system roots).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print the result and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Serve the files of this directory at / (the demo page).
+    #[arg(long, value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Seconds a drain (SIGTERM/SIGINT) waits for sessions to end before exiting.
+    #[arg(long = "drain-timeout", value_name = "SECONDS")]
+    pub drain_timeout: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Errors found while reading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file, an environment variable or a flag holds something the schema refuses; the
+    /// message names the key.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A `--route` value does not follow `DOMAIN[=HOST:PORT[,HOST:PORT...]]`.
+    #[error("invalid route {0:?}: expected DOMAIN[=HOST:PORT[,HOST:PORT...]]")]
+    Route(String),
+    /// A value is out of its allowed range.
+    #[error("{0}")]
+    Value(String),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Whether and how the upstream stream is encrypted (docs/protocol.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// STARTTLS (or direct TLS) with a verified certificate, or no session.
+    #[default]
+    Required,
+    /// STARTTLS when the server offers it, plain otherwise.
+    Opportunistic,
+    /// Plain TCP; only for a server on a trusted network.
+    Disabled,
+}
+
+/// One served domain and how to reach its XMPP server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The XMPP domain clients name in `to`.
+    pub domain: String,
+    /// `host:port` endpoints tried in order; empty means DNS SRV.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Upstream TLS policy.
+    #[serde(default)]
+    pub tls: TlsPolicy,
+    /// Static endpoints speak TLS from the first byte (XEP-0368) instead of STARTTLS.
+    #[serde(default)]
+    pub direct_tls: bool,
+    /// Name the upstream certificate must carry, when it differs from the domain.
+    #[serde(default)]
+    pub tls_name: Option<String>,
+}
+
+/// Logging options.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax; `RUST_LOG` itself wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// WebSocket transport options (docs/protocol.md §3).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Seconds between pings to the browser; well inside the 60 s idle cut of common proxies.
+    pub ping_interval_secs: u64,
+    /// Pings that may go unanswered before the session is closed.
+    pub max_missed_pongs: u32,
+    /// Origins allowed to open a WebSocket; empty allows any (and logs it).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_secs: 25,
+            max_missed_pongs: 2,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// BOSH transport options (docs/protocol.md §4). Client requests are capped by these.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoshConfig {
+    /// Longest `wait` granted, in seconds.
+    pub max_wait_secs: u64,
+    /// Largest `hold` granted.
+    pub max_hold: u64,
+    /// Seconds without a held request before a session is ended (`inactivity`). Generous,
+    /// because browsers throttle timers in background tabs.
+    pub inactivity_secs: u64,
+    /// Shortest interval between empty requests when `hold` is 0 (`polling`).
+    pub polling_secs: u64,
+    /// Longest `pause` granted (`maxpause`).
+    pub max_pause_secs: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Responses at least this large are gzip-compressed when the client accepts it.
+    pub gzip_min_bytes: usize,
+    /// Origins allowed by CORS; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for BoshConfig {
+    fn default() -> Self {
+        Self {
+            max_wait_secs: 60,
+            max_hold: 2,
+            inactivity_secs: 75,
+            polling_secs: 2,
+            max_pause_secs: 120,
+            max_body_bytes: 1024 * 1024,
+            gzip_min_bytes: 1024,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Limits that protect the gateway and other users from one session (docs/protocol.md §2).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest element accepted from either side, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting accepted.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Bytes queued toward one side of one session before the session is cut off as a slow
+    /// reader.
+    pub max_buffered_bytes: usize,
+    /// Most concurrent client connections on the public listener.
+    pub max_connections: usize,
+    /// Seconds a client may take to send its request headers.
+    pub header_read_timeout_secs: u64,
+    /// Seconds for one upstream endpoint to accept TCP, TLS and the stream header.
+    pub connect_timeout_secs: u64,
+    /// Seconds a WebSocket client may take to send its `<open/>`.
+    pub open_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_buffered_bytes: 1024 * 1024,
+            max_connections: 100_000,
+            header_read_timeout_secs: 10,
+            connect_timeout_secs: 10,
+            open_timeout_secs: 30,
+        }
+    }
+}
+
+/// What sessions are told when the node drains (docs/protocol.md §6).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// WebSocket clients get `<close see-other-uri=…/>` with this URL (typically the load
+    /// balancer's public URL) instead of a `system-shutdown` stream error.
+    pub websocket_redirect: Option<String>,
+    /// BOSH clients get `condition='see-other-uri'` with this URL instead of
+    /// `system-shutdown`.
+    pub bosh_redirect: Option<String>,
+}
+
+/// Public URLs announced by XEP-0156 discovery (docs/protocol.md §5).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// `wss://…/xmpp-websocket` as browsers reach it; derived from the request when unset.
+    pub websocket_url: Option<String>,
+    /// `https://…/http-bind` as browsers reach it; derived from the request when unset.
+    pub bosh_url: Option<String>,
+}
+
+/// The whole configuration, as the gateway uses it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Public HTTP listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Served domains.
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// CA bundle for upstream certificates; system roots when unset.
+    pub upstream_ca: Option<PathBuf>,
+    /// Directory served at `/`.
+    pub static_dir: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// WebSocket transport.
+    pub websocket: WebSocketConfig,
+    /// BOSH transport.
+    pub bosh: BoshConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// XEP-0156 discovery.
+    pub discovery: DiscoveryConfig,
+    /// Seconds a drain waits for sessions to end before the process exits anyway.
+    pub drain_timeout_secs: u64,
+    /// Seconds between failing `/readyz` and telling sessions to leave, so load balancers
+    /// stop sending new clients first (their health-check interval times the failures they
+    /// need).
+    pub drain_grace_secs: u64,
+    /// What draining sessions are told.
+    pub drain: DrainConfig,
+    /// `XMPP_GATEWAY_*` variables that name no option (other tools share the prefix, e.g. a
+    /// test harness's `XMPP_GATEWAY_BIN`): ignored, and logged at start-up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5280)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9280)),
+            routes: Vec::new(),
+            upstream_ca: None,
+            static_dir: None,
+            log: LogConfig::default(),
+            websocket: WebSocketConfig::default(),
+            bosh: BoshConfig::default(),
+            limits: LimitsConfig::default(),
+            discovery: DiscoveryConfig::default(),
+            drain_timeout_secs: 30,
+            drain_grace_secs: 0,
+            drain: DrainConfig::default(),
+            ignored_env: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// BOSH inactivity period as a duration.
+    pub fn bosh_inactivity(&self) -> Duration {
+        Duration::from_secs(self.bosh.inactivity_secs)
+    }
+
+    /// Ping interval as a duration.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.websocket.ping_interval_secs)
+    }
+}

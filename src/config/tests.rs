@@ -1,0 +1,152 @@
+use clap::Parser;
+
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    let mut v = vec!["xmpp-gateway"];
+    v.extend_from_slice(args);
+    Cli::parse_from(v)
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn route_flag_with_endpoints_and_srv() {
+    let c = Config::from_sources(
+        "",
+        &[],
+        &cli(&[
+            "--route",
+            "example.com=xmpp.example.com:5222,[::1]:5223",
+            "--route",
+            "Other.org",
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[0].domain, "example.com");
+    assert_eq!(
+        c.routes[0].endpoints,
+        vec!["xmpp.example.com:5222", "[::1]:5223"]
+    );
+    assert_eq!(c.routes[1].domain, "other.org");
+    assert!(
+        c.routes[1].endpoints.is_empty(),
+        "no endpoints means DNS SRV"
+    );
+    assert_eq!(c.routes[0].tls, TlsPolicy::Required);
+}
+
+#[test]
+fn bad_route_flag_is_rejected() {
+    for bad in ["=h:1", "example.com=host", "example.com=host:0", "a b"] {
+        let err = Config::from_sources("", &[], &cli(&["--route", bad])).unwrap_err();
+        assert!(matches!(err, ConfigError::Route(_)), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn unknown_file_key_is_named() {
+    let err = Config::from_sources("lissten = \"1.2.3.4:5\"", &[], &cli(&[])).unwrap_err();
+    assert!(err.to_string().contains("lissten"), "{err}");
+    let err = Config::from_sources("[limits]\nmax_dept = 3", &[], &cli(&[])).unwrap_err();
+    assert!(err.to_string().contains("max_dept"), "{err}");
+}
+
+#[test]
+fn unknown_env_key_is_named() {
+    let err = Config::from_sources("", &env(&[("XMPP_GATEWAY_LIMITS__NOPE", "1")]), &cli(&[]))
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn env_overrides_file_and_flags_override_env() {
+    let file = "listen = \"127.0.0.1:1000\"\n[limits]\nmax_depth = 10\n[[route]]\ndomain = \"a.example\"\nendpoints = [\"h:5222\"]\ntls = \"opportunistic\"\n";
+    let e = env(&[
+        ("XMPP_GATEWAY_LISTEN", "127.0.0.1:2000"),
+        ("XMPP_GATEWAY_LIMITS__MAX_DEPTH", "12"),
+        ("XMPP_GATEWAY_ADMIN_LISTEN", "127.0.0.1:3000"),
+        (
+            "XMPP_GATEWAY_WEBSOCKET__ALLOWED_ORIGINS",
+            "[\"https://x.example\"]",
+        ),
+        ("HOME", "/root"),
+    ]);
+    let c = Config::from_sources(file, &e, &cli(&["--listen", "127.0.0.1:4000"])).unwrap();
+    assert_eq!(c.listen.port(), 4000);
+    assert_eq!(c.admin_listen.port(), 3000);
+    assert_eq!(c.limits.max_depth, 12);
+    assert_eq!(c.websocket.allowed_origins, vec!["https://x.example"]);
+    assert_eq!(c.routes[0].tls, TlsPolicy::Opportunistic);
+}
+
+#[test]
+fn flag_route_keeps_file_tls_policy() {
+    let file = "[[route]]\ndomain = \"a.example\"\ntls = \"disabled\"\n";
+    let c = Config::from_sources(file, &[], &cli(&["--route", "a.example=127.0.0.1:5222"]))
+        .unwrap();
+    assert_eq!(c.routes[0].tls, TlsPolicy::Disabled);
+    assert_eq!(c.routes[0].endpoints, vec!["127.0.0.1:5222"]);
+}
+
+#[test]
+fn env_route_uses_flag_syntax() {
+    let e = env(&[("XMPP_GATEWAY_ROUTE", "a.example=127.0.0.1:5222 b.example")]);
+    let c = Config::from_sources("", &e, &cli(&[])).unwrap();
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[1].domain, "b.example");
+}
+
+#[test]
+fn env_variables_naming_no_option_are_ignored_and_reported() {
+    let e = env(&[
+        ("XMPP_GATEWAY_BIN", "/usr/bin/x"),
+        ("XMPP_GATEWAY_LISTEN", "127.0.0.1:7"),
+    ]);
+    let c = Config::from_sources("", &e, &cli(&[])).unwrap();
+    assert_eq!(c.listen.port(), 7);
+    assert_eq!(c.ignored_env, vec!["XMPP_GATEWAY_BIN"]);
+}
+
+#[test]
+fn every_top_level_option_can_be_set_from_the_environment() {
+    // serde names every field it knows when it meets one it does not.
+    let err = Config::from_sources("no_such_option = 1", &[], &cli(&[])).unwrap_err();
+    let msg = err.to_string();
+    let known: Vec<&str> = msg
+        .split("expected one of ")
+        .nth(1)
+        .expect("serde lists the fields")
+        .split(", ")
+        .map(|f| f.trim_matches(|c| c == '`' || c == ' '))
+        .collect();
+    let mut known = known;
+    known.sort_unstable();
+    let mut listed = load::TOP_LEVEL.to_vec();
+    listed.sort_unstable();
+    assert_eq!(known, listed);
+}
+
+#[test]
+fn duplicate_route_is_rejected() {
+    let err = Config::from_sources(
+        "",
+        &[],
+        &cli(&["--route", "a.example", "--route", "A.example"]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+}
+
+#[test]
+fn example_config_in_deploy_is_valid() {
+    let text = include_str!("../../deploy/xmpp-gateway.toml");
+    let c = Config::from_sources(text, &[], &cli(&[])).unwrap();
+    assert!(!c.routes.is_empty());
+}
