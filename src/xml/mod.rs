@@ -1,4 +1,4 @@
-//! XML handling for both directions of a session (PROTOCOL.md §2): splitting the upstream stream
+//! XML handling for both directions of a session (docs/protocol.md §2): splitting the upstream stream
 //! into standalone elements, validating what browsers send, and rewriting stream features.
 //!
 //! Nothing here builds a DOM. Input is checked with quick-xml's pull parser over byte slices and
@@ -6,6 +6,7 @@
 //!
 //! - [`split`]: the upstream stream, cut into top-level elements that stand alone.
 //! - [`client`]: one WebSocket message from a browser, validated before it is forwarded.
+//! - [`body`]: one BOSH request body from a browser, validated by the same rules.
 //! - [`features`]: `<stream:features/>` as the browser must see it.
 //!
 //! The private modules hold the rules the three share: `scan` (the validating element
@@ -14,6 +15,7 @@
 
 use std::borrow::Cow;
 
+pub mod body;
 pub mod client;
 mod error;
 pub mod features;
@@ -28,7 +30,7 @@ mod testutil;
 
 pub use error::XmlError;
 
-/// Limits applied to XML from either side (PROTOCOL.md §2, "Limits").
+/// Limits applied to XML from either side (docs/protocol.md §2, "Limits").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest element accepted, in bytes of its XML text (the stream header counts as one
@@ -56,6 +58,8 @@ pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 pub const NS_CLIENT: &str = "jabber:client";
 /// Namespace of the WebSocket framing elements `<open/>` and `<close/>` (RFC 7395 §3.3.1).
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+/// Namespace of the BOSH `<body/>` wrapper (XEP-0124 §4).
+pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 /// STARTTLS namespace (RFC 6120 §5.4.2).
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL namespace (RFC 6120 §6.4).

@@ -18,7 +18,7 @@ use super::scan::{
     for_each_attribute, non_element_markup, ElementScanner, Observer, Scan, StartTag,
 };
 use super::text::{attr_string, check_chars, check_name, leading_space};
-use super::tokens::{Token, Tokens};
+use super::tokens::{check_declaration, Token, Tokens};
 use super::{escape_attr, Limits, XmlError, NS_SASL, NS_STREAM, NS_TLS};
 
 /// Splits the upstream stream into [`StreamItem`]s.
@@ -321,17 +321,7 @@ impl StreamSplitter {
                     return self.wait_unless_too_large();
                 }
                 Token::Event(Event::Decl(decl), span) if allowed => {
-                    check_chars(self.buf.get(span.clone()).unwrap_or_default())?;
-                    decl.version()
-                        .map_err(|_| XmlError::syntax("XML declaration without version"))?;
-                    if let Some(encoding) = decl.encoding() {
-                        let encoding =
-                            encoding.map_err(|_| XmlError::syntax("bad XML declaration"))?;
-                        // RFC 6120 §11.6: UTF-8 only.
-                        if !encoding.eq_ignore_ascii_case(b"utf-8") {
-                            return Err(XmlError::syntax("encoding other than UTF-8"));
-                        }
-                    }
+                    check_declaration(&decl, self.buf.get(span.clone()).unwrap_or_default())?;
                     span.end
                 }
                 _ => return Err(XmlError::Restricted("processing instruction")),

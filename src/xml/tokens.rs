@@ -7,9 +7,10 @@
 use std::ops::Range;
 
 use quick_xml::errors::{Error as QxError, SyntaxError};
-use quick_xml::events::Event;
+use quick_xml::events::{BytesDecl, Event};
 use quick_xml::Reader;
 
+use super::text::check_chars;
 use super::XmlError;
 
 /// One step of a quick-xml reader over a slice, with byte positions.
@@ -77,4 +78,19 @@ impl<'a> Tokens<'a> {
             Err(_) => Err(XmlError::syntax("malformed markup")),
         }
     }
+}
+
+/// Checks an XML declaration (`raw` is its text): a version, and UTF-8 as the only encoding
+/// (RFC 6120 §11.6).
+pub(crate) fn check_declaration(decl: &BytesDecl<'_>, raw: &[u8]) -> Result<(), XmlError> {
+    check_chars(raw)?;
+    decl.version()
+        .map_err(|_| XmlError::syntax("XML declaration without version"))?;
+    if let Some(encoding) = decl.encoding() {
+        let encoding = encoding.map_err(|_| XmlError::syntax("bad XML declaration"))?;
+        if !encoding.eq_ignore_ascii_case(b"utf-8") {
+            return Err(XmlError::syntax("encoding other than UTF-8"));
+        }
+    }
+    Ok(())
 }

@@ -1,13 +1,11 @@
-//! Parsing of one BOSH request: the `<body/>` wrapper's attributes (XEP-0124 §7, XEP-0206) and
-//! its payload children as zero-copy slices of the request, each validated with the same rules
-//! as a WebSocket message (PROTOCOL.md §2).
+//! One BOSH request's `<body/>`: what its attributes mean (XEP-0124 §7, XEP-0206) and its
+//! payload children. The XML itself is validated by the shared XML layer
+//! (`xml::body::parse_client_body`), with the same rules as a WebSocket message
+//! (docs/protocol.md §2).
 
 use bytes::Bytes;
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
 
-use super::state::NS_HTTPBIND;
-use crate::xml::client::{parse_client_frame, ClientFrame};
+use crate::xml::body::{parse_client_body, refused_body_attributes, BodyDocument};
 use crate::xml::{Limits, XmlError};
 
 /// A parsed request body.
@@ -66,161 +64,46 @@ pub enum BodyError {
 }
 
 /// Parses and validates one request.
-pub fn parse(data: Bytes, limits: &Limits) -> Result<Body, BodyError> {
-    let mut reader = Reader::from_reader(&data[..]);
-    reader.config_mut().check_end_names = true;
-    let mut body: Option<Body> = None;
-    let mut depth = 0usize;
-    let mut child_start = 0usize;
-    let mut closed = false;
-    loop {
-        let before = reader.buffer_position() as usize;
-        let event = reader
-            .read_event()
-            .map_err(|e| XmlError::NotWellFormed(e.to_string()))?;
-        match event {
-            Event::Eof => break,
-            Event::Decl(_) if body.is_none() && depth == 0 => {}
-            Event::Decl(_) | Event::PI(_) | Event::DocType(_) | Event::Comment(_) => {
-                return Err(XmlError::Restricted("DTD, processing instruction or comment").into())
-            }
-            Event::Start(e) | Event::Empty(e) if closed => {
-                let _ = e;
-                return Err(XmlError::NotWellFormed("content after </body>".into()).into());
-            }
-            Event::Start(e) => {
-                if depth == 0 {
-                    body = Some(root(&e, limits)?);
-                } else if depth == 1 {
-                    child_start = before;
-                }
-                depth += 1;
-                if depth > limits.max_depth {
-                    return Err(XmlError::TooDeep.into());
-                }
-            }
-            Event::Empty(e) => {
-                if depth == 0 {
-                    body = Some(root(&e, limits)?);
-                    closed = true;
-                } else if depth == 1 {
-                    push_child(
-                        &data,
-                        before,
-                        reader.buffer_position() as usize,
-                        &mut body,
-                        limits,
-                    )?;
-                }
-            }
-            Event::End(_) => {
-                depth -= 1;
-                if depth == 1 {
-                    push_child(
-                        &data,
-                        child_start,
-                        reader.buffer_position() as usize,
-                        &mut body,
-                        limits,
-                    )?;
-                } else if depth == 0 {
-                    closed = true;
-                }
-            }
-            Event::Text(t) => {
-                if depth <= 1 && !t.iter().all(u8::is_ascii_whitespace) {
-                    return Err(
-                        XmlError::NotWellFormed("text outside payload elements".into()).into(),
-                    );
-                }
-            }
-            Event::CData(_) if depth <= 1 => {
-                return Err(XmlError::NotWellFormed("text outside payload elements".into()).into())
-            }
-            Event::CData(_) => {}
+pub fn parse(data: &Bytes, limits: &Limits) -> Result<Body, BodyError> {
+    match parse_client_body(data, limits)? {
+        BodyDocument::NotBody(why) => Err(BodyError::NotBosh(why)),
+        BodyDocument::Body(b) => {
+            let mut body = read_attributes(b.attributes)?;
+            body.children = b.children;
+            Ok(body)
         }
-    }
-    match body {
-        Some(b) if closed => Ok(b),
-        Some(_) => Err(XmlError::NotWellFormed("unclosed <body>".into()).into()),
-        None => Err(BodyError::NotBosh("no <body/> element")),
     }
 }
 
 /// The `<body/>` attributes of a request whose payload was refused, so the request can still
-/// be tied to its session (sid, rid, key); `None` when not even the root start tag parses.
-pub fn root_attributes(data: &[u8], limits: &Limits) -> Option<Body> {
-    let mut reader = Reader::from_reader(data);
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(e) | Event::Empty(e) => return root(&e, limits).ok(),
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
+/// be tied to its session (sid, rid, key); `None` when not even the wrapper can be read.
+pub fn root_attributes(data: &[u8]) -> Option<Body> {
+    read_attributes(refused_body_attributes(data)?).ok()
 }
 
-fn push_child(
-    data: &Bytes,
-    start: usize,
-    end: usize,
-    body: &mut Option<Body>,
-    limits: &Limits,
-) -> Result<(), BodyError> {
-    let child = data.slice(start..end);
-    match parse_client_frame(child, limits)? {
-        ClientFrame::Element(el) => {
-            if let Some(b) = body.as_mut() {
-                b.children.push(el);
-            }
-            Ok(())
-        }
-        // Framing elements belong to WebSocket only.
-        _ => Err(XmlError::Injection("framing element inside a BOSH body").into()),
-    }
-}
-
-fn root(e: &BytesStart<'_>, limits: &Limits) -> Result<Body, BodyError> {
-    if e.name().as_ref() != b"body" {
-        return Err(BodyError::NotBosh("root element is not <body/>"));
-    }
+fn read_attributes(attributes: Vec<(String, String)>) -> Result<Body, BodyError> {
     let mut body = Body::default();
-    let mut ns_ok = false;
-    for (n, attr) in e.attributes().with_checks(true).enumerate() {
-        if n >= limits.max_attributes {
-            return Err(XmlError::TooManyAttributes.into());
-        }
-        let attr = attr.map_err(|err| XmlError::NotWellFormed(err.to_string()))?;
-        let value = attr
-            .unescape_value()
-            .map_err(|_| XmlError::Restricted("entity other than the predefined ones"))?
-            .into_owned();
-        match attr.key.as_ref() {
-            b"xmlns" => ns_ok = value == NS_HTTPBIND,
-            b"sid" => body.sid = Some(value),
-            b"rid" => body.rid = Some(number(&value, "rid")?),
-            b"to" => body.to = Some(value),
-            b"from" => body.from = Some(value),
-            b"wait" => body.wait = Some(number(&value, "wait")?),
-            b"hold" => body.hold = Some(number(&value, "hold")?),
-            b"ver" => body.ver = Some(value),
-            b"xml:lang" => body.lang = Some(value),
-            b"xmpp:version" => body.xmpp_version = Some(value),
-            b"ack" => body.ack = Some(number(&value, "ack")?),
-            b"route" => body.route = Some(value),
-            b"content" => body.content = Some(value),
-            b"key" => body.key = Some(value),
-            b"newkey" => body.newkey = Some(value),
-            b"pause" => body.pause = Some(number(&value, "pause")?),
-            b"xmpp:restart" => body.restart = value == "true" || value == "1",
-            b"type" => body.terminate = value == "terminate",
+    for (name, value) in attributes {
+        match name.as_str() {
+            "sid" => body.sid = Some(value),
+            "rid" => body.rid = Some(number(&value, "rid")?),
+            "to" => body.to = Some(value),
+            "from" => body.from = Some(value),
+            "wait" => body.wait = Some(number(&value, "wait")?),
+            "hold" => body.hold = Some(number(&value, "hold")?),
+            "ver" => body.ver = Some(value),
+            "xml:lang" => body.lang = Some(value),
+            "xmpp:version" => body.xmpp_version = Some(value),
+            "ack" => body.ack = Some(number(&value, "ack")?),
+            "route" => body.route = Some(value),
+            "content" => body.content = Some(value),
+            "key" => body.key = Some(value),
+            "newkey" => body.newkey = Some(value),
+            "pause" => body.pause = Some(number(&value, "pause")?),
+            "xmpp:restart" => body.restart = value == "true" || value == "1",
+            "type" => body.terminate = value == "terminate",
             _ => {}
         }
-    }
-    if !ns_ok {
-        return Err(BodyError::NotBosh(
-            "<body/> is not in the httpbind namespace",
-        ));
     }
     Ok(body)
 }
@@ -239,7 +122,7 @@ mod tests {
     use super::*;
 
     fn p(s: &'static str) -> Result<Body, BodyError> {
-        parse(Bytes::from_static(s.as_bytes()), &Limits::default())
+        parse(&Bytes::from_static(s.as_bytes()), &Limits::default())
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub async fn handle(
             );
         }
     };
-    let parsed = body::parse(data.clone(), &settings.xml_limits);
+    let parsed = body::parse(&data, &settings.xml_limits);
     let answer = match parsed {
         Ok(b) if b.sid.is_none() && ctx.shutdown.is_stopping() => {
             // docs/protocol.md §6: no new sessions on a draining node. HTTP 503 (with the BOSH
@@ -107,7 +107,7 @@ pub async fn handle(
             // docs/protocol.md §2: bad input ends the session. The request goes to its session
             // without payload, which ends it only if the rid (and key) check out, so knowing
             // a sid is not enough to end someone else's session.
-            match body::root_attributes(&data, &settings.xml_limits) {
+            match body::root_attributes(&data) {
                 Some(root) if root.sid.is_some() && root.rid.is_some() => {
                     continue_session(
                         BoshBody {

@@ -158,9 +158,6 @@ pub struct BoshState<R> {
     forward_after_end: bool,
 }
 
-/// The XEP-0124 body namespace.
-pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
-
 impl<R> BoshState<R> {
     /// State after the session request `rid`, whose response is `created` (already sent).
     pub fn new(
