@@ -10,15 +10,27 @@
 
 #![deny(missing_docs)]
 
+// Listed bottom-up: each module uses only those above it (tests/layering.rs checks it).
 pub mod config; // configuration types, defaults, file/env/flag merge and validation
+
 pub mod xml; // incremental splitter, client input validation, feature filtering
+
 pub mod metrics; // the Prometheus registry, every metric and the label values they take
+
 pub mod shutdown; // drain/cancellation primitive shared by all tasks
+
 pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
+
 pub mod settings; // the reloadable configuration snapshot sessions start with
+
 pub mod session; // transport-neutral session core: open, relay, batch, drain, failures
+
 pub mod http; // HTTP building blocks: responses, host-meta, static files
+
 pub mod transport; // WebSocket and BOSH framing adapters over the session core
+
 pub mod gateway; // the shared state: live settings, drain, BOSH registry
+
 pub mod router; // the HTTP routes of the public and admin listeners
+
 pub mod server; // listeners, accept loops, connection limits, drain wiring

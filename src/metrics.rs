@@ -1,4 +1,4 @@
-//! The one place metrics are registered and named (PROTOCOL.md §6). Every series is prefixed
+//! The one place metrics are registered and named (docs/protocol.md §6). Every series is prefixed
 //! `xmpp_gateway_` and labelled only with low-cardinality values (transport, direction,
 //! reason): never a user, a domain or a session id.
 //!
@@ -84,8 +84,15 @@ pub const REJECTION_REASONS: &[&str] = &[
 ];
 
 /// Why an upstream stream could not be opened (`upstream_connect_failures_total{kind}`).
-pub const CONNECT_FAILURE_KINDS: &[&str] =
-    &["unknown_domain", "dns", "tcp", "tls", "timeout", "io", "stream"];
+pub const CONNECT_FAILURE_KINDS: &[&str] = &[
+    "unknown_domain",
+    "dns",
+    "tcp",
+    "tls",
+    "timeout",
+    "io",
+    "stream",
+];
 
 /// Phases of opening an upstream stream (`upstream_connect_seconds{phase}`).
 pub const CONNECT_PHASES: &[&str] = &["dns", "tcp", "tls", "stream"];
@@ -324,7 +331,10 @@ impl Metrics {
 
     /// A session ended for `reason` (a fixed, low-cardinality word).
     pub fn session_ended(&self, transport: Transport, reason: &'static str, lasted: Duration) {
-        debug_assert!(END_REASONS.contains(&reason), "unlisted end reason {reason}");
+        debug_assert!(
+            END_REASONS.contains(&reason),
+            "unlisted end reason {reason}"
+        );
         self.sessions_ended
             .with_label_values(&[transport.as_str(), reason])
             .inc();
@@ -397,8 +407,9 @@ mod tests {
         let text = String::from_utf8(METRICS.render()).unwrap();
         for t in TRANSPORTS {
             for r in END_REASONS {
-                let series =
-                    format!("xmpp_gateway_sessions_ended_total{{reason=\"{r}\",transport=\"{t}\"}}");
+                let series = format!(
+                    "xmpp_gateway_sessions_ended_total{{reason=\"{r}\",transport=\"{t}\"}}"
+                );
                 assert!(text.contains(&series), "{series} missing");
             }
             let series = format!("xmpp_gateway_sessions_started_total{{transport=\"{t}\"}}");

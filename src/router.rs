@@ -26,9 +26,7 @@ pub async fn public<P: Send + 'static>(
     let path = req.uri().path();
     match (req.method(), path) {
         (_, "/xmpp-websocket") => websocket::upgrade(req, gw.context(), peer, permit),
-        (_, "/http-bind" | "/http-bind/") => {
-            bosh::handle(req, gw.context(), &gw.bosh, peer).await
-        }
+        (_, "/http-bind" | "/http-bind/") => bosh::handle(req, gw.context(), &gw.bosh, peer).await,
         (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &settings),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => {

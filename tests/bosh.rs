@@ -1,4 +1,4 @@
-//! XMPP over BOSH (XEP-0124 + XEP-0206, PROTOCOL.md §4) through real sockets: a browser-like
+//! XMPP over BOSH (XEP-0124 + XEP-0206, docs/protocol.md §4) through real sockets: a browser-like
 //! BOSH client speaking raw HTTP/1.1 on one side, a scripted XMPP server on the other, the
 //! gateway in between.
 //!
@@ -83,7 +83,7 @@ fn session_request(rid: u64, attrs: &str) -> String {
 }
 
 /// POSTs `body` to /http-bind on `conn` and returns the answer, which must be HTTP 200 text/xml
-/// (PROTOCOL.md §4: every answer to a BOSH request is a `<body/>`).
+/// (docs/protocol.md §4: every answer to a BOSH request is a `<body/>`).
 async fn post(conn: &mut HttpConn, body: &str) -> String {
     let r = conn
         .request("POST", "/http-bind", &[XML], body.as_bytes())
@@ -237,10 +237,10 @@ impl Bosh {
 // Session creation
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §4 (XEP-0124 §7.2, XEP-0206 §3): the session creation response carries an
+// docs/protocol.md §4 (XEP-0124 §7.2, XEP-0206 §3): the session creation response carries an
 // unguessable sid, the negotiated limits (wait capped by config, requests = hold + 1), authid =
 // the upstream stream id, the XEP-0206 attributes, and the upstream features without
-// <starttls/> and without *-PLUS mechanisms (PROTOCOL.md §1). The upstream stream header names
+// <starttls/> and without *-PLUS mechanisms (docs/protocol.md §1). The upstream stream header names
 // the client's domain, from and xml:lang.
 #[tokio::test]
 async fn session_request_is_answered_with_sid_limits_authid_and_filtered_features() {
@@ -314,7 +314,7 @@ async fn session_request_is_answered_with_sid_limits_authid_and_filtered_feature
 }
 
 // XEP-0124 §7.2: `ver` is the highest version the connection manager implements or the
-// client's, whichever is lower (PROTOCOL.md §4: honour `ver`).
+// client's, whichever is lower (docs/protocol.md §4: honour `ver`).
 #[tokio::test]
 async fn session_response_ver_is_the_lower_of_client_and_gateway_versions() {
     let mut up = Upstream::start().await;
@@ -349,7 +349,7 @@ async fn session_response_ver_is_the_lower_of_client_and_gateway_versions() {
     );
 }
 
-// PROTOCOL.md §1: the gateway itself does STARTTLS against the configured CA; the BOSH client
+// docs/protocol.md §1: the gateway itself does STARTTLS against the configured CA; the BOSH client
 // sees only the post-TLS stream (its id as authid, its features) and never <starttls/>.
 #[tokio::test]
 async fn session_over_required_starttls_shows_only_the_encrypted_stream() {
@@ -412,7 +412,7 @@ const CLIENT_MESSAGE: &str =
     "<message xmlns='jabber:client' to='romeo@example.test' id='c1' type='chat'>\
 <body>Grüße, ☃ 日本語 — &lt;&amp;&gt; &#x1F600; done</body></message>";
 
-// PROTOCOL.md §4, §2 (XEP-0206 §§4-5): SASL is relayed verbatim and its result delivered in a
+// docs/protocol.md §4, §2 (XEP-0206 §§4-5): SASL is relayed verbatim and its result delivered in a
 // held response; xmpp:restart='true' restarts the upstream stream and the response carries the
 // new features; client stanzas arrive upstream byte-identical; upstream stanzas arrive
 // standalone in jabber:client; payload children without xmlns are forwarded as jabber:client.
@@ -519,7 +519,7 @@ async fn sasl_restart_and_stanzas_flow_both_ways_intact() {
 // Errors
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §1, §4: only configured domains are served; anything else is host-unknown and
+// docs/protocol.md §1, §4: only configured domains are served; anything else is host-unknown and
 // nothing is dialled.
 #[tokio::test]
 async fn session_for_unconfigured_domain_is_host_unknown_and_dials_nothing() {
@@ -538,7 +538,7 @@ async fn session_for_unconfigured_domain_is_host_unknown_and_dials_nothing() {
     );
 }
 
-// PROTOCOL.md §4 (XEP-0124 §17.2): a session request without `to` is improper-addressing.
+// docs/protocol.md §4 (XEP-0124 §17.2): a session request without `to` is improper-addressing.
 #[tokio::test]
 async fn session_without_to_is_improper_addressing() {
     let up = Upstream::start().await;
@@ -552,7 +552,7 @@ async fn session_without_to_is_improper_addressing() {
     assert_eq!(up.connections(), 0);
 }
 
-// PROTOCOL.md §4: an unreachable upstream is remote-connection-failed.
+// docs/protocol.md §4: an unreachable upstream is remote-connection-failed.
 #[tokio::test]
 async fn unreachable_upstream_is_remote_connection_failed() {
     let gw = start_gateway(bosh_config(dead_port().await)).await;
@@ -560,7 +560,7 @@ async fn unreachable_upstream_is_remote_connection_failed() {
     assert_terminate(&answer, Some("remote-connection-failed"));
 }
 
-// PROTOCOL.md §4: an upstream stream error ends the session with remote-stream-error carrying
+// docs/protocol.md §4: an upstream stream error ends the session with remote-stream-error carrying
 // the <stream:error/>; the gateway closes its side of the stream.
 #[tokio::test]
 async fn upstream_stream_error_is_remote_stream_error_carrying_it() {
@@ -594,7 +594,7 @@ async fn upstream_stream_error_is_remote_stream_error_carrying_it() {
     assert_eq!(server.read_to_eof().await, STREAM_END);
 }
 
-// PROTOCOL.md §4 (XEP-0124 §17.2): an unknown sid is item-not-found.
+// docs/protocol.md §4 (XEP-0124 §17.2): an unknown sid is item-not-found.
 #[tokio::test]
 async fn unknown_sid_is_item_not_found() {
     let up = Upstream::start().await;
@@ -615,7 +615,7 @@ fn sha1_hex(s: &str) -> String {
         .collect()
 }
 
-// PROTOCOL.md §4 (XEP-0124 §15): keys chain by SHA-1; a key that does not hash to the previous
+// docs/protocol.md §4 (XEP-0124 §15): keys chain by SHA-1; a key that does not hash to the previous
 // one is item-not-found, and the session's held request learns it too.
 #[tokio::test]
 async fn bad_key_is_item_not_found() {
@@ -654,7 +654,7 @@ async fn bad_key_is_item_not_found() {
 // HTTP level
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §4: OPTIONS answers the CORS preflight.
+// docs/protocol.md §4: OPTIONS answers the CORS preflight.
 #[tokio::test]
 async fn options_preflight_answers_cors() {
     let gw = start_gateway(config(vec![])).await;
@@ -692,7 +692,7 @@ async fn options_preflight_answers_cors() {
     );
 }
 
-// PROTOCOL.md §4: allowed origins come from config; others are refused with 403, allowed ones
+// docs/protocol.md §4: allowed origins come from config; others are refused with 403, allowed ones
 // are echoed.
 #[tokio::test]
 async fn disallowed_origin_is_403() {
@@ -728,7 +728,7 @@ async fn disallowed_origin_is_403() {
     );
 }
 
-// PROTOCOL.md §4: BOSH requests are POSTed; anything else is an HTTP error.
+// docs/protocol.md §4: BOSH requests are POSTed; anything else is an HTTP error.
 #[tokio::test]
 async fn get_is_405() {
     let gw = start_gateway(config(vec![])).await;
@@ -737,7 +737,7 @@ async fn get_is_405() {
     assert_eq!(r.status, 405, "{r:?}");
 }
 
-// PROTOCOL.md §4: HTTP 4xx only for non-BOSH requests: a document that is not a <body/> in the
+// docs/protocol.md §4: HTTP 4xx only for non-BOSH requests: a document that is not a <body/> in the
 // httpbind namespace is HTTP 400.
 #[tokio::test]
 async fn non_bosh_body_is_400() {
@@ -756,7 +756,7 @@ async fn non_bosh_body_is_400() {
     }
 }
 
-// PROTOCOL.md §2, §4: a body over bosh.max_body_bytes is refused with 413 before parsing.
+// docs/protocol.md §2, §4: a body over bosh.max_body_bytes is refused with 413 before parsing.
 #[tokio::test]
 async fn oversized_body_is_413() {
     let mut c = config(vec![]);
@@ -801,7 +801,7 @@ fn hostile_bodies(bosh: &Bosh, rid: u64) -> Vec<String> {
     ]
 }
 
-// PROTOCOL.md §2, §4: hostile input (DTD, entities, stream injection, not-well-formed XML) is
+// docs/protocol.md §2, §4: hostile input (DTD, entities, stream injection, not-well-formed XML) is
 // answered terminate/bad-request, and not one byte of it is forwarded: the upstream receives
 // nothing but the stream close when the session ends.
 #[tokio::test]
@@ -811,7 +811,7 @@ async fn hostile_payload_is_bad_request_and_nothing_is_forwarded() {
     let probe = Bosh::open(&gw, &mut up, DEFAULT_ATTRS, "s-0", FEATURES_SASL).await;
     let count = hostile_bodies(&probe.bosh, probe.bosh.rid + 1).len();
     drop(probe);
-    // Each hostile body ends its session (PROTOCOL.md §2), so each gets a session of its own.
+    // Each hostile body ends its session (docs/protocol.md §2), so each gets a session of its own.
     for i in 0..count {
         let Opened {
             mut bosh,
@@ -837,7 +837,7 @@ async fn hostile_payload_is_bad_request_and_nothing_is_forwarded() {
     }
 }
 
-// PROTOCOL.md §2 ("Bad input ends that session") and XEP-0124 §17.2 (a terminal condition
+// docs/protocol.md §2 ("Bad input ends that session") and XEP-0124 §17.2 (a terminal condition
 // ends the session): after `type='terminate' condition='bad-request'` the session is over, its
 // upstream stream closed, its sid unknown.
 #[tokio::test]
@@ -858,7 +858,7 @@ async fn hostile_payload_ends_the_session() {
     assert_terminate(&answer, Some("item-not-found"));
 }
 
-// PROTOCOL.md §4: `accept='gzip'`: a response at least gzip_min_bytes long is compressed when
+// docs/protocol.md §4: `accept='gzip'`: a response at least gzip_min_bytes long is compressed when
 // the client accepts gzip, and decompresses to the same <body/>; a small one is not.
 #[tokio::test]
 async fn gzip_response_when_accepted_and_large_enough() {
@@ -900,7 +900,7 @@ async fn gzip_response_when_accepted_and_large_enough() {
     assert_terminate(&check_ok(&r), Some("item-not-found"));
 }
 
-// PROTOCOL.md §4 (XEP-0124 §5: clients use HTTP/1.1 persistent connections): several requests
+// docs/protocol.md §4 (XEP-0124 §5: clients use HTTP/1.1 persistent connections): several requests
 // of a session travel on one TCP connection.
 #[tokio::test]
 async fn requests_share_one_keep_alive_connection() {
@@ -930,7 +930,7 @@ async fn requests_share_one_keep_alive_connection() {
 // Holding
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §4 (XEP-0124 §8): a held request with nothing to say is answered empty after
+// docs/protocol.md §4 (XEP-0124 §8): a held request with nothing to say is answered empty after
 // `wait` seconds.
 #[tokio::test]
 async fn held_request_with_nothing_to_say_is_answered_empty_after_wait() {
@@ -955,7 +955,7 @@ async fn held_request_with_nothing_to_say_is_answered_empty_after_wait() {
     );
 }
 
-// PROTOCOL.md §4 (XEP-0124 §8): at most `hold` requests are held; with hold=1 a second request
+// docs/protocol.md §4 (XEP-0124 §8): at most `hold` requests are held; with hold=1 a second request
 // makes the first return at once, and the second is the one that carries the next stanza.
 #[tokio::test]
 async fn second_request_releases_the_held_one_at_once() {
@@ -988,7 +988,7 @@ async fn second_request_releases_the_held_one_at_once() {
 // No loss
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §4 (XEP-0124 §14.3): a response lost with its HTTP connection is recovered by
+// docs/protocol.md §4 (XEP-0124 §14.3): a response lost with its HTTP connection is recovered by
 // repeating the rid: the client gets exactly the stanzas it carried, once, and the next rid
 // continues without duplicates. The repeated request's payload is not forwarded twice.
 #[tokio::test]
@@ -1031,7 +1031,7 @@ async fn response_lost_with_its_connection_is_recovered_by_repeating_the_rid() {
     assert_eq!(ids(&answer), vec!["s4"], "{answer}");
 }
 
-// PROTOCOL.md §4 (XEP-0124 §14.3): a client that repeats a rid whose request is still held (it
+// docs/protocol.md §4 (XEP-0124 §14.3): a client that repeats a rid whose request is still held (it
 // gave up on the first connection, which is in fact alive) gets the stanzas on the repeat, and
 // the superseded connection is not told that the live session is gone: both get the same
 // answer.
@@ -1069,7 +1069,7 @@ fn numbered_messages(from: usize, to: usize) -> String {
         .collect()
 }
 
-// PROTOCOL.md §4: no stanza is lost or duplicated while the session lives, at scale and over
+// docs/protocol.md §4: no stanza is lost or duplicated while the session lives, at scale and over
 // real HTTP: 10,000 stanzas polled with rid + 1, every 50th request's connection closed right
 // after sending and the rid repeated on a fresh connection.
 #[tokio::test]
@@ -1162,7 +1162,7 @@ async fn ten_thousand_stanzas_arrive_once_in_order_across_dropped_connections() 
 // Terminate, inactivity
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §4 (XEP-0124 §13): the client's terminate forwards its payload, closes the
+// docs/protocol.md §4 (XEP-0124 §13): the client's terminate forwards its payload, closes the
 // upstream stream, is answered type='terminate', and so is every other held request; the sid
 // is unknown afterwards.
 #[tokio::test]
@@ -1194,7 +1194,7 @@ async fn client_terminate_forwards_payload_closes_upstream_and_answers_held_requ
     assert_terminate(&answer, Some("item-not-found"));
 }
 
-// PROTOCOL.md §4 (XEP-0124 §10): a session with no request for `inactivity` seconds is ended:
+// docs/protocol.md §4 (XEP-0124 §10): a session with no request for `inactivity` seconds is ended:
 // its upstream stream is closed and its sid forgotten.
 #[tokio::test]
 async fn inactive_session_is_ended_and_its_upstream_stream_closed() {
@@ -1225,7 +1225,7 @@ async fn inactive_session_is_ended_and_its_upstream_stream_closed() {
 // Drain
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §4, §6: a draining node answers a held request type='terminate'
+// docs/protocol.md §4, §6: a draining node answers a held request type='terminate'
 // condition='system-shutdown' at once and then closes the upstream stream.
 #[tokio::test]
 async fn drain_terminates_held_request_with_system_shutdown() {
@@ -1244,7 +1244,7 @@ async fn drain_terminates_held_request_with_system_shutdown() {
     assert_eq!(server.read_to_eof().await, "");
 }
 
-// PROTOCOL.md §6: nothing in flight is silently dropped. A request that was already on its way
+// docs/protocol.md §6: nothing in flight is silently dropped. A request that was already on its way
 // when the client was told to leave still has its payload delivered upstream, before the
 // stream is closed, and is answered with the same terminate body. (Stanzas from the server
 // waiting in the session go out in that body: state_tests.rs.)
@@ -1270,7 +1270,7 @@ async fn drain_still_delivers_a_request_already_on_its_way() {
     );
 }
 
-// PROTOCOL.md §4, §6 (XEP-0124 §17.3): with drain.bosh_redirect, the held request is told
+// docs/protocol.md §4, §6 (XEP-0124 §17.3): with drain.bosh_redirect, the held request is told
 // condition='see-other-uri' with the URI in a <uri/> child.
 #[tokio::test]
 async fn drain_with_redirect_terminates_with_see_other_uri() {
@@ -1301,7 +1301,7 @@ async fn drain_with_redirect_terminates_with_see_other_uri() {
     assert_eq!(server.read_until(STREAM_END).await, STREAM_END);
 }
 
-// PROTOCOL.md §6: a session request that arrives while the node drains is refused with
+// docs/protocol.md §6: a session request that arrives while the node drains is refused with
 // system-shutdown, and nothing is dialled. (The request is already being read when the drain
 // begins: `Expect: 100-continue` tells the test the gateway is reading its body.)
 #[tokio::test]
@@ -1337,7 +1337,7 @@ async fn session_request_during_drain_is_system_shutdown() {
 // Sessions never share an upstream stream
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §1: each session (here one BOSH, one WebSocket, same domain, same gateway) gets
+// docs/protocol.md §1: each session (here one BOSH, one WebSocket, same domain, same gateway) gets
 // its own upstream stream; what each client sends arrives on its own connection only.
 #[tokio::test]
 async fn bosh_and_websocket_sessions_get_their_own_upstream_streams() {

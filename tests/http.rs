@@ -73,7 +73,7 @@ async fn discovery(addr: SocketAddr, host: &str) -> (HttpResponse, HttpResponse)
     (xrd, jrd)
 }
 
-// PROTOCOL.md §5: host-meta (XRD) and host-meta.json list the WebSocket and BOSH URLs, derived
+// docs/protocol.md §5: host-meta (XRD) and host-meta.json list the WebSocket and BOSH URLs, derived
 // from the Host header when none is configured, with CORS open.
 #[tokio::test]
 async fn host_meta_lists_urls_from_host_header_with_cors() {
@@ -101,7 +101,7 @@ async fn host_meta_lists_urls_from_host_header_with_cors() {
     assert_eq!(jrd_links(&jrd.body), expected, "{}", jrd.body);
 }
 
-// PROTOCOL.md §5: the URLs are taken from config when set there.
+// docs/protocol.md §5: the URLs are taken from config when set there.
 #[tokio::test]
 async fn host_meta_lists_configured_urls() {
     let mut c = config(vec![]);
@@ -118,7 +118,7 @@ async fn host_meta_lists_configured_urls() {
     assert_eq!(jrd.header("access-control-allow-origin"), Some("*"));
 }
 
-// PROTOCOL.md §5: a hostile Host header does not end up inside the document.
+// docs/protocol.md §5: a hostile Host header does not end up inside the document.
 #[tokio::test]
 async fn host_meta_ignores_a_hostile_host_header() {
     let gw = start_gateway(config(vec![])).await;
@@ -160,7 +160,7 @@ async fn read_until_closed(
     }
 }
 
-// STYLE.md (hyper's header-read timeout needs a timer) and PROTOCOL.md §2 limits: a client that
+// STYLE.md (hyper's header-read timeout needs a timer) and docs/protocol.md §2 limits: a client that
 // dribbles its request headers is cut off after limits.header_read_timeout_secs.
 #[tokio::test]
 async fn dribbled_request_headers_are_cut_off_after_the_header_read_timeout() {
@@ -233,7 +233,7 @@ async fn connection_stalled_in_the_http2_preface_is_cut_off_after_the_header_rea
     sent.expect("the gateway kept a stalled connection open for 4 s");
 }
 
-// PROTOCOL.md §6: /healthz, /readyz with routes, /metrics with prefixed series.
+// docs/protocol.md §6: /healthz, /readyz with routes, /metrics with prefixed series.
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     // Readiness wants an upstream reachable recently: one that accepts TCP is enough.
@@ -272,7 +272,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     }
 }
 
-// PROTOCOL.md §6: with nothing to serve the gateway is not ready.
+// docs/protocol.md §6: with nothing to serve the gateway is not ready.
 #[tokio::test]
 async fn readyz_without_routes_is_503() {
     let gw = start_gateway(config(vec![])).await;
@@ -280,7 +280,7 @@ async fn readyz_without_routes_is_503() {
     assert_eq!(ready.status, 503, "{ready:?}");
 }
 
-// PROTOCOL.md §6: readiness fails when no upstream endpoint can be reached.
+// docs/protocol.md §6: readiness fails when no upstream endpoint can be reached.
 #[tokio::test]
 async fn readyz_without_a_reachable_upstream_is_503() {
     let dead = dead_port().await;
@@ -301,7 +301,7 @@ async fn closing_server(mut conn: UpstreamConn<TcpStream>, before_close: &'stati
     conn.read_to_eof().await
 }
 
-// PROTOCOL.md §6 (and §3 "system-shutdown"): the drain closes each upstream stream, tells open
+// docs/protocol.md §6 (and §3 "system-shutdown"): the drain closes each upstream stream, tells open
 // WebSocket clients to leave with a clean system-shutdown close, stops taking new sessions, and
 // readiness fails (503) while it lasts.
 #[tokio::test]
@@ -329,7 +329,7 @@ async fn drain_closes_sessions_with_system_shutdown_and_fails_readiness() {
     assert_eq!(ready.status, 503, "{ready:?}");
 }
 
-// PROTOCOL.md §6: nothing in flight is silently dropped: what the server sends before its
+// docs/protocol.md §6: nothing in flight is silently dropped: what the server sends before its
 // close still reaches the client, then the system-shutdown close.
 #[tokio::test]
 async fn drain_delivers_stanzas_in_flight_before_system_shutdown() {
@@ -346,7 +346,7 @@ async fn drain_delivers_stanzas_in_flight_before_system_shutdown() {
     assert_eq!(handle.finished().await, "");
 }
 
-// PROTOCOL.md §3/§6: where configured, a draining node sends <close see-other-uri=..> instead.
+// docs/protocol.md §3/§6: where configured, a draining node sends <close see-other-uri=..> instead.
 #[tokio::test]
 async fn drain_with_redirect_sends_close_with_see_other_uri() {
     let (up, mut handle) = ScriptedUpstream::start(|conn, _| closing_server(conn, "")).await;
@@ -368,7 +368,7 @@ async fn drain_with_redirect_sends_close_with_see_other_uri() {
     assert_eq!(handle.finished().await, "");
 }
 
-// PROTOCOL.md §6: a client that has not opened its stream yet is told to leave too.
+// docs/protocol.md §6: a client that has not opened its stream yet is told to leave too.
 #[tokio::test]
 async fn drain_before_open_sends_system_shutdown() {
     let (up, handle) = ScriptedUpstream::start(|_conn, _| async {}).await;

@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use xmpp_gateway::metrics::METRICS;
 use xmpp_gateway::metrics::Transport;
+use xmpp_gateway::metrics::METRICS;
 
-// PROTOCOL.md §3: a vanished browser closes the upstream stream cleanly; the session is counted
-// out (PROTOCOL.md §6 metrics).
+// docs/protocol.md §3: a vanished browser closes the upstream stream cleanly; the session is counted
+// out (docs/protocol.md §6 metrics).
 #[tokio::test]
 async fn vanished_browser_closes_upstream_stream_and_session_is_counted_out() {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {

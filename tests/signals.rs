@@ -1,4 +1,4 @@
-//! The real `xmpp-gateway` binary and its signals (PROTOCOL.md §6): SIGHUP reloads routes
+//! The real `xmpp-gateway` binary and its signals (docs/protocol.md §6): SIGHUP reloads routes
 //! without dropping live sessions and names what needs a restart; SIGTERM drains and exits.
 
 mod common;
@@ -139,7 +139,7 @@ async fn echo_upstream() -> (SocketAddr, UpstreamHandle<()>) {
     .await
 }
 
-// PROTOCOL.md §6: SIGHUP reloads routes without dropping live sessions; options that need a
+// docs/protocol.md §6: SIGHUP reloads routes without dropping live sessions; options that need a
 // restart are named in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_routes_and_keeps_live_sessions() {
@@ -174,7 +174,7 @@ async fn sighup_reloads_routes_and_keeps_live_sessions() {
     assert!(echoed.contains("id='still-here'"), "{echoed}");
 }
 
-// PROTOCOL.md §6: an invalid file on SIGHUP is refused and the running configuration stays.
+// docs/protocol.md §6: an invalid file on SIGHUP is refused and the running configuration stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_broken_file_keeps_the_running_configuration() {
     let (up_a, _a) = echo_upstream().await;
@@ -193,7 +193,7 @@ async fn sighup_with_a_broken_file_keeps_the_running_configuration() {
     ws.open("a.test").await;
 }
 
-// PROTOCOL.md §6: SIGTERM tells sessions to leave and the process exits when they are gone,
+// docs/protocol.md §6: SIGTERM tells sessions to leave and the process exits when they are gone,
 // well before the drain timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_sessions_and_exits() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use xmpp_gateway::config::TlsPolicy;
 
-// PROTOCOL.md §1/§3: a server that accepts TCP but never answers the stream header is given up
+// docs/protocol.md §1/§3: a server that accepts TCP but never answers the stream header is given up
 // on after the connect timeout, and the client learns it as remote-connection-failed.
 #[tokio::test]
 async fn stalled_upstream_is_remote_connection_failed_after_connect_timeout() {
@@ -37,7 +37,7 @@ async fn stalled_upstream_is_remote_connection_failed_after_connect_timeout() {
     );
 }
 
-// PROTOCOL.md §1: a static list of endpoints is tried in order.
+// docs/protocol.md §1: a static list of endpoints is tried in order.
 #[tokio::test]
 async fn dead_first_endpoint_falls_back_to_the_second() {
     let dead = dead_port().await;
@@ -68,7 +68,7 @@ async fn dead_first_endpoint_falls_back_to_the_second() {
 const TLS_MESSAGE: &str =
     "<message xmlns='jabber:client' to='romeo@example.test' id='t1'><body>sealed ✉</body></message>";
 
-// PROTOCOL.md §1: the gateway itself does STARTTLS and verifies the certificate against the
+// docs/protocol.md §1: the gateway itself does STARTTLS and verifies the certificate against the
 // configured CA; clients never see <starttls/>, and stanzas then travel over TLS.
 #[tokio::test]
 async fn required_starttls_is_done_by_the_gateway_and_hidden_from_the_client() {
@@ -129,7 +129,7 @@ async fn required_starttls_is_done_by_the_gateway_and_hidden_from_the_client() {
     assert_eq!(rest, STREAM_END);
 }
 
-// PROTOCOL.md §1: with tls = required, a server that offers no STARTTLS gets no session.
+// docs/protocol.md §1: with tls = required, a server that offers no STARTTLS gets no session.
 #[tokio::test]
 async fn tls_required_but_not_offered_is_remote_connection_failed() {
     let pki = TestPki::new(DOMAIN);
@@ -151,7 +151,7 @@ async fn tls_required_but_not_offered_is_remote_connection_failed() {
     );
 }
 
-// PROTOCOL.md §1: the server certificate is verified; one from an unknown CA gets no session.
+// docs/protocol.md §1: the server certificate is verified; one from an unknown CA gets no session.
 #[tokio::test]
 async fn upstream_certificate_from_another_ca_is_remote_connection_failed() {
     let pki = TestPki::new(DOMAIN);
@@ -186,7 +186,7 @@ async fn upstream_certificate_from_another_ca_is_remote_connection_failed() {
     );
 }
 
-// PROTOCOL.md §3 and §4 ("a server that answered with a stream error has spoken for the
+// docs/protocol.md §3 and §4 ("a server that answered with a stream error has spoken for the
 // domain"): a stream error instead of features reaches the client as is, and no other endpoint
 // is tried.
 #[tokio::test]

@@ -11,7 +11,7 @@ use common::*;
 // Upgrade
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §3: upgrade only with subprotocol `xmpp`; without it HTTP 400 with a plain-text
+// docs/protocol.md §3: upgrade only with subprotocol `xmpp`; without it HTTP 400 with a plain-text
 // reason.
 #[tokio::test]
 async fn upgrade_without_xmpp_subprotocol_is_400_with_plain_text_reason() {
@@ -29,7 +29,7 @@ async fn upgrade_without_xmpp_subprotocol_is_400_with_plain_text_reason() {
     }
 }
 
-// PROTOCOL.md §3: with subprotocol `xmpp` the upgrade succeeds and echoes it.
+// docs/protocol.md §3: with subprotocol `xmpp` the upgrade succeeds and echoes it.
 #[tokio::test]
 async fn upgrade_with_xmpp_subprotocol_is_101_and_echoes_it() {
     let gw = start_gateway(config(vec![])).await;
@@ -47,7 +47,7 @@ async fn upgrade_with_xmpp_subprotocol_is_101_and_echoes_it() {
     assert_eq!(resp.header("sec-websocket-protocol"), Some("xmpp"));
 }
 
-// PROTOCOL.md §3: origin allow-list.
+// docs/protocol.md §3: origin allow-list.
 #[tokio::test]
 async fn upgrade_from_disallowed_origin_is_403() {
     let mut c = config(vec![]);
@@ -65,7 +65,7 @@ async fn upgrade_from_disallowed_origin_is_403() {
 // Opening the stream
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §1: only configured domains are served; anything else is host-unknown and nothing
+// docs/protocol.md §1: only configured domains are served; anything else is host-unknown and nothing
 // is dialled (never an open relay).
 #[tokio::test]
 async fn open_for_unconfigured_domain_is_host_unknown_and_dials_nothing() {
@@ -81,7 +81,7 @@ async fn open_for_unconfigured_domain_is_host_unknown_and_dials_nothing() {
     );
 }
 
-// PROTOCOL.md §1: the client names the domain; without `to` there is nothing to serve.
+// docs/protocol.md §1: the client names the domain; without `to` there is nothing to serve.
 #[tokio::test]
 async fn open_without_to_is_host_unknown() {
     let (up, handle) = ScriptedUpstream::start(|_conn, _| async {}).await;
@@ -93,7 +93,7 @@ async fn open_without_to_is_host_unknown() {
     assert_eq!(handle.connections(), 0);
 }
 
-// PROTOCOL.md §3 (RFC 7395 §3.4): a client that never sends `<open/>` is not kept forever.
+// docs/protocol.md §3 (RFC 7395 §3.4): a client that never sends `<open/>` is not kept forever.
 #[tokio::test]
 async fn client_without_open_gets_connection_timeout() {
     let (up, handle) = ScriptedUpstream::start(|_conn, _| async {}).await;
@@ -105,9 +105,9 @@ async fn client_without_open_gets_connection_timeout() {
     assert_eq!(handle.connections(), 0);
 }
 
-// PROTOCOL.md §3: the server's header becomes `<open/>` (from, id, version, xml:lang); then the
+// docs/protocol.md §3: the server's header becomes `<open/>` (from, id, version, xml:lang); then the
 // features, standalone (with xmlns:stream), without <starttls/> and without *-PLUS mechanisms
-// (PROTOCOL.md §1), everything else untouched.
+// (docs/protocol.md §1), everything else untouched.
 #[tokio::test]
 async fn open_relays_server_header_and_filtered_features() {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
@@ -164,7 +164,7 @@ async fn open_relays_server_header_and_filtered_features() {
         "{features}"
     );
 
-    // PROTOCOL.md interop notes: the client's `to`, `from` and `xml:lang` go upstream.
+    // docs/protocol.md interop notes: the client's `to`, `from` and `xml:lang` go upstream.
     ws.vanish();
     let header = handle.finished().await;
     assert!(header.contains(&format!("to='{DOMAIN}'")), "{header}");
@@ -189,7 +189,7 @@ const FEATURES_REALISTIC: &str = "<stream:features>\
 <register xmlns='http://jabber.org/features/iq-register'/>\
 </stream:features>";
 
-// PROTOCOL.md §1: no <starttls/>, no *-PLUS (SASL and SASL2), no XEP-0440 list; everything else
+// docs/protocol.md §1: no <starttls/>, no *-PLUS (SASL and SASL2), no XEP-0440 list; everything else
 // (SASL2 inline features, caps, roster versioning, registration) passes through byte for byte.
 #[tokio::test]
 async fn realistic_features_lose_only_tls_and_channel_binding() {
@@ -223,7 +223,7 @@ async fn realistic_features_lose_only_tls_and_channel_binding() {
     }
 }
 
-// PROTOCOL.md §1/§3: a restart cannot move the session to another domain.
+// docs/protocol.md §1/§3: a restart cannot move the session to another domain.
 #[tokio::test]
 async fn restart_naming_another_domain_is_host_unknown() {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
@@ -243,7 +243,7 @@ async fn restart_naming_another_domain_is_host_unknown() {
     assert_eq!(handle.connections(), 1);
 }
 
-// PROTOCOL.md §3: a WebSocket close frame without <close/> still closes the upstream stream
+// docs/protocol.md §3: a WebSocket close frame without <close/> still closes the upstream stream
 // cleanly.
 #[tokio::test]
 async fn websocket_close_frame_without_close_element_closes_upstream_stream() {
@@ -267,7 +267,7 @@ const CLIENT_MESSAGE: &str =
     "<message xmlns='jabber:client' to='romeo@example.test' id='m1' type='chat'>\
 <body>Grüße, ☃ 日本語 — &amp;&lt;&gt; &#x1F600; done</body></message>";
 
-// PROTOCOL.md §2: a validated client element is forwarded verbatim.
+// docs/protocol.md §2: a validated client element is forwarded verbatim.
 #[tokio::test]
 async fn client_stanza_reaches_upstream_byte_identical() {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
@@ -281,7 +281,7 @@ async fn client_stanza_reaches_upstream_byte_identical() {
     assert_eq!(handle.finished().await, CLIENT_MESSAGE);
 }
 
-// PROTOCOL.md §2: every element handed to a browser stands alone, carrying the `jabber:client`
+// docs/protocol.md §2: every element handed to a browser stands alone, carrying the `jabber:client`
 // namespace it inherits from the stream header.
 #[tokio::test]
 async fn upstream_stanza_without_xmlns_reaches_client_standalone_in_jabber_client() {
@@ -321,7 +321,7 @@ async fn upstream_stanza_without_xmlns_reaches_client_standalone_in_jabber_clien
     );
 }
 
-// PROTOCOL.md §1: XEP-0198 nonzas (<enable/>, <enabled/>, <r/>, <a/>) pass through untouched,
+// docs/protocol.md §1: XEP-0198 nonzas (<enable/>, <enabled/>, <r/>, <a/>) pass through untouched,
 // in their own namespace.
 #[tokio::test]
 async fn stream_management_nonzas_pass_through_both_ways() {
@@ -358,7 +358,7 @@ async fn stream_management_nonzas_pass_through_both_ways() {
     );
 }
 
-// PROTOCOL.md §2: upstream bytes are split into top-level elements, each its own frame, in order.
+// docs/protocol.md §2: upstream bytes are split into top-level elements, each its own frame, in order.
 #[tokio::test]
 async fn upstream_stanzas_in_one_write_arrive_as_separate_frames_in_order() {
     let (up, _handle) = ScriptedUpstream::start(|mut conn, _| async move {
@@ -396,7 +396,7 @@ async fn upstream_stanzas_in_one_write_arrive_as_separate_frames_in_order() {
     assert_eq!(seen, expected);
 }
 
-// PROTOCOL.md §3: no whitespace between elements is ever sent to the browser (RFC 6120 §4.6.1
+// docs/protocol.md §3: no whitespace between elements is ever sent to the browser (RFC 6120 §4.6.1
 // whitespace keepalives stay on the upstream side).
 #[tokio::test]
 async fn upstream_whitespace_keepalives_never_reach_client() {
@@ -432,7 +432,7 @@ async fn upstream_whitespace_keepalives_never_reach_client() {
 // Stream restart and close
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §3: after SASL success the client's new <open/> restarts the upstream stream; the
+// docs/protocol.md §3: after SASL success the client's new <open/> restarts the upstream stream; the
 // server's new header and features reach the client as <open/> and features.
 #[tokio::test]
 async fn stream_restart_sends_new_header_upstream_and_new_open_and_features_to_client() {
@@ -507,7 +507,7 @@ async fn stream_restart_sends_new_header_upstream_and_new_open_and_features_to_c
     assert_eq!(got_bind, bind);
 }
 
-// PROTOCOL.md §3: the client's <close/> becomes </stream:stream>; the server's answer becomes
+// docs/protocol.md §3: the client's <close/> becomes </stream:stream>; the server's answer becomes
 // <close/>, the gateway closes the WebSocket and shuts the upstream socket down.
 #[tokio::test]
 async fn client_close_is_relayed_and_answered_then_both_sockets_close() {
@@ -528,7 +528,7 @@ async fn client_close_is_relayed_and_answered_then_both_sockets_close() {
     assert_eq!(after, "", "nothing after the closed stream, then EOF");
 }
 
-// PROTOCOL.md §3: the server closing first is answered with </stream:stream>, and the client
+// docs/protocol.md §3: the server closing first is answered with </stream:stream>, and the client
 // gets <close/> and the WebSocket close.
 #[tokio::test]
 async fn upstream_close_first_is_answered_both_ways() {
@@ -552,7 +552,7 @@ async fn upstream_close_first_is_answered_both_ways() {
 // Upstream failures
 // ---------------------------------------------------------------------------------------------
 
-// PROTOCOL.md §2/§3: an upstream that vanishes mid-stanza ends the session with a stream error;
+// docs/protocol.md §2/§3: an upstream that vanishes mid-stanza ends the session with a stream error;
 // the partial element is never delivered.
 #[tokio::test]
 async fn upstream_eof_mid_stanza_is_remote_connection_failed_without_partial_stanza() {
@@ -568,7 +568,7 @@ async fn upstream_eof_mid_stanza_is_remote_connection_failed_without_partial_sta
     expect_stream_error(&mut ws, "remote-connection-failed").await;
 }
 
-// PROTOCOL.md §3: stream errors go to the client standalone (with xmlns:stream), then <close/>.
+// docs/protocol.md §3: stream errors go to the client standalone (with xmlns:stream), then <close/>.
 #[tokio::test]
 async fn upstream_stream_error_reaches_client_standalone_then_close() {
     let (up, _handle) = ScriptedUpstream::start(|mut conn, _| async move {
@@ -603,7 +603,7 @@ enum Hostile {
     Binary(&'static [u8]),
 }
 
-/// PROTOCOL.md §2: bad input ends the session with `condition` (any condition for `None`), no
+/// docs/protocol.md §2: bad input ends the session with `condition` (any condition for `None`), no
 /// byte of it is passed on, and the upstream stream is closed cleanly.
 async fn hostile_input_is_refused(input: Hostile, condition: Option<&str>) {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
@@ -637,7 +637,7 @@ async fn hostile_input_is_refused(input: Hostile, condition: Option<&str>) {
     );
 }
 
-// PROTOCOL.md §2: DTDs and entity declarations are refused.
+// docs/protocol.md §2: DTDs and entity declarations are refused.
 #[tokio::test]
 async fn doctype_in_client_frame_is_restricted_xml() {
     hostile_input_is_refused(
@@ -650,13 +650,13 @@ async fn doctype_in_client_frame_is_restricted_xml() {
     .await;
 }
 
-// PROTOCOL.md §2: anything that would close the upstream stream is stream injection.
+// docs/protocol.md §2: anything that would close the upstream stream is stream injection.
 #[tokio::test]
 async fn smuggled_stream_close_is_policy_violation() {
     hostile_input_is_refused(Hostile::Text(STREAM_END), Some("policy-violation")).await;
 }
 
-// PROTOCOL.md §2: a stream close after a valid stanza in the same frame is injection too.
+// docs/protocol.md §2: a stream close after a valid stanza in the same frame is injection too.
 #[tokio::test]
 async fn stream_close_after_a_stanza_is_policy_violation() {
     hostile_input_is_refused(
@@ -666,7 +666,7 @@ async fn stream_close_after_a_stanza_is_policy_violation() {
     .await;
 }
 
-// PROTOCOL.md §2: a stream header in a payload would reopen the upstream stream.
+// docs/protocol.md §2: a stream header in a payload would reopen the upstream stream.
 #[tokio::test]
 async fn stream_header_in_a_frame_is_policy_violation() {
     hostile_input_is_refused(
@@ -679,7 +679,7 @@ async fn stream_header_in_a_frame_is_policy_violation() {
     .await;
 }
 
-// PROTOCOL.md §2: entities other than the five predefined ones are refused.
+// docs/protocol.md §2: entities other than the five predefined ones are refused.
 #[tokio::test]
 async fn undeclared_entity_is_refused_and_not_forwarded() {
     hostile_input_is_refused(
@@ -691,7 +691,7 @@ async fn undeclared_entity_is_refused_and_not_forwarded() {
     .await;
 }
 
-// PROTOCOL.md §2 (limits): nesting deeper than limits.max_depth ends the session with
+// docs/protocol.md §2 (limits): nesting deeper than limits.max_depth ends the session with
 // policy-violation.
 #[tokio::test]
 async fn too_deeply_nested_element_is_policy_violation() {
@@ -704,7 +704,7 @@ async fn too_deeply_nested_element_is_policy_violation() {
     hostile_input_is_refused(Hostile::Text(deep), Some("policy-violation")).await;
 }
 
-// PROTOCOL.md §2 (limits): an element larger than limits.max_stanza_bytes ends the session with
+// docs/protocol.md §2 (limits): an element larger than limits.max_stanza_bytes ends the session with
 // policy-violation, like every other refused input.
 #[tokio::test]
 async fn oversized_client_element_is_policy_violation() {
@@ -731,7 +731,7 @@ async fn oversized_client_element_is_policy_violation() {
     );
 }
 
-// PROTOCOL.md §2: exactly one element per WebSocket message.
+// docs/protocol.md §2: exactly one element per WebSocket message.
 #[tokio::test]
 async fn two_elements_in_one_frame_is_not_well_formed() {
     hostile_input_is_refused(
@@ -743,7 +743,7 @@ async fn two_elements_in_one_frame_is_not_well_formed() {
     .await;
 }
 
-// PROTOCOL.md §3: text frames only; a binary frame is a protocol error.
+// docs/protocol.md §3: text frames only; a binary frame is a protocol error.
 #[tokio::test]
 async fn binary_frame_is_refused_with_stream_error_and_close() {
     hostile_input_is_refused(Hostile::Binary(b"<presence xmlns='jabber:client'/>"), None).await;
@@ -760,7 +760,7 @@ fn keepalive_config(up: std::net::SocketAddr) -> xmpp_gateway::config::Config {
     c
 }
 
-// PROTOCOL.md §3: WebSocket ping at an interval, close after missed pongs; the upstream stream
+// docs/protocol.md §3: WebSocket ping at an interval, close after missed pongs; the upstream stream
 // is closed cleanly.
 #[tokio::test]
 async fn unanswered_pings_close_the_session_and_the_upstream_stream() {
@@ -792,7 +792,7 @@ async fn unanswered_pings_close_the_session_and_the_upstream_stream() {
     assert!(ws.pings >= 1, "the gateway pinged before closing");
 }
 
-// PROTOCOL.md §3: a client that answers pings keeps its session.
+// docs/protocol.md §3: a client that answers pings keeps its session.
 #[tokio::test]
 async fn answered_pings_keep_the_session_past_three_intervals() {
     let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {

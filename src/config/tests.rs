@@ -89,8 +89,8 @@ fn env_overrides_file_and_flags_override_env() {
 #[test]
 fn flag_route_keeps_file_tls_policy() {
     let file = "[[route]]\ndomain = \"a.example\"\ntls = \"disabled\"\n";
-    let c = Config::from_sources(file, &[], &cli(&["--route", "a.example=127.0.0.1:5222"]))
-        .unwrap();
+    let c =
+        Config::from_sources(file, &[], &cli(&["--route", "a.example=127.0.0.1:5222"])).unwrap();
     assert_eq!(c.routes[0].tls, TlsPolicy::Disabled);
     assert_eq!(c.routes[0].endpoints, vec!["127.0.0.1:5222"]);
 }

@@ -68,7 +68,11 @@ mod tests {
                 "host-unknown",
                 "upstream_error",
             ),
-            (Failure::Upstream(io()), "remote-connection-failed", "upstream_error"),
+            (
+                Failure::Upstream(io()),
+                "remote-connection-failed",
+                "upstream_error",
+            ),
             (
                 Failure::Upstream(UpstreamError::Xml(XmlError::TooDeep)),
                 "remote-connection-failed",

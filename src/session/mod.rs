@@ -224,7 +224,10 @@ impl Session {
         batch
     }
 
-    fn translate(&mut self, item: Result<StreamItem, UpstreamError>) -> Result<Outbound, StreamEnd> {
+    fn translate(
+        &mut self,
+        item: Result<StreamItem, UpstreamError>,
+    ) -> Result<Outbound, StreamEnd> {
         let failed = |e: UpstreamError| StreamEnd::Failed(Failure::Upstream(e));
         Ok(match item.map_err(failed)? {
             StreamItem::Header(h) => Outbound::Header(h),

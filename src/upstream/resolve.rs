@@ -17,7 +17,6 @@ pub struct Route {
     pub endpoints: Vec<Endpoint>,
 }
 
-
 /// One place to dial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

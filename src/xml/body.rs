@@ -64,11 +64,13 @@ pub fn parse_client_body(data: &Bytes, limits: &Limits) -> Result<BodyDocument, 
     let trailing = rest.get(len..).unwrap_or_default();
     let trailing = trailing.get(leading_space(trailing)..).unwrap_or_default();
     if !trailing.is_empty() {
-        return Err(if trailing.starts_with(b"<?") || trailing.starts_with(b"<!") {
-            XmlError::Restricted("DTD, processing instruction or comment")
-        } else {
-            XmlError::syntax("content after </body>")
-        });
+        return Err(
+            if trailing.starts_with(b"<?") || trailing.starts_with(b"<!") {
+                XmlError::Restricted("DTD, processing instruction or comment")
+            } else {
+                XmlError::syntax("content after </body>")
+            },
+        );
     }
     let mut body = ClientBody {
         attributes: observer.attributes,

@@ -1,7 +1,7 @@
 //! Validation of one WebSocket text message from a browser before anything reaches upstream.
 //!
 //! RFC 7395 §3.3.3 puts exactly one complete element in each message. This module checks that
-//! the message is that and nothing more (PROTOCOL.md §2): well-formed, free of DTDs, comments,
+//! the message is that and nothing more (docs/protocol.md §2): well-formed, free of DTDs, comments,
 //! processing instructions and unknown entities, within the limits, and unable to close or
 //! reopen the upstream stream. The framing elements `<open/>` and `<close/>` are recognised and
 //! decoded; any other element is returned as the same bytes, to be forwarded verbatim.
@@ -136,7 +136,7 @@ fn is_stream_root(name: &[u8], local: &[u8], ns: Option<&[u8]>) -> bool {
 
 impl Observer for ClientObserver {
     fn start(&mut self, tag: &StartTag<'_>) -> Result<(), XmlError> {
-        // PROTOCOL.md §2: a stream header in a payload would reopen the upstream stream.
+        // docs/protocol.md §2: a stream header in a payload would reopen the upstream stream.
         if is_stream_root(tag.name, tag.local, tag.ns) {
             return Err(XmlError::Injection("stream header in client data"));
         }
@@ -161,7 +161,7 @@ impl Observer for ClientObserver {
     }
 
     fn end(&mut self, tag: &EndTag<'_>) -> Result<(), XmlError> {
-        // PROTOCOL.md §2: `</stream:stream>` would close the upstream stream.
+        // docs/protocol.md §2: `</stream:stream>` would close the upstream stream.
         if is_stream_root(tag.name, tag.local, tag.ns) {
             return Err(XmlError::Injection("stream close in client data"));
         }

@@ -1,7 +1,7 @@
 //! Rewriting of `<stream:features/>` for browsers, and the summary the upstream connector needs.
 //!
 //! The gateway terminates TLS itself and a browser's channel binding cannot survive a proxy
-//! (PROTOCOL.md §1), so before features reach a browser the STARTTLS offer, every `*-PLUS` SASL
+//! (docs/protocol.md §1), so before features reach a browser the STARTTLS offer, every `*-PLUS` SASL
 //! mechanism and the XEP-0440 channel-binding list are removed. Everything else is kept byte
 //! for byte: the kept parts are copied from the input, only the removed ranges are skipped.
 
@@ -187,7 +187,7 @@ impl Observer for FeaturesObserver {
                     let name =
                         String::from_utf8(text).map_err(|_| XmlError::syntax("invalid UTF-8"))?;
                     let name = name.trim();
-                    // PROTOCOL.md §1: channel binding cannot cross the gateway.
+                    // docs/protocol.md §1: channel binding cannot cross the gateway.
                     if name.ends_with("-PLUS") {
                         self.drops.push(start..tag.span.end);
                     }

@@ -2,7 +2,7 @@
 //!
 //! The upstream connection is one long XML document (RFC 6120 §4): a `<stream:stream>` header,
 //! then top-level elements, then `</stream:stream>`. Browsers need each element as a document of
-//! its own (PROTOCOL.md §2), so the splitter cuts the stream at element boundaries and copies the
+//! its own (docs/protocol.md §2), so the splitter cuts the stream at element boundaries and copies the
 //! stream header's namespace declarations into each element that relies on them.
 //!
 //! Socket bytes are read straight into the splitter's buffer ([`StreamSplitter::buffer_mut`]);
@@ -417,7 +417,7 @@ impl StreamSplitter {
     }
 
     /// Splits the complete element `..end` off the buffer, adding the stream header's
-    /// namespace declarations it relies on (PROTOCOL.md §2: every element stands alone).
+    /// namespace declarations it relies on (docs/protocol.md §2: every element stands alone).
     fn take_element(&mut self, end: usize) -> Result<Element, XmlError> {
         let kind = self.kind;
         let bytes = self

@@ -258,7 +258,7 @@ fn decode(raw: &[u8], out: &mut Vec<u8>, attribute: bool) -> Result<(), XmlError
 mod tests {
     use super::*;
 
-    // PROTOCOL.md §2: only the five predefined entities and character references.
+    // docs/protocol.md §2: only the five predefined entities and character references.
     #[test]
     fn predefined_and_character_references_are_accepted() {
         assert!(check_text(b"a &amp; b &lt; &gt; &apos; &quot; &#65; &#x1F600;").is_ok());

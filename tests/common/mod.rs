@@ -637,7 +637,7 @@ impl WsClient {
     }
 }
 
-/// RFC 7395 §3.6 and PROTOCOL.md §3: a standalone `<stream:error/>` with `condition`, then
+/// RFC 7395 §3.6 and docs/protocol.md §3: a standalone `<stream:error/>` with `condition`, then
 /// `<close/>`, then the WebSocket closes.
 pub async fn expect_stream_error(ws: &mut WsClient, condition: &str) {
     let frame = ws.recv().await;
@@ -712,7 +712,7 @@ impl Root {
 }
 
 /// Parses `frame` as a document that must be exactly one well-formed element, without
-/// surrounding whitespace, in which every prefix is declared (PROTOCOL.md §2: every element
+/// surrounding whitespace, in which every prefix is declared (docs/protocol.md §2: every element
 /// handed to a browser stands alone). Panics otherwise.
 pub fn parse_standalone(frame: &str) -> Root {
     use quick_xml::events::Event;

@@ -181,7 +181,14 @@ async fn create(b: BoshBody, ctx: &Context, registry: &Arc<Registry>, peer: Sock
     // retries, beyond which handlers wait.
     let (tx, rx) = mpsc::channel(params.requests + 2);
     registry.insert(sid.clone(), tx);
-    let run = task::run(sid, opened.session, state, rx, ctx.clone(), registry.clone());
+    let run = task::run(
+        sid,
+        opened.session,
+        state,
+        rx,
+        ctx.clone(),
+        registry.clone(),
+    );
     ctx.shutdown.spawn(run.instrument(span));
     created
 }

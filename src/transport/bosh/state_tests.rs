@@ -1,4 +1,4 @@
-//! State-machine tests, one per rule of PROTOCOL.md §4, on paused tokio time.
+//! State-machine tests, one per rule of docs/protocol.md §4, on paused tokio time.
 
 use super::*;
 
@@ -79,7 +79,7 @@ fn ended(actions: &[Action<u32>]) -> Option<&'static str> {
 
 #[tokio::test(start_paused = true)]
 async fn bosh_rid_out_of_order_waits_for_the_gap() {
-    // PROTOCOL.md §4: requests are processed in rid order within the window.
+    // docs/protocol.md §4: requests are processed in rid order within the window.
     let mut s = new_state(1);
     let a = s.on_request(with_payload(102, 2, "<message id='2'/>"), Instant::now());
     assert!(forwarded(&a).is_empty(), "rid 102 must wait for 101");
@@ -98,7 +98,7 @@ async fn bosh_rid_out_of_order_waits_for_the_gap() {
 
 #[tokio::test(start_paused = true)]
 async fn bosh_repeated_rid_returns_the_identical_cached_response() {
-    // PROTOCOL.md §4: a repeated rid gets the identical cached response again.
+    // docs/protocol.md §4: a repeated rid gets the identical cached response again.
     let mut s = new_state(1);
     s.on_request(req(101, 1), Instant::now());
     s.on_upstream(Bytes::from_static(b"<message id='x'/>"));
@@ -138,7 +138,7 @@ async fn bosh_rid_outside_the_window_is_item_not_found() {
 
 #[tokio::test(start_paused = true)]
 async fn bosh_hold_answers_the_oldest_when_another_arrives() {
-    // PROTOCOL.md §4: at most `hold` requests are held.
+    // docs/protocol.md §4: at most `hold` requests are held.
     let mut s = new_state(1);
     assert!(responses(&s.on_request(req(101, 1), Instant::now())).is_empty());
     let a = s.on_request(req(102, 2), Instant::now());
@@ -279,7 +279,7 @@ async fn bosh_refused_body_ends_the_session_with_bad_request_once_its_rid_checks
 
 #[tokio::test(start_paused = true)]
 async fn bosh_drain_tells_the_client_at_once_and_still_delivers_requests_in_flight() {
-    // PROTOCOL.md §6: held requests get the redirect with pending stanzas; a request that was
+    // docs/protocol.md §6: held requests get the redirect with pending stanzas; a request that was
     // already on its way has its payload forwarded and gets the same answer.
     let mut s = new_state(1);
     s.on_request(req(101, 1), Instant::now());
@@ -406,7 +406,7 @@ async fn bosh_end_without_a_held_request_is_told_on_the_next_one() {
 
 #[tokio::test(start_paused = true)]
 async fn bosh_no_loss_when_one_response_in_fifty_is_dropped() {
-    // PROTOCOL.md §4: a response lost on the HTTP side is recovered by repeating the rid; no
+    // docs/protocol.md §4: a response lost on the HTTP side is recovered by repeating the rid; no
     // stanza is lost or duplicated. 10,000 messages, hold=1.
     let mut s = new_state(1);
     let mut received = Vec::new();

@@ -156,7 +156,7 @@ fn client_accepts_limits_exactly() {
     assert!(parse_with(limits.clone(), "<a x='1' y='2'><b><c/></b></a>").is_ok());
 }
 
-// ---- Refused input (PROTOCOL.md §2) ----
+// ---- Refused input (docs/protocol.md §2) ----
 
 #[test]
 fn client_rejects_xml_declaration() {
@@ -386,7 +386,7 @@ fn client_rejects_oversized_message_before_parsing() {
 }
 
 proptest! {
-    // PROTOCOL.md §2: never a panic, never bytes passed on from bad input.
+    // docs/protocol.md §2: never a panic, never bytes passed on from bad input.
     #[test]
     fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..400)) {
         let limits = Limits { max_element_bytes: 300, max_depth: 5, max_attributes: 4 };

@@ -11,7 +11,7 @@ fn filtered(input: &str) -> String {
     String::from_utf8(out.to_vec()).unwrap()
 }
 
-// PROTOCOL.md §1: clients never see <starttls/> nor *-PLUS mechanisms.
+// docs/protocol.md §1: clients never see <starttls/> nor *-PLUS mechanisms.
 #[test]
 fn starttls_and_plus_mechanisms_are_removed_and_the_rest_kept() {
     assert_eq!(

@@ -73,7 +73,7 @@ fn expected_items() -> Vec<StreamItem> {
 
 const NS_CLIENT_STR: &str = crate::xml::NS_CLIENT;
 
-// PROTOCOL.md §2: upstream bytes become standalone top-level elements.
+// docs/protocol.md §2: upstream bytes become standalone top-level elements.
 #[test]
 fn realistic_stream_splits_into_expected_standalone_elements() {
     let items = split_all(&prosody_stream()).unwrap();
@@ -87,7 +87,7 @@ fn realistic_stream_splits_into_expected_standalone_elements() {
     }
 }
 
-// PROTOCOL.md §2 / interop note: stream-level elements carry their own xmlns:stream.
+// docs/protocol.md §2 / interop note: stream-level elements carry their own xmlns:stream.
 #[test]
 fn stream_prefixed_elements_carry_streams_declaration() {
     let items =

@@ -309,7 +309,7 @@ proptest! {
         prop_assert_eq!(rejoined, original);
     }
 
-    // PROTOCOL.md §2: never a panic, whatever the server sends.
+    // docs/protocol.md §2: never a panic, whatever the server sends.
     #[test]
     fn arbitrary_bytes_never_panic(
         data in prop::collection::vec(any::<u8>(), 0..600),
