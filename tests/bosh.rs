@@ -594,6 +594,29 @@ async fn upstream_stream_error_is_remote_stream_error_carrying_it() {
     assert_eq!(server.read_to_eof().await, STREAM_END);
 }
 
+// docs/protocol.md §1, §4: an upstream stream that breaks (here: XML the gateway refuses) ends
+// the session with remote-connection-failed, as on WebSocket, and is dropped without a closing
+// tag, as a lost connection would be (the server keeps an XEP-0198 session for resumption).
+#[tokio::test]
+async fn upstream_stream_that_breaks_is_remote_connection_failed_and_dropped() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let Opened {
+        mut bosh,
+        upstream: mut server,
+        ..
+    } = Bosh::open(&gw, &mut up, DEFAULT_ATTRS, "s-1", FEATURES_SASL).await;
+    bosh.send("", "").await;
+    server.write("<message><body>a</body></wrong>").await;
+    let answer = bosh.response().await;
+    assert_terminate(&answer, Some("remote-connection-failed"));
+    assert_eq!(
+        server.read_to_eof().await,
+        "",
+        "the socket is shut down without a closing tag"
+    );
+}
+
 // docs/protocol.md §4 (XEP-0124 §17.2): an unknown sid is item-not-found.
 #[tokio::test]
 async fn unknown_sid_is_item_not_found() {

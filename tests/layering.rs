@@ -430,7 +430,9 @@ fn top_level_modules_use_only_those_declared_before_them_in_lib_rs() {
     let mut upward = Vec::new();
     for (from, targets) in &tree.edges {
         for to in targets {
-            let (Some(f), Some(t)) = (from.first(), to.first()) else { continue };
+            let (Some(f), Some(t)) = (from.first(), to.first()) else {
+                continue;
+            };
             if f == t {
                 continue;
             }

@@ -568,6 +568,27 @@ async fn upstream_eof_mid_stanza_is_remote_connection_failed_without_partial_sta
     expect_stream_error(&mut ws, "remote-connection-failed").await;
 }
 
+// docs/protocol.md §1: a stream the gateway cannot read on (here: XML it refuses) is dropped,
+// not closed: no `</stream:stream>` goes to the server, which treats it as a lost connection
+// (and keeps an XEP-0198 session for resumption) rather than as a logout.
+#[tokio::test]
+async fn upstream_stream_that_breaks_is_dropped_not_closed() {
+    let (up, mut handle) = ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_SASL).await;
+        conn.write("<message><body>a</body></wrong>").await;
+        conn.read_to_eof().await
+    })
+    .await;
+    let gw = start_gateway(plain_config(up)).await;
+    let (mut ws, _, _) = gw.open_session().await;
+    expect_stream_error(&mut ws, "remote-connection-failed").await;
+    assert_eq!(
+        handle.finished().await,
+        "",
+        "the socket is shut down without a closing tag"
+    );
+}
+
 // docs/protocol.md §3: stream errors go to the client standalone (with xmlns:stream), then <close/>.
 #[tokio::test]
 async fn upstream_stream_error_reaches_client_standalone_then_close() {

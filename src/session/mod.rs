@@ -118,6 +118,8 @@ pub struct Session {
     started: std::time::Instant,
     /// The server answered `<enable resume='true'/>` (or a `<resume/>`): see [`Session::leave`].
     resumable: bool,
+    /// Reading or writing the upstream stream failed: it is dropped, never closed.
+    broken: bool,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -149,10 +151,11 @@ impl Session {
             from: request.from,
             lang: request.lang,
         };
+        let domain = params.to.clone();
         let result = Self::establish(settings, transport, params).await;
         if let Err(e) = &result {
             METRICS.connect_failed(e.kind());
-            tracing::info!(error = %e, "upstream stream not opened");
+            tracing::info!(%domain, error = %e, "upstream stream not opened");
         }
         result.map_err(Failure::Upstream)
     }
@@ -181,6 +184,7 @@ impl Session {
                 ended: None,
                 started: std::time::Instant::now(),
                 resumable: false,
+                broken: false,
             },
             header: opened.header,
             features,
@@ -211,6 +215,7 @@ impl Session {
                 Err(end) => {
                     if let StreamEnd::Failed(e) = &end {
                         tracing::info!(error = %e, "upstream stream failed");
+                        self.broken = true;
                     }
                     batch.end = Some(end);
                     break;
@@ -255,7 +260,9 @@ impl Session {
     /// Forwards one validated client element verbatim.
     pub async fn send(&mut self, element: &[u8]) -> Result<(), Failure> {
         METRICS.relayed(self.transport, Direction::ToUpstream, element.len());
-        Ok(self.upstream.send(element).await?)
+        let sent = self.upstream.send(element).await;
+        self.broken |= sent.is_err();
+        Ok(sent?)
     }
 
     /// Restarts the upstream stream after the client's new stream header (RFC 6120 §4.3.3).
@@ -274,12 +281,18 @@ impl Session {
         if request.lang.is_some() {
             self.params.lang = request.lang;
         }
-        Ok(self.upstream.restart(&self.params).await?)
+        let restarted = self.upstream.restart(&self.params).await;
+        self.broken |= restarted.is_err();
+        Ok(restarted?)
     }
 
-    /// Sends `</stream:stream>` upstream (at most once): the client closed its stream, or the
-    /// gateway ends it.
+    /// Sends `</stream:stream>` upstream (at most once, and within 2 s): the client closed its
+    /// stream, or the gateway ends it. A stream that failed is not closed but dropped, as a
+    /// lost connection would be: the server keeps an XEP-0198 session for resumption.
     pub async fn close_stream(&mut self) {
+        if self.broken {
+            return;
+        }
         let _ = tokio::time::timeout(FINISH_DEADLINE, self.upstream.close_stream()).await;
     }
 
@@ -313,7 +326,7 @@ impl Session {
 
     /// Ends the session and records why: a stream that ended on either side, or that the
     /// gateway ends, gets its closing tag (the answer to the server's, RFC 6120 §4.4), unless
-    /// it was left for resumption; then the socket is shut down. Bounded in time.
+    /// it was left for resumption or failed; then the socket is shut down. Bounded in time.
     pub async fn finish(mut self, reason: &'static str) {
         if !self.upstream.is_shut_down() {
             self.close_stream().await;

@@ -11,11 +11,11 @@
 use bytes::Bytes;
 
 use super::client::{parse_client_frame, ClientFrame};
-use super::ns::NoScope;
+use super::ns::OuterScope;
 use super::scan::{ElementScanner, EndTag, Observer, Scan, StartTag};
 use super::text::{attr_string, check_chars, leading_space};
 use super::tokens::{check_declaration, Token, Tokens};
-use super::{Limits, XmlError, NS_HTTPBIND};
+use super::{Limits, XmlError, NS_HTTPBIND, NS_XBOSH};
 
 /// A valid request body.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -46,6 +46,14 @@ pub fn parse_client_body(data: &Bytes, limits: &Limits) -> Result<BodyDocument, 
         Some(b'<') => {}
         Some(_) => return Err(XmlError::syntax("text outside the root element")),
     }
+    // Another root is not a BOSH request at all, whatever else is wrong with it.
+    let name_end = rest
+        .iter()
+        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>'))
+        .unwrap_or(rest.len());
+    if &rest[1..name_end] != b"body" && !rest.starts_with(b"<!") && !rest.starts_with(b"<?") {
+        return Ok(BodyDocument::NotBody("root element is not <body/>"));
+    }
     // The wrapper adds one level: a payload child may nest as deep as a WebSocket message.
     let wrapper_limits = Limits {
         max_element_bytes: usize::MAX,
@@ -53,7 +61,7 @@ pub fn parse_client_body(data: &Bytes, limits: &Limits) -> Result<BodyDocument, 
         max_attributes: limits.max_attributes,
     };
     let mut observer = BodyObserver::default();
-    let scanned = ElementScanner::new(&wrapper_limits).scan(rest, &NoScope, &mut observer);
+    let scanned = ElementScanner::new(&wrapper_limits).scan(rest, &BoshScope, &mut observer);
     if let Some(why) = observer.not_body {
         return Ok(BodyDocument::NotBody(why));
     }
@@ -91,6 +99,7 @@ pub fn parse_client_body(data: &Bytes, limits: &Limits) -> Result<BodyDocument, 
 /// tied to its session (sid, rid, key) and end it properly; `None` when not even the wrapper's
 /// start tag can be read.
 pub fn refused_body_attributes(data: &[u8]) -> Option<Vec<(String, String)>> {
+    let data = data.strip_prefix(BOM).unwrap_or(data);
     let start = leading_space(data);
     let mut tokens = Tokens::new(data.get(start..)?);
     loop {
@@ -121,9 +130,30 @@ pub fn refused_body_attributes(data: &[u8]) -> Option<Vec<(String, String)>> {
     }
 }
 
-/// Where the root element may start: after leading whitespace and one XML declaration.
+/// The scope a request body is read in: the document stands alone, except that the `xmpp:`
+/// prefix of XEP-0206's attributes (`xmpp:version`, `xmpp:restart`) means `urn:xmpp:xbosh`
+/// even where a client forgets to declare it. Nothing of the wrapper is forwarded, and payload
+/// children are checked again on their own, where `xmpp:` means nothing.
+struct BoshScope;
+
+impl OuterScope for BoshScope {
+    fn default_ns(&self) -> Option<&[u8]> {
+        None
+    }
+
+    fn lookup(&self, prefix: &[u8]) -> Option<(usize, &[u8])> {
+        (prefix == b"xmpp").then_some((0, NS_XBOSH.as_bytes()))
+    }
+}
+
+/// UTF-8 byte order mark, which some clients put before the document.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Where the root element may start: after a byte order mark, leading whitespace and one XML
+/// declaration.
 fn prolog_end(data: &[u8]) -> Result<usize, XmlError> {
-    let mut at = leading_space(data);
+    let mut at = if data.starts_with(BOM) { BOM.len() } else { 0 };
+    at += leading_space(data.get(at..).unwrap_or_default());
     let rest = data.get(at..).unwrap_or_default();
     if rest.starts_with(b"<?") {
         match Tokens::new(rest).next()? {
@@ -225,6 +255,29 @@ mod tests {
         assert!(b.children.is_empty());
     }
 
+    // XEP-0206 attributes whose prefix the client did not declare, a byte order mark: the
+    // wrapper is read as clients write it.
+    #[test]
+    fn what_clients_write_on_the_wrapper_is_read() {
+        let b = body("\u{feff}<body xmlns='http://jabber.org/protocol/httpbind' rid='8' xmpp:version='1.0' xmpp:restart='true'/>");
+        assert!(b
+            .attributes
+            .contains(&("xmpp:version".into(), "1.0".into())));
+        assert!(b
+            .attributes
+            .contains(&("xmpp:restart".into(), "true".into())));
+        let b = body("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>");
+        assert!(b
+            .attributes
+            .contains(&("xmpp:version".into(), "1.0".into())));
+        // In a payload child, `xmpp:` means nothing: refused as in a WebSocket message.
+        assert_eq!(
+            parse("<body xmlns='http://jabber.org/protocol/httpbind'><message xmpp:x='1'/></body>")
+                .map_err(|e| e.reason()),
+            Err("not_well_formed")
+        );
+    }
+
     #[test]
     fn children_are_slices_validated_as_websocket_messages() {
         let b = body("<body xmlns='http://jabber.org/protocol/httpbind'> <message to='x'><body>hi</body></message>\n<presence/></body>");
@@ -265,6 +318,8 @@ mod tests {
             "<foo/>",
             "<body rid='1'/>",
             "<b:body xmlns:b='http://jabber.org/protocol/httpbind'/>",
+            "<foo a='1'b='2'/>",
+            "<bodyx xmlns='http://jabber.org/protocol/httpbind'/>",
         ] {
             assert!(matches!(parse(s), Ok(BodyDocument::NotBody(_))), "{s}");
         }

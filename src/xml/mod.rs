@@ -60,6 +60,8 @@ pub const NS_CLIENT: &str = "jabber:client";
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 /// Namespace of the BOSH `<body/>` wrapper (XEP-0124 §4).
 pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+/// Namespace of XEP-0206's `xmpp:` attributes on the BOSH wrapper.
+pub const NS_XBOSH: &str = "urn:xmpp:xbosh";
 /// STARTTLS namespace (RFC 6120 §5.4.2).
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL namespace (RFC 6120 §6.4).

@@ -47,6 +47,9 @@ pub async fn run(mut ws: Ws, ctx: Context) {
         }
     };
     let domain = open.to.clone().unwrap_or_default();
+    // Before the stream is open, errors follow an <open/> naming the domain (RFC 6120
+    // §4.9.1.2), when there is one.
+    let before_open = (!domain.is_empty()).then_some(domain.as_str());
     let request = OpenRequest {
         to: open.to,
         from: open.from,
@@ -55,14 +58,14 @@ pub async fn run(mut ws: Ws, ctx: Context) {
     let opened = tokio::select! {
         r = Session::open(settings, Transport::WebSocket, request) => r,
         _ = ctx.shutdown.cancelled() => {
-            let _ = stream_error(&mut ws, "system-shutdown", Some(&domain)).await;
+            let _ = stream_error(&mut ws, "system-shutdown", before_open).await;
             return;
         }
     };
     let opened = match opened {
         Ok(o) => o,
         Err(e) => {
-            failure(&mut ws, &e, Some(&domain)).await;
+            failure(&mut ws, &e, before_open).await;
             return;
         }
     };
