@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo in one command, on a fresh Debian machine with a Rust toolchain:
 # installs what is missing, builds the gateway (release), starts a private
-# Prosody with the users alice and bob, and the gateway on 0.0.0.0:5280
-# serving converse.js. Runs until Ctrl-C, then stops everything.
+# Prosody with the users alice and bob (already each other's contacts), and
+# the gateway on 0.0.0.0:5280 serving converse.js. Runs until Ctrl-C, then
+# stops everything.
 #
 # Environment: DEMO_PORT (default 5280), XMPP_GATEWAY_BIN (use this binary
 # instead of building target/release/xmpp-gateway), DEMO_TRANSPORT=bosh (the
@@ -35,6 +36,7 @@ cat <<EOT
     Open:      $DEMO_URL   (from another machine: http://<this-host>:$port/$query)
     Log in as: alice@localhost  /  $DEMO_PASSWORD
           or:  bob@localhost    /  $DEMO_PASSWORD
+               (each has the other as a contact: open it and chat)
     Transport: $endpoint
     Metrics:   $DEMO_ADMIN_URL/metrics
 

@@ -18,6 +18,11 @@
 #                        http://127.0.0.1:N, to check clients without the gateway
 #   --user NAME:PASS     create an account NAME@localhost (repeatable;
 #                        default alice and bob with password demo-password)
+#   --mutual-roster A,B  put accounts A and B in each other's roster with a
+#                        mutual subscription (subscription "both"), each named
+#                        after the other account with a capital first letter
+#                        (alice,bob: alice sees "Bob", bob sees "Alice");
+#                        repeatable; without it every roster starts empty
 #   --log-level LEVEL    debug|info|warn (default info; env PROSODY_LOG_LEVEL)
 #   --tls12-only         offer TLS 1.2 only: Prosody 0.12 then advertises
 #                        SCRAM-SHA-1-PLUS (tls-unique channel binding)
@@ -127,6 +132,51 @@ Component "$MUC_DOMAIN" "muc"
 EOF
 }
 
+# A host or user name as Prosody's internal storage (util.datamanager) spells
+# it in file names: every byte but [A-Za-z0-9] as %xx ("localhost" stays).
+storage_escape() {
+	local s=$1 out="" c i
+	for ((i = 0; i < ${#s}; i++)); do
+		c=${s:i:1}
+		if [[ $c == [A-Za-z0-9] ]]; then out+=$c; else out+=$(printf '%%%02x' "'$c"); fi
+	done
+	printf '%s\n' "$out"
+}
+
+# Puts the two accounts of each --mutual-roster pair "A,B" in each other's
+# roster with subscription "both". Prosody 0.12 has no prosodyctl command for
+# rosters, so this writes the internal storage files that mod_roster itself
+# writes (data/<host>/roster/<user>.dat, checked against files made through a
+# real roster set and subscribe/subscribed exchange), before Prosody starts.
+# The [false] entry is the roster's metadata: its version (XEP-0237) and the
+# pending inbound subscription requests. The version starts at the current
+# time, not 1: a client (converse.js keeps rosters in the browser) that cached
+# an earlier demo's roster at some small version then never hears "unchanged".
+write_rosters() {
+	local dir=$1; shift
+	local -A contacts=()
+	local pair a b user contact roster_dir version list
+	for pair in "$@"; do
+		a=${pair%%,*}; b=${pair#*,}
+		[[ " ${contacts[$a]-} " == *" $b "* ]] || contacts[$a]+=" $b"
+		[[ " ${contacts[$b]-} " == *" $a "* ]] || contacts[$b]+=" $a"
+	done
+	roster_dir=$dir/data/$(storage_escape "$DOMAIN")/roster
+	mkdir -p "$roster_dir"
+	version=$(date +%s)
+	for user in "${!contacts[@]}"; do
+		read -ra list <<<"${contacts[$user]}"
+		{
+			printf 'return {\n\t[false] = { version = %s; pending = {}; };\n' "$version"
+			for contact in "${list[@]}"; do
+				printf '\t["%s@%s"] = { subscription = "both"; name = "%s"; groups = {}; };\n' \
+					"$contact" "$DOMAIN" "${contact^}"
+			done
+			printf '};\n'
+		} >"$roster_dir/$(storage_escape "$user").dat"
+	done
+}
+
 create_accounts() {
 	local dir=$1; shift
 	local spec name pass
@@ -141,18 +191,28 @@ create_accounts() {
 cmd_setup() {
 	local dir=${1:?DIR missing}; shift
 	local c2s_port="" ws_port="" log_level=${PROSODY_LOG_LEVEL:-info} tls_protocol="tlsv1_2+"
-	local users=()
+	local users=() roster_pairs=() pair name
 	while (($#)); do
 		case $1 in
 		--c2s-port) c2s_port=$2; shift 2 ;;
 		--websocket-port) ws_port=$2; shift 2 ;;
 		--user) users+=("$2"); shift 2 ;;
+		--mutual-roster) roster_pairs+=("$2"); shift 2 ;;
 		--log-level) log_level=$2; shift 2 ;;
 		--tls12-only) tls_protocol="tlsv1_2"; shift ;;
 		*) die "unknown option $1" ;;
 		esac
 	done
 	((${#users[@]})) || users=(alice:demo-password bob:demo-password)
+	# Account names as given to --user, so in the form Prosody stores them
+	# (lower case; nothing that would need quoting in a Lua string).
+	for pair in "${roster_pairs[@]}"; do
+		[[ $pair =~ ^([a-z0-9._-]+),([a-z0-9._-]+)$ && ${BASH_REMATCH[1]} != "${BASH_REMATCH[2]}" ]] \
+			|| die "--mutual-roster wants two different lower-case account names A,B, not '$pair'"
+		for name in "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"; do
+			[[ " ${users[*]%%:*} " == *" $name "* ]] || die "--mutual-roster $pair: there is no account $name (see --user)"
+		done
+	done
 	[[ -n "$c2s_port" ]] || c2s_port=$(free_port_from 5222)
 	command -v prosody >/dev/null || die "prosody is not installed (run scripts/install-deps.sh)"
 
@@ -162,6 +222,7 @@ cmd_setup() {
 	make_certs "$dir/certs"
 	write_config "$dir" "$c2s_port" "$ws_port" "$log_level" "$tls_protocol"
 	create_accounts "$dir" "${users[@]}"
+	((${#roster_pairs[@]} == 0)) || write_rosters "$dir" "${roster_pairs[@]}"
 	cat >"$dir/env" <<-EOF
 		PROSODY_DIR=$dir
 		PROSODY_C2S_PORT=$c2s_port
@@ -207,5 +268,5 @@ setup) shift; cmd_setup "$@" ;;
 run) shift; cmd_run "$@" ;;
 start) shift; cmd_start "$@" ;;
 stop) shift; cmd_stop "$@" ;;
-*) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # The demo stack, shared by scripts/demo.sh and scripts/demo-screenshot.sh
-# (sourced, not run): a private Prosody with alice and bob, and the gateway
-# in front of it serving demo/ (converse.js) on the same port as its
-# WebSocket endpoint.
+# (sourced, not run): a private Prosody with alice and bob, each already in
+# the other's roster with a mutual subscription (so either one logs in, sees
+# the other and can chat at once), and the gateway in front of it serving
+# demo/ (converse.js) on the same port as its WebSocket endpoint.
 #
 # Inputs (environment):
 #   GATEWAY_BIN        the gateway binary to run (required)
@@ -42,9 +43,10 @@ demo_stack_start() {
 	fi
 	admin_port=$(free_port_from 9280)
 
-	phase "Starting Prosody (alice, bob)"
+	phase "Starting Prosody (alice and bob, in each other's roster)"
 	"$root/scripts/prosody.sh" setup "$PROSODY_DIR" \
-		--user "alice:$DEMO_PASSWORD" --user "bob:$DEMO_PASSWORD"
+		--user "alice:$DEMO_PASSWORD" --user "bob:$DEMO_PASSWORD" \
+		--mutual-roster alice,bob
 	# shellcheck disable=SC1091
 	source "$PROSODY_DIR/env"
 	"$root/scripts/prosody.sh" start "$PROSODY_DIR"

@@ -157,9 +157,10 @@ function tail(file, lines = 30) {
  * Starts a private Prosody: VirtualHost "localhost" with STARTTLS required,
  * MUC at conference.localhost, accounts from `users` ([name, password] pairs).
  * With `websocket: true` Prosody also serves its own /xmpp-websocket; with
- * `tls12Only: true` it speaks TLS 1.2 only (and so offers SCRAM-*-PLUS).
+ * `tls12Only: true` it speaks TLS 1.2 only (and so offers SCRAM-*-PLUS);
+ * `mutualRoster` lists "a,b" pairs put in each other's roster (as in the demo).
  */
-export async function startProsody({ users, websocket = false, tls12Only = false, logDir }) {
+export async function startProsody({ users, websocket = false, tls12Only = false, mutualRoster = [], logDir }) {
 	const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'xmpp-gw-prosody-'));
 	const removeDir = () =>
 		process.env.INTEROP_KEEP === '1' ? undefined : fsp.rm(dir, { recursive: true, force: true });
@@ -169,6 +170,7 @@ export async function startProsody({ users, websocket = false, tls12Only = false
 	if (wsPort) args.push('--websocket-port', String(wsPort));
 	if (tls12Only) args.push('--tls12-only');
 	for (const [name, password] of users) args.push('--user', `${name}:${password}`);
+	for (const pair of mutualRoster) args.push('--mutual-roster', pair);
 	try {
 		await execFileP(path.join(REPO, 'scripts', 'prosody.sh'), args);
 	} catch (err) {
