@@ -270,7 +270,7 @@ impl Session {
     /// features arrive through [`next_batch`](Self::next_batch).
     pub async fn restart(&mut self, request: OpenRequest) -> Result<(), Failure> {
         if let Some(to) = &request.to {
-            if !to.eq_ignore_ascii_case(&self.params.to) {
+            if !same_domain(to, &self.params.to) {
                 METRICS.input_rejected("restart_domain");
                 return Err(Failure::WrongDomain);
             }
@@ -336,6 +336,13 @@ impl Session {
     }
 }
 
+/// Whether two domains name the same one, as routes are matched: case-insensitively, a
+/// trailing dot ignored.
+fn same_domain(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
 /// XEP-0198 §5: `<enabled resume='true'/>` or `<resumed/>` from the server means the stream
 /// can be resumed after the connection is lost. A prefix check first keeps this off the
 /// per-stanza cost for everything else.
@@ -365,7 +372,15 @@ impl Drop for Session {
 
 #[cfg(test)]
 mod tests {
-    use super::is_resumption_granted;
+    use super::{is_resumption_granted, same_domain};
+
+    #[test]
+    fn a_restart_may_name_the_domain_as_routes_match_it() {
+        assert!(same_domain("example.com", "example.com"));
+        assert!(same_domain("Example.COM.", "example.com"));
+        assert!(!same_domain("example.org", "example.com"));
+        assert!(!same_domain("sub.example.com", "example.com"));
+    }
 
     #[test]
     fn resumption_is_recognised_only_when_granted() {
