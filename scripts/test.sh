@@ -20,6 +20,11 @@ cargo build --workspace --all-targets
 phase "cargo test --workspace"
 cargo test --workspace
 
+# The module map in src/lib.rs and every module's doc links to the others:
+# broken intra-doc links fail the suite.
+phase "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+
 # The Node tests use the debug binary that the build phase just made.
 export XMPP_GATEWAY_BIN=${XMPP_GATEWAY_BIN:-$PWD/target/debug/xmpp-gateway}
 
