@@ -51,7 +51,7 @@ pub struct OpenRequest {
 pub enum Outbound {
     /// A restarted stream's header: WebSocket shows it as `<open/>`, BOSH shows only the
     /// features after it (XEP-0206 §5).
-    Header(StreamHeader),
+    Header(Box<StreamHeader>),
     /// A standalone element for the client: a stanza, a nonza, or `<stream:features/>` already
     /// stripped of what must not reach clients.
     Element(Bytes),
@@ -79,14 +79,57 @@ impl StreamEnd {
     }
 }
 
-/// What the server said since the last batch: one or more items already buffered, in order,
-/// and how the stream ended if it did.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Items for the client, in order.
-    pub items: Vec<Outbound>,
-    /// Set when the stream ended after `items`.
-    pub end: Option<StreamEnd>,
+/// What the server said since the last batch: an iterator over the items already buffered, in
+/// order, that ends when nothing more is buffered, when about `max_bytes` of elements have been
+/// handed out, or when the stream ended ([`Batch::end`] then says how). It takes items from the
+/// stream lazily, so a burst costs no allocation.
+pub struct Batch<'s> {
+    session: &'s mut Session,
+    /// The item that completed the wait, not handed out yet.
+    first: Option<Result<StreamItem, UpstreamError>>,
+    bytes: usize,
+    max_bytes: usize,
+    end: Option<StreamEnd>,
+}
+
+impl Batch<'_> {
+    /// The domain the session serves (for framing a restarted stream's header).
+    pub fn domain(&self) -> &str {
+        self.session.domain()
+    }
+
+    /// How the stream ended, if it did; call once the iterator is exhausted.
+    pub fn end(self) -> Option<StreamEnd> {
+        self.end
+    }
+}
+
+impl Iterator for Batch<'_> {
+    type Item = Outbound;
+
+    fn next(&mut self) -> Option<Outbound> {
+        let item = match self.first.take() {
+            Some(item) => item,
+            None if self.end.is_some() || self.bytes >= self.max_bytes => return None,
+            None => self.session.upstream.buffered_item().transpose()?,
+        };
+        match self.session.translate(item) {
+            Ok(out) => {
+                if let Outbound::Element(b) = &out {
+                    self.bytes += b.len();
+                }
+                Some(out)
+            }
+            Err(end) => {
+                if let StreamEnd::Failed(e) = &end {
+                    tracing::info!(error = %e, "upstream stream failed");
+                    self.session.broken = true;
+                }
+                self.end = Some(end);
+                None
+            }
+        }
+    }
 }
 
 /// What the drain does to a session (docs/protocol.md §6).
@@ -196,37 +239,18 @@ impl Session {
         &self.params.to
     }
 
-    /// Waits for the server to say something, then takes everything already buffered behind
-    /// it, until about `max_bytes` of elements or the end of the stream, so a transport writes
-    /// a burst with one flush (or one BOSH response). Cancel-safe: nothing is taken from the
-    /// stream before the first item is complete.
-    pub async fn next_batch(&mut self, max_bytes: usize) -> Batch {
-        let mut batch = Batch::default();
-        let mut next = Some(self.upstream.next_item().await);
-        let mut bytes = 0;
-        while let Some(item) = next.take() {
-            match self.translate(item) {
-                Ok(out) => {
-                    if let Outbound::Element(b) = &out {
-                        bytes += b.len();
-                    }
-                    batch.items.push(out);
-                }
-                Err(end) => {
-                    if let StreamEnd::Failed(e) = &end {
-                        tracing::info!(error = %e, "upstream stream failed");
-                        self.broken = true;
-                    }
-                    batch.end = Some(end);
-                    break;
-                }
-            }
-            if bytes >= max_bytes {
-                break;
-            }
-            next = self.upstream.buffered_item().transpose();
+    /// Waits for the server to say something; the batch then yields that and everything already
+    /// buffered behind it, so a transport writes a burst with one flush (or one BOSH response).
+    /// Cancel-safe: nothing is taken from the stream before the first item is complete.
+    pub async fn next_batch(&mut self, max_bytes: usize) -> Batch<'_> {
+        let first = self.upstream.next_item().await;
+        Batch {
+            session: self,
+            first: Some(first),
+            bytes: 0,
+            max_bytes,
+            end: None,
         }
-        batch
     }
 
     fn translate(
@@ -235,7 +259,7 @@ impl Session {
     ) -> Result<Outbound, StreamEnd> {
         let failed = |e: UpstreamError| StreamEnd::Failed(Failure::Upstream(e));
         Ok(match item.map_err(failed)? {
-            StreamItem::Header(h) => Outbound::Header(h),
+            StreamItem::Header(h) => Outbound::Header(Box::new(h)),
             StreamItem::End => return Err(StreamEnd::Closed),
             StreamItem::Element(e) => match e.kind {
                 // docs/protocol.md §1: no <starttls/>, no channel binding toward clients.

@@ -95,15 +95,15 @@ pub async fn run(
 }
 
 /// Hands one upstream batch to the state machine, then lets it answer a held request with it.
-fn absorb(batch: Batch, state: &mut BoshState<Reply>, actions: &mut Vec<Action<Reply>>) {
-    for item in batch.items {
+fn absorb(mut batch: Batch<'_>, state: &mut BoshState<Reply>, actions: &mut Vec<Action<Reply>>) {
+    for item in batch.by_ref() {
         match item {
             Outbound::Element(b) => state.on_upstream(b),
             // XEP-0206: a restarted stream's header is not shown; its features are.
             Outbound::Header(_) => {}
         }
     }
-    if let Some(end) = batch.end {
+    if let Some(end) = batch.end() {
         state.on_upstream_end(Terminate::from_end(end), actions);
     }
     state.flush(actions);

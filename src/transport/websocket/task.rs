@@ -220,10 +220,14 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
             }
             batch = session.next_batch(batch_bytes) => {
                 let ending = closing.map_or(Ending::Close, |(_, e)| e);
-                let write = tokio::time::timeout(write_timeout, forward(ws, session, batch, ending, settings));
+                let write = tokio::time::timeout(write_timeout, forward(ws, batch, ending, settings));
                 match write.await {
-                    Ok(None) => {}
-                    Ok(Some(reason)) => return reason,
+                    Ok(Forwarded::Continue) => {}
+                    Ok(Forwarded::End(reason)) => return reason,
+                    Ok(Forwarded::ClientGone) => {
+                        session.leave().await;
+                        return "client_gone";
+                    }
                     Err(_) => {
                         METRICS.input_rejected("slow_reader");
                         session.leave().await;
@@ -265,41 +269,47 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
     }
 }
 
+/// What became of a batch written to the browser.
+enum Forwarded {
+    /// Written; the session goes on.
+    Continue,
+    /// The stream ended and the client has been told; the session is over for this reason.
+    End(Reason),
+    /// The browser's connection failed.
+    ClientGone,
+}
+
 /// Writes one upstream batch with one flush, and the end of the stream if the batch ends it.
-/// Returns the end reason once the session is over.
 async fn forward(
     ws: &mut Ws,
-    session: &mut Session,
-    batch: Batch,
+    mut batch: Batch<'_>,
     ending: Ending,
     settings: &Settings,
-) -> Option<Reason> {
-    for item in batch.items {
+) -> Forwarded {
+    while let Some(item) = batch.next() {
         let message = match item {
             Outbound::Element(b) => text_message(b),
-            Outbound::Header(h) => text_message(open_element(&h, session.domain()).into()),
+            Outbound::Header(h) => text_message(open_element(&h, batch.domain()).into()),
         };
         if ws.feed(message).await.is_err() {
-            session.leave().await;
-            return Some("client_gone");
+            return Forwarded::ClientGone;
         }
     }
-    if let Some(end) = batch.end {
+    if let Some(end) = batch.end() {
         let reason = end.end_reason();
         match end {
             // Either the answer to the client's <close/> or the server leaving first; both
             // are answered with <close/> and the WebSocket is closed by us (RFC 7395 §3.6).
-            StreamEnd::Closed => return Some(finish(ws, ending, settings).await),
+            StreamEnd::Closed => return Forwarded::End(finish(ws, ending, settings).await),
             StreamEnd::Error(el) => {
                 let _ = send_error_element(ws, el, None).await;
             }
             StreamEnd::Failed(e) => failure(ws, &e, None).await,
         }
-        return Some(reason);
+        return Forwarded::End(reason);
     }
     if ws.flush().await.is_err() {
-        session.leave().await;
-        return Some("client_gone");
+        return Forwarded::ClientGone;
     }
-    None
+    Forwarded::Continue
 }
