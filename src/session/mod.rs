@@ -82,7 +82,9 @@ impl StreamEnd {
 /// What the server said since the last batch: an iterator over the items already buffered, in
 /// order, that ends when nothing more is buffered, when about `max_bytes` of elements have been
 /// handed out, or when the stream ended ([`Batch::end`] then says how). It takes items from the
-/// stream lazily, so a burst costs no allocation.
+/// stream lazily, so a burst costs no allocation. Items not yet taken stay buffered in the
+/// session, but the first one has left the stream: drop a batch unread only when the session
+/// ends.
 pub struct Batch<'s> {
     session: &'s mut Session,
     /// The item that completed the wait, not handed out yet.
