@@ -22,11 +22,13 @@ pub async fn public<P: Send + 'static>(
     peer: SocketAddr,
     permit: P,
 ) -> Response<Body> {
-    let settings = gw.settings();
+    // One snapshot of the settings serves the whole request, even across a reload.
+    let ctx = gw.context();
+    let settings = ctx.settings.clone();
     let path = req.uri().path();
     match (req.method(), path) {
-        (_, "/xmpp-websocket") => websocket::upgrade(req, gw.context(), peer, permit),
-        (_, "/http-bind" | "/http-bind/") => bosh::handle(req, gw.context(), &gw.bosh, peer).await,
+        (_, "/xmpp-websocket") => websocket::upgrade(req, ctx, peer, permit),
+        (_, "/http-bind" | "/http-bind/") => bosh::handle(req, ctx, &gw.bosh, peer).await,
         (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &settings),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => {
