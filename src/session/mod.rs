@@ -322,11 +322,6 @@ impl Session {
         let _ = tokio::time::timeout(FINISH_DEADLINE, self.upstream.close_stream()).await;
     }
 
-    /// Whether the server granted XEP-0198 resumption on this stream.
-    pub fn is_resumable(&self) -> bool {
-        self.resumable
-    }
-
     /// The client went away without closing (tab closed, network lost, too slow). A stream the
     /// server allows to be resumed (XEP-0198) is left open for the client to resume, through
     /// any node: the socket is dropped without `</stream:stream>`, which the server would take

@@ -51,7 +51,7 @@ pub async fn handle(
         }
     }
     let gzip = accepts_gzip(req.headers());
-    let settings = ctx.settings.clone();
+    let settings = &ctx.settings;
     let limit = settings.config.bosh.max_body_bytes;
     let data = match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => c.to_bytes(),
@@ -108,16 +108,9 @@ pub async fn handle(
             // without payload, which ends it only if the rid (and key) check out, so knowing
             // a sid is not enough to end someone else's session.
             match body::root_attributes(&data) {
+                // The wrapper's attributes only: nothing of the payload goes anywhere.
                 Some(root) if root.sid.is_some() && root.rid.is_some() => {
-                    continue_session(
-                        BoshBody {
-                            children: Vec::new(),
-                            ..root
-                        },
-                        registry,
-                        Kind::Invalid,
-                    )
-                    .await
+                    continue_session(root, registry, Kind::Invalid).await
                 }
                 _ => terminate_body(&Terminate::Condition("bad-request")),
             }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::registry::{Registry, Reply};
 use super::state::{terminate_body, Action, BoshState, Request, Terminate};
-use crate::session::{Batch, Context, Drain, Outbound, Session};
+use crate::session::{Batch, Context, Outbound, Session};
 
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: Duration = Duration::from_secs(10);
@@ -33,7 +33,6 @@ pub async fn run(
     let limit = settings.config.limits.max_buffered_bytes;
     let redirect = settings.config.drain.bosh_redirect.as_deref();
     let mut told_shutdown = false;
-    let mut close_after_linger = false;
     let reason = loop {
         let mut actions = Vec::new();
         let deadline = state.next_deadline();
@@ -58,9 +57,9 @@ pub async fn run(
                 told_shutdown = true;
                 // docs/protocol.md §6: a resumable stream is left to the server at once. Any
                 // other stays open while requests already on their way arrive (see `linger`),
-                // so their payload still reaches the server; then it is closed. The client is
-                // told at once, with every stanza pending.
-                close_after_linger = session.drain().await == Drain::Close;
+                // so their payload still reaches the server; `finish` then closes it. The
+                // client is told at once, with every stanza pending.
+                session.drain().await;
                 state.on_shutdown(redirect, &mut actions);
             }
         }
@@ -69,7 +68,7 @@ pub async fn run(
         }
     };
     if told_shutdown || !state.end_delivered() {
-        told_shutdown = linger(
+        linger(
             &mut session,
             &mut state,
             &mut rx,
@@ -78,10 +77,6 @@ pub async fn run(
             settings.config.bosh_inactivity(),
         )
         .await;
-    }
-    if told_shutdown && close_after_linger {
-        // The drain's requests in flight have been carried out: now the stream ends.
-        session.close_stream().await;
     }
     registry.remove(&sid);
     rx.close();
@@ -111,7 +106,7 @@ fn absorb(mut batch: Batch<'_>, state: &mut BoshState<Reply>, actions: &mut Vec<
 
 /// After the session ended: a client with no request held learns why from its next request
 /// (within [`LINGER`]); in a drain, requests that crossed the terminate body on the wire are
-/// still carried out for [`LINGER_DRAINING`]. Returns whether a drain began meanwhile.
+/// still carried out for [`LINGER_DRAINING`].
 async fn linger(
     session: &mut Session,
     state: &mut BoshState<Reply>,
@@ -119,7 +114,7 @@ async fn linger(
     ctx: &Context,
     mut draining: bool,
     inactivity: Duration,
-) -> bool {
+) {
     let period = if draining { LINGER_DRAINING } else { LINGER };
     let until = Instant::now() + period.min(inactivity);
     let timer = tokio::time::sleep_until(until);
@@ -130,10 +125,10 @@ async fn linger(
                 let actions = state.on_request(req, Instant::now());
                 perform(session, state, actions).await;
                 if !draining {
-                    return false;
+                    return;
                 }
             }
-            _ = &mut timer => return draining,
+            _ = &mut timer => return,
             // A drain that starts while lingering must not wait the full period.
             _ = ctx.shutdown.cancelled(), if !draining => {
                 draining = true;
