@@ -9,6 +9,7 @@
 //! What the attributes mean is the BOSH adapter's business; this module hands them over decoded.
 
 use bytes::Bytes;
+use quick_xml::events::BytesStart;
 
 use super::client::{parse_client_frame, ClientFrame};
 use super::ns::OuterScope;
@@ -111,15 +112,10 @@ pub fn refused_body_attributes(data: &[u8]) -> Option<Vec<(String, String)>> {
                 if tag.name().as_ref() != b"body" {
                     return None;
                 }
-                let mut attributes = Vec::new();
-                let mut in_httpbind = false;
-                for attr in tag.attributes().with_checks(true) {
-                    let attr = attr.ok()?;
-                    let value = attr_string(&attr.value).ok()?;
-                    let name = String::from_utf8(attr.key.as_ref().to_vec()).ok()?;
-                    in_httpbind |= name == "xmlns" && value == NS_HTTPBIND;
-                    attributes.push((name, value));
-                }
+                let attributes = decoded_attributes(&tag).ok()?;
+                let in_httpbind = attributes
+                    .iter()
+                    .any(|(name, value)| name == "xmlns" && value == NS_HTTPBIND);
                 return in_httpbind.then_some(attributes);
             }
             // The document is refused already; what comes before the wrapper (a DTD, say)
@@ -149,6 +145,19 @@ impl OuterScope for BoshScope {
 /// UTF-8 byte order mark, which some clients put before the document.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// A start tag's attributes: names as written, values decoded.
+fn decoded_attributes(tag: &BytesStart<'_>) -> Result<Vec<(String, String)>, XmlError> {
+    tag.attributes()
+        .with_checks(true)
+        .map(|attr| {
+            let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
+            let name = std::str::from_utf8(attr.key.as_ref())
+                .map_err(|_| XmlError::syntax("attribute name is not UTF-8"))?;
+            Ok((name.to_owned(), attr_string(&attr.value)?))
+        })
+        .collect()
+}
+
 /// Where the root element may start: after a byte order mark, leading whitespace and one XML
 /// declaration.
 fn prolog_end(data: &[u8]) -> Result<usize, XmlError> {
@@ -175,7 +184,7 @@ struct BodyObserver {
     /// Spans of the payload children in the scanned slice.
     children: Vec<(usize, usize)>,
     child_start: usize,
-    /// Set (and the scan stopped) when the root is not a BOSH `<body/>`.
+    /// Set (and the scan stopped) when the `<body/>` is not in the httpbind namespace.
     not_body: Option<&'static str>,
 }
 
@@ -183,21 +192,12 @@ impl Observer for BodyObserver {
     fn start(&mut self, tag: &StartTag<'_>) -> Result<(), XmlError> {
         match tag.depth {
             1 => {
-                if tag.name != b"body" {
-                    self.not_body = Some("root element is not <body/>");
-                } else if tag.ns != Some(NS_HTTPBIND.as_bytes()) {
+                // The name was checked before the scan; the namespace is known only now.
+                if tag.ns != Some(NS_HTTPBIND.as_bytes()) {
                     self.not_body = Some("<body/> is not in the httpbind namespace");
-                }
-                if self.not_body.is_some() {
                     return Err(XmlError::syntax("not a BOSH body"));
                 }
-                for attr in tag.tag.attributes() {
-                    let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
-                    let name = std::str::from_utf8(attr.key.as_ref())
-                        .map_err(|_| XmlError::syntax("attribute name is not UTF-8"))?;
-                    self.attributes
-                        .push((name.to_owned(), attr_string(&attr.value)?));
-                }
+                self.attributes = decoded_attributes(tag.tag)?;
             }
             2 => self.child_start = tag.span.start,
             _ => {}
