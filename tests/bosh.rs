@@ -313,6 +313,35 @@ async fn session_request_is_answered_with_sid_limits_authid_and_filtered_feature
     assert_eq!(up.connections(), 2);
 }
 
+// docs/protocol.md §4 ("hold" and clients): a client that asks for hold='2' (stanza does, with only
+// two request channels) is granted hold='1' by default, so one of its channels is always free to
+// send on; an operator who raises `bosh.max_hold` grants up to that.
+#[tokio::test]
+async fn hold_is_capped_at_one_unless_the_operator_raises_it() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let opened = Bosh::open(&gw, &mut up, " wait='10' hold='2'", "s-hold", FEATURES_SASL).await;
+    let root = parse_body(&opened.created);
+    assert_eq!(root.attr("hold"), Some("1"), "{}", opened.created);
+    assert_eq!(root.attr("requests"), Some("2"), "{}", opened.created);
+
+    let mut up = Upstream::start().await;
+    let mut c = bosh_config(up.addr);
+    c.bosh.max_hold = 2;
+    let gw = start_gateway(c).await;
+    let opened = Bosh::open(
+        &gw,
+        &mut up,
+        " wait='10' hold='3'",
+        "s-hold2",
+        FEATURES_SASL,
+    )
+    .await;
+    let root = parse_body(&opened.created);
+    assert_eq!(root.attr("hold"), Some("2"), "{}", opened.created);
+    assert_eq!(root.attr("requests"), Some("3"), "{}", opened.created);
+}
+
 // XEP-0124 §7.2: `ver` is the highest version the connection manager implements or the
 // client's, whichever is lower (docs/protocol.md §4: honour `ver`).
 #[tokio::test]

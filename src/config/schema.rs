@@ -162,7 +162,9 @@ impl Default for WebSocketConfig {
 pub struct BoshConfig {
     /// Longest `wait` granted, in seconds.
     pub max_wait_secs: u64,
-    /// Largest `hold` granted.
+    /// Largest `hold` granted. 1 by default: a client that asks for more than it has request
+    /// channels for (stanza asks 2 and keeps two) could otherwise find every channel held and
+    /// wait up to `wait` seconds to send (docs/protocol.md §4).
     pub max_hold: u64,
     /// Seconds without a held request before a session is ended (`inactivity`). Generous,
     /// because browsers throttle timers in background tabs.
@@ -183,7 +185,7 @@ impl Default for BoshConfig {
     fn default() -> Self {
         Self {
             max_wait_secs: 60,
-            max_hold: 2,
+            max_hold: 1,
             inactivity_secs: 75,
             polling_secs: 2,
             max_pause_secs: 120,

@@ -7,12 +7,14 @@
 //! - [`registry`]: live sessions by sid.
 //! - [`task`]: one task per session: requests, upstream batches, timers and the drain.
 //! - [`state`]: the XEP-0124 state machine (rid window, holding, cache, keys), free of I/O.
+//! - [`terminate`]: how a session ends: the condition and the terminate body.
 
 pub mod body;
 pub mod handler;
 pub mod registry;
 pub mod state;
 pub mod task;
+pub mod terminate;
 
 pub use handler::handle;
 pub use registry::Registry;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::session::{Failure, StreamEnd};
+use super::terminate::terminate_body_with;
+pub use super::terminate::{terminate_body, Terminate};
 
 /// Negotiated session parameters.
 #[derive(Debug, Clone)]
@@ -69,44 +70,6 @@ pub struct Request<R> {
     pub reply: R,
 }
 
-/// Why a session is terminated (XEP-0124 §17.2 conditions, or none for a plain terminate).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Terminate {
-    /// Client asked for it, or the server closed the stream.
-    Normal,
-    /// A protocol condition such as `item-not-found` or `policy-violation`.
-    Condition(&'static str),
-    /// The upstream server sent a stream error (carried in the body).
-    RemoteStreamError(Bytes),
-    /// The node drains and the client should reconnect at this URI (XEP-0124 §17.3).
-    SeeOtherUri(String),
-}
-
-impl Terminate {
-    /// The terminate body's condition for a failure of the session core: the same condition a
-    /// WebSocket client gets (`Failure::condition`), except that XEP-0124 §17.2 has a name of
-    /// its own for a session request without `to` (`improper-addressing`) and carries the
-    /// server's stream error as `remote-stream-error`.
-    pub fn from_failure(failure: &Failure) -> Self {
-        if let Some(e) = failure.server_error() {
-            return Terminate::RemoteStreamError(e.clone());
-        }
-        match failure {
-            Failure::NoDomain => Terminate::Condition("improper-addressing"),
-            other => Terminate::Condition(other.condition()),
-        }
-    }
-
-    /// How the session ends when the upstream stream did.
-    pub fn from_end(end: StreamEnd) -> Self {
-        match end {
-            StreamEnd::Closed => Terminate::Normal,
-            StreamEnd::Error(e) => Terminate::RemoteStreamError(e),
-            StreamEnd::Failed(f) => Terminate::from_failure(&f),
-        }
-    }
-}
-
 /// What the session task must do.
 #[derive(Debug)]
 pub enum Action<R> {
@@ -151,8 +114,11 @@ pub struct BoshState<R> {
     pause: Option<Duration>,
     last_empty_poll: Option<Instant>,
     ended: bool,
-    /// The terminate body, kept for a client that had no request held when the session ended.
+    /// The terminate body for the next new request: with the stanzas that were pending at the
+    /// end while no request has carried them, else [`final_plain`](Self::final_plain).
     final_body: Option<Bytes>,
+    /// The terminate body without stanzas.
+    final_plain: Option<Bytes>,
     final_delivered: bool,
     /// Set by a drain: requests already on their way still have their payload forwarded.
     forward_after_end: bool,
@@ -183,6 +149,7 @@ impl<R> BoshState<R> {
             last_empty_poll: None,
             ended: false,
             final_body: None,
+            final_plain: None,
             final_delivered: false,
             forward_after_end: false,
         }
@@ -213,6 +180,11 @@ impl<R> BoshState<R> {
     pub fn on_request(&mut self, req: Request<R>, now: Instant) -> Vec<Action<R>> {
         let mut out = Vec::new();
         if self.ended {
+            if let Some((_, body)) = self.cache.iter().find(|(rid, _)| *rid == req.rid) {
+                // A repeated rid gets its response again, the terminate body included.
+                out.push(Action::Respond(req.reply, body.clone()));
+                return out;
+            }
             if self.forward_after_end && req.rid > self.last_rid {
                 // docs/protocol.md §6: a request sent before the client saw the drain's terminate
                 // body still has its payload delivered; it is answered with that body.
@@ -226,6 +198,9 @@ impl<R> BoshState<R> {
                 _ => terminate_body(&Terminate::Condition("item-not-found")),
             };
             self.final_delivered = true;
+            // The stanzas in it are delivered now: later requests get the body without them.
+            self.final_body = self.final_plain.clone();
+            self.remember(req.rid, body.clone());
             out.push(Action::Respond(req.reply, body));
             return out;
         }
@@ -237,7 +212,7 @@ impl<R> BoshState<R> {
         if req.rid > self.last_rid + self.params.requests as u64 {
             self.terminate(
                 Terminate::Condition("item-not-found"),
-                Some(req.reply),
+                Some((req.rid, req.reply)),
                 &mut out,
             );
             return out;
@@ -247,7 +222,7 @@ impl<R> BoshState<R> {
         if self.held.len() + (req.rid - self.last_rid) as usize > self.params.requests {
             self.terminate(
                 Terminate::Condition("policy-violation"),
-                Some(req.reply),
+                Some((req.rid, req.reply)),
                 &mut out,
             );
             return out;
@@ -277,18 +252,30 @@ impl<R> BoshState<R> {
         }
         match self.cache.iter().find(|(rid, _)| *rid == req.rid) {
             Some((_, body)) => out.push(Action::Respond(req.reply, body.clone())),
-            None => self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), out),
+            None => self.terminate(
+                Terminate::Condition("item-not-found"),
+                Some((req.rid, req.reply)),
+                out,
+            ),
         }
     }
 
     fn process(&mut self, req: Request<R>, now: Instant, out: &mut Vec<Action<R>>) {
         self.last_rid = req.rid;
         if !self.check_key(&req) {
-            self.terminate(Terminate::Condition("item-not-found"), Some(req.reply), out);
+            self.terminate(
+                Terminate::Condition("item-not-found"),
+                Some((req.rid, req.reply)),
+                out,
+            );
             return;
         }
         if req.kind == Kind::Invalid {
-            self.terminate(Terminate::Condition("bad-request"), Some(req.reply), out);
+            self.terminate(
+                Terminate::Condition("bad-request"),
+                Some((req.rid, req.reply)),
+                out,
+            );
             return;
         }
         if let Some(ack) = req.ack {
@@ -304,7 +291,7 @@ impl<R> BoshState<R> {
         match req.kind {
             Kind::Terminate => {
                 out.push(Action::CloseUpstream);
-                self.terminate(Terminate::Normal, Some(req.reply), out);
+                self.terminate(Terminate::Normal, Some((req.rid, req.reply)), out);
                 return;
             }
             Kind::Restart => out.push(Action::Restart),
@@ -315,7 +302,7 @@ impl<R> BoshState<R> {
                 if now.duration_since(last) < self.params.polling {
                     self.terminate(
                         Terminate::Condition("policy-violation"),
-                        Some(req.reply),
+                        Some((req.rid, req.reply)),
                         out,
                     );
                     return;
@@ -477,27 +464,38 @@ impl<R> BoshState<R> {
         self.cache.push_back((rid, body));
     }
 
-    fn terminate(&mut self, why: Terminate, reply: Option<R>, out: &mut Vec<Action<R>>) {
+    /// Ends the session: docs/protocol.md §4 (ending a session). Every request still open is
+    /// answered in rid order, so a client reading its responses in order sees the end on the
+    /// first; the stanzas pending at the end go in that first answer only, and each answer is
+    /// kept for a repeat of its rid.
+    fn terminate(&mut self, why: Terminate, reply: Option<(u64, R)>, out: &mut Vec<Action<R>>) {
         if matches!(why, Terminate::Condition(c) if c != "system-shutdown") {
             // A protocol error ends the XMPP stream properly too (RFC 6120 §4.4).
             out.push(Action::CloseUpstream);
         }
-        let body = terminate_body_with(&why, &mut self.pending);
+        let mut open: Vec<(u64, Vec<R>)> =
+            self.held.drain(..).map(|h| (h.rid, h.replies)).collect();
+        open.extend(reply.map(|(rid, reply)| (rid, vec![reply])));
+        open.extend(
+            std::mem::take(&mut self.parked)
+                .into_iter()
+                .map(|(rid, r)| (rid, vec![r.reply])),
+        );
+        open.sort_by_key(|(rid, _)| *rid);
+        let plain = terminate_body(&why);
+        let mut full =
+            (!self.pending.is_empty()).then(|| terminate_body_with(&why, &mut self.pending));
         self.pending_bytes = 0;
-        if let Some(reply) = reply {
-            out.push(Action::Respond(reply, body.clone()));
-            self.final_delivered = true;
-        }
-        while let Some(h) = self.held.pop_front() {
-            for reply in h.replies {
+        for (rid, replies) in open {
+            let body = full.take().unwrap_or_else(|| plain.clone());
+            self.remember(rid, body.clone());
+            for reply in replies {
                 out.push(Action::Respond(reply, body.clone()));
             }
             self.final_delivered = true;
         }
-        self.final_body = Some(body.clone());
-        for (_, req) in std::mem::take(&mut self.parked) {
-            out.push(Action::Respond(req.reply, body.clone()));
-        }
+        self.final_body = Some(full.unwrap_or_else(|| plain.clone()));
+        self.final_plain = Some(plain);
         self.ended = true;
         let reason = match why {
             Terminate::Normal => "closed",
@@ -508,44 +506,6 @@ impl<R> BoshState<R> {
         };
         out.push(Action::End(reason));
     }
-}
-
-/// A terminate body for a condition, carrying nothing else.
-pub fn terminate_body(why: &Terminate) -> Bytes {
-    terminate_body_with(why, &mut Vec::new())
-}
-
-fn terminate_body_with(why: &Terminate, pending: &mut Vec<Bytes>) -> Bytes {
-    let mut s = String::from("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:stream='http://etherx.jabber.org/streams' type='terminate'");
-    match why {
-        Terminate::Normal => {}
-        Terminate::Condition(c) => s.push_str(&format!(" condition='{c}'")),
-        Terminate::RemoteStreamError(_) => s.push_str(" condition='remote-stream-error'"),
-        Terminate::SeeOtherUri(_) => s.push_str(" condition='see-other-uri'"),
-    }
-    let error = match why {
-        Terminate::RemoteStreamError(e) => Some(e.clone()),
-        Terminate::SeeOtherUri(uri) => Some(Bytes::from(format!(
-            "<uri>{}</uri>",
-            crate::xml::escape_attr(uri)
-        ))),
-        _ => None,
-    };
-    if pending.is_empty() && error.is_none() {
-        s.push_str("/>");
-        return Bytes::from(s);
-    }
-    s.push('>');
-    let mut bytes = s.into_bytes();
-    // Stanzas that arrived before the end still reach the client (no loss while it lives).
-    for el in pending.drain(..) {
-        bytes.extend_from_slice(&el);
-    }
-    if let Some(e) = error {
-        bytes.extend_from_slice(&e);
-    }
-    bytes.extend_from_slice(b"</body>");
-    Bytes::from(bytes)
 }
 
 /// Lower-case hex SHA-1 of a key, as XEP-0124 §15 chains them.

@@ -375,6 +375,64 @@ async fn bosh_terminate_forwards_payload_and_answers_every_held_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn bosh_terminate_answers_held_requests_in_rid_order_before_the_terminate_request() {
+    // docs/protocol.md §4 (ending a session): a client reading its responses in rid order sees
+    // the end once, on the first one; a logout is no error, so no condition.
+    let mut s = new_state(1);
+    s.on_request(req(101, 1), Instant::now());
+    let a = s.on_request(
+        Request {
+            kind: Kind::Terminate,
+            ..req(102, 2)
+        },
+        Instant::now(),
+    );
+    let r = responses(&a);
+    assert_eq!(r.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![1, 2]);
+    for (_, body) in &r {
+        assert!(
+            body.contains("type='terminate'") && !body.contains("condition"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bosh_stanzas_pending_at_the_end_reach_the_client_once() {
+    // A drain with no request held: the first request still in flight gets the pending stanza,
+    // the next one only the redirect, and a repeat of the first (its response lost) the same
+    // body again (XEP-0124 §14.3).
+    let mut s = new_state(1);
+    s.on_upstream(Bytes::from_static(b"<message id='pending'/>"));
+    let mut a = Vec::new();
+    s.on_shutdown(Some("https://lb.example/http-bind"), &mut a);
+    assert!(responses(&a).is_empty());
+    let first = responses(&s.on_request(req(101, 1), Instant::now()));
+    assert!(first[0].1.contains("<message id='pending'/>"), "{first:?}");
+    let second = responses(&s.on_request(req(102, 2), Instant::now()));
+    assert!(
+        second[0].1.contains("condition='see-other-uri'") && !second[0].1.contains("pending"),
+        "{second:?}"
+    );
+    let again = responses(&s.on_request(req(101, 3), Instant::now()));
+    assert_eq!(again[0].1, first[0].1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bosh_a_lost_terminate_response_is_answered_again_identically() {
+    // The upstream stream ended with a stanza pending; the response carrying it is lost and the
+    // client repeats its rid: the stanza is not lost with it.
+    let mut s = new_state(1);
+    s.on_upstream(Bytes::from_static(b"<message id='last'/>"));
+    let mut a = Vec::new();
+    s.on_upstream_end(Terminate::Normal, &mut a);
+    let first = responses(&s.on_request(req(101, 1), Instant::now()));
+    assert!(first[0].1.contains("<message id='last'/>"), "{first:?}");
+    let again = responses(&s.on_request(req(101, 2), Instant::now()));
+    assert_eq!(again[0].1, first[0].1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn bosh_upstream_stream_error_is_remote_stream_error_with_the_error() {
     let mut s = new_state(1);
     s.on_request(req(101, 1), Instant::now());
