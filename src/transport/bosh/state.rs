@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::terminate::terminate_body_with;
 pub use super::terminate::{terminate_body, Terminate};
 
 /// Negotiated session parameters.
@@ -114,11 +113,11 @@ pub struct BoshState<R> {
     pause: Option<Duration>,
     last_empty_poll: Option<Instant>,
     ended: bool,
-    /// The terminate body for the next new request: with the stanzas that were pending at the
-    /// end while no request has carried them, else [`final_plain`](Self::final_plain).
+    /// Stanzas that were pending at the end with no held request to carry them: an ordinary
+    /// body for the client's next request, before the terminate body.
+    final_stanzas: Option<Bytes>,
+    /// The terminate body, for a client that had no request held when the session ended.
     final_body: Option<Bytes>,
-    /// The terminate body without stanzas.
-    final_plain: Option<Bytes>,
     final_delivered: bool,
     /// Set by a drain: requests already on their way still have their payload forwarded.
     forward_after_end: bool,
@@ -148,8 +147,8 @@ impl<R> BoshState<R> {
             pause: None,
             last_empty_poll: None,
             ended: false,
+            final_stanzas: None,
             final_body: None,
-            final_plain: None,
             final_delivered: false,
             forward_after_end: false,
         }
@@ -193,13 +192,14 @@ impl<R> BoshState<R> {
                     out.push(Action::Forward(req.payload));
                 }
             }
-            let body = match &self.final_body {
-                Some(b) if !self.final_delivered || self.forward_after_end => b.clone(),
+            let body = match (self.final_stanzas.take(), &self.final_body) {
+                (Some(stanzas), _) => stanzas,
+                (None, Some(b)) if !self.final_delivered || self.forward_after_end => {
+                    self.final_delivered = true;
+                    b.clone()
+                }
                 _ => terminate_body(&Terminate::Condition("item-not-found")),
             };
-            self.final_delivered = true;
-            // The stanzas in it are delivered now: later requests get the body without them.
-            self.final_body = self.final_plain.clone();
             self.remember(req.rid, body.clone());
             out.push(Action::Respond(req.reply, body));
             return out;
@@ -290,6 +290,11 @@ impl<R> BoshState<R> {
         }
         match req.kind {
             Kind::Terminate => {
+                // The client has left: what is still pending is not delivered (docs/protocol.md
+                // §4, ending a session). With XEP-0198 the server still counts it as
+                // unacknowledged and handles it as for any closed stream.
+                self.pending.clear();
+                self.pending_bytes = 0;
                 out.push(Action::CloseUpstream);
                 self.terminate(Terminate::Normal, Some((req.rid, req.reply)), out);
                 return;
@@ -465,14 +470,21 @@ impl<R> BoshState<R> {
     }
 
     /// Ends the session: docs/protocol.md §4 (ending a session). Every request still open is
-    /// answered in rid order, so a client reading its responses in order sees the end on the
-    /// first; the stanzas pending at the end go in that first answer only, and each answer is
-    /// kept for a repeat of its rid.
+    /// answered at once, in rid order, and each answer is kept for a repeat of its rid. Stanzas
+    /// still pending go in an ordinary body, never in the terminate body (strophe.js ignores
+    /// the payload of a terminate body, stanza fails on it): to the oldest held request (in
+    /// order and key-checked), else to the client's next request; the terminate follows.
     fn terminate(&mut self, why: Terminate, reply: Option<(u64, R)>, out: &mut Vec<Action<R>>) {
         if matches!(why, Terminate::Condition(c) if c != "system-shutdown") {
             // A protocol error ends the XMPP stream properly too (RFC 6120 §4.4).
             out.push(Action::CloseUpstream);
         }
+        let stanza_rid = self
+            .held
+            .front()
+            .map(|h| h.rid)
+            .filter(|_| !self.pending.is_empty());
+        let mut stanzas = stanza_rid.map(|rid| self.body_with_pending(rid));
         let mut open: Vec<(u64, Vec<R>)> =
             self.held.drain(..).map(|h| (h.rid, h.replies)).collect();
         open.extend(reply.map(|(rid, reply)| (rid, vec![reply])));
@@ -482,20 +494,23 @@ impl<R> BoshState<R> {
                 .map(|(rid, r)| (rid, vec![r.reply])),
         );
         open.sort_by_key(|(rid, _)| *rid);
-        let plain = terminate_body(&why);
-        let mut full =
-            (!self.pending.is_empty()).then(|| terminate_body_with(&why, &mut self.pending));
-        self.pending_bytes = 0;
+        let end = terminate_body(&why);
         for (rid, replies) in open {
-            let body = full.take().unwrap_or_else(|| plain.clone());
+            let body = match stanzas.take_if(|_| Some(rid) == stanza_rid) {
+                Some(b) => b,
+                None => {
+                    self.final_delivered = true;
+                    end.clone()
+                }
+            };
             self.remember(rid, body.clone());
             for reply in replies {
                 out.push(Action::Respond(reply, body.clone()));
             }
-            self.final_delivered = true;
         }
-        self.final_body = Some(full.unwrap_or_else(|| plain.clone()));
-        self.final_plain = Some(plain);
+        let last = self.last_rid;
+        self.final_stanzas = (!self.pending.is_empty()).then(|| self.body_with_pending(last));
+        self.final_body = Some(end);
         self.ended = true;
         let reason = match why {
             Terminate::Normal => "closed",

@@ -279,8 +279,9 @@ async fn bosh_refused_body_ends_the_session_with_bad_request_once_its_rid_checks
 
 #[tokio::test(start_paused = true)]
 async fn bosh_drain_tells_the_client_at_once_and_still_delivers_requests_in_flight() {
-    // docs/protocol.md §6: held requests get the redirect with pending stanzas; a request that was
-    // already on its way has its payload forwarded and gets the same answer.
+    // docs/protocol.md §6: the held request is answered at once, with the pending stanza in an
+    // ordinary body; a request that was already on its way has its payload forwarded and gets
+    // the redirect.
     let mut s = new_state(1);
     s.on_request(req(101, 1), Instant::now());
     s.on_upstream(Bytes::from_static(b"<message id='pending'/>"));
@@ -288,15 +289,16 @@ async fn bosh_drain_tells_the_client_at_once_and_still_delivers_requests_in_flig
     s.on_shutdown(Some("https://lb.example/http-bind"), &mut a);
     let r = responses(&a);
     assert_eq!(r.len(), 1);
-    assert!(
-        r[0].1.contains("condition='see-other-uri'") && r[0].1.contains("<message id='pending'/>")
-    );
+    assert!(r[0].1.contains("<message id='pending'/>") && !r[0].1.contains("terminate"));
+    assert!(!s.end_delivered());
     let a = s.on_request(
         with_payload(102, 2, "<message id='raced'/>"),
         Instant::now(),
     );
     assert_eq!(forwarded(&a), vec!["<message id='raced'/>"]);
-    assert!(responses(&a)[0].1.contains("condition='see-other-uri'"));
+    let r = responses(&a);
+    assert!(r[0].1.contains("condition='see-other-uri'") && !r[0].1.contains("pending"));
+    assert!(s.end_delivered());
 }
 
 #[tokio::test(start_paused = true)]
@@ -408,7 +410,10 @@ async fn bosh_stanzas_pending_at_the_end_reach_the_client_once() {
     s.on_shutdown(Some("https://lb.example/http-bind"), &mut a);
     assert!(responses(&a).is_empty());
     let first = responses(&s.on_request(req(101, 1), Instant::now()));
-    assert!(first[0].1.contains("<message id='pending'/>"), "{first:?}");
+    assert!(
+        first[0].1.contains("<message id='pending'/>") && !first[0].1.contains("terminate"),
+        "{first:?}"
+    );
     let second = responses(&s.on_request(req(102, 2), Instant::now()));
     assert!(
         second[0].1.contains("condition='see-other-uri'") && !second[0].1.contains("pending"),
@@ -419,9 +424,9 @@ async fn bosh_stanzas_pending_at_the_end_reach_the_client_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn bosh_a_lost_terminate_response_is_answered_again_identically() {
+async fn bosh_a_lost_response_after_the_end_is_answered_again_identically() {
     // The upstream stream ended with a stanza pending; the response carrying it is lost and the
-    // client repeats its rid: the stanza is not lost with it.
+    // client repeats its rid: the stanza is not lost with it, and the terminate still follows.
     let mut s = new_state(1);
     s.on_upstream(Bytes::from_static(b"<message id='last'/>"));
     let mut a = Vec::new();
@@ -430,6 +435,10 @@ async fn bosh_a_lost_terminate_response_is_answered_again_identically() {
     assert!(first[0].1.contains("<message id='last'/>"), "{first:?}");
     let again = responses(&s.on_request(req(101, 2), Instant::now()));
     assert_eq!(again[0].1, first[0].1);
+    let end = responses(&s.on_request(req(102, 3), Instant::now()));
+    assert!(end[0].1.contains("type='terminate'"), "{end:?}");
+    let end_again = responses(&s.on_request(req(102, 4), Instant::now()));
+    assert_eq!(end_again[0].1, end[0].1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -448,18 +457,47 @@ async fn bosh_upstream_stream_error_is_remote_stream_error_with_the_error() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn bosh_end_without_a_held_request_is_told_on_the_next_one() {
+async fn bosh_end_without_a_held_request_is_told_on_the_next_ones() {
+    // The stanzas pending at the end in an ordinary body, then the terminate: strophe.js ignores
+    // the payload of a terminate body and stanza fails on it.
     let mut s = new_state(1);
     let mut a = Vec::new();
     s.on_upstream(Bytes::from_static(b"<message id='last'/>"));
     s.on_upstream_end(Terminate::Normal, &mut a);
     assert!(!s.end_delivered());
-    let a = s.on_request(req(101, 1), Instant::now());
-    let r = responses(&a);
+    let r = responses(&s.on_request(req(101, 1), Instant::now()));
     assert!(
-        r[0].1.contains("type='terminate'") && r[0].1.contains("<message id='last'/>"),
+        r[0].1.contains("<message id='last'/>") && !r[0].1.contains("terminate"),
         "{r:?}"
     );
+    assert!(!s.end_delivered());
+    let r = responses(&s.on_request(req(102, 2), Instant::now()));
+    assert!(
+        r[0].1.contains("type='terminate'") && !r[0].1.contains("last"),
+        "{r:?}"
+    );
+    assert!(s.end_delivered());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bosh_a_clients_terminate_delivers_nothing_still_pending() {
+    // The client has left; with XEP-0198 the server still counts these as unacknowledged.
+    let mut s = new_state(1);
+    s.on_upstream(Bytes::from_static(b"<message id='late'/>"));
+    let a = s.on_request(
+        Request {
+            kind: Kind::Terminate,
+            ..req(101, 1)
+        },
+        Instant::now(),
+    );
+    let r = responses(&a);
+    assert_eq!(r.len(), 1);
+    assert!(
+        r[0].1.contains("type='terminate'") && !r[0].1.contains("late"),
+        "{r:?}"
+    );
+    assert!(s.end_delivered());
 }
 
 #[tokio::test(start_paused = true)]

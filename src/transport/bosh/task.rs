@@ -124,7 +124,9 @@ async fn linger(
             Some(req) = rx.recv() => {
                 let actions = state.on_request(req, Instant::now());
                 perform(session, state, actions).await;
-                if !draining {
+                // Stanzas pending at the end come before the terminate body: linger until
+                // the client has that too.
+                if !draining && state.end_delivered() {
                     return;
                 }
             }

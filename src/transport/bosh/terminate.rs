@@ -1,6 +1,5 @@
 //! How a BOSH session ends (XEP-0124 §17): the condition and the `type='terminate'` body that
-//! tells the client, with the stanzas that were still pending and the server's error or the
-//! redirect it carries.
+//! tells the client, with the server's error or the redirect it carries.
 
 use bytes::Bytes;
 
@@ -44,12 +43,10 @@ impl Terminate {
     }
 }
 
-/// A terminate body for a condition, carrying nothing else.
+/// The terminate body for `why`: its condition, and the server's `<stream:error/>` or the
+/// redirect's `<uri/>` where there is one. It never carries stanzas (docs/protocol.md §4,
+/// ending a session).
 pub fn terminate_body(why: &Terminate) -> Bytes {
-    terminate_body_with(why, &mut Vec::new())
-}
-
-pub(super) fn terminate_body_with(why: &Terminate, pending: &mut Vec<Bytes>) -> Bytes {
     let mut s = String::from("<body xmlns='http://jabber.org/protocol/httpbind' xmlns:stream='http://etherx.jabber.org/streams' type='terminate'");
     match why {
         Terminate::Normal => {}
@@ -57,27 +54,19 @@ pub(super) fn terminate_body_with(why: &Terminate, pending: &mut Vec<Bytes>) -> 
         Terminate::RemoteStreamError(_) => s.push_str(" condition='remote-stream-error'"),
         Terminate::SeeOtherUri(_) => s.push_str(" condition='see-other-uri'"),
     }
-    let error = match why {
-        Terminate::RemoteStreamError(e) => Some(e.clone()),
-        Terminate::SeeOtherUri(uri) => Some(Bytes::from(format!(
-            "<uri>{}</uri>",
-            crate::xml::escape_attr(uri)
-        ))),
-        _ => None,
+    let detail = match why {
+        Terminate::RemoteStreamError(e) => e.clone(),
+        Terminate::SeeOtherUri(uri) => {
+            Bytes::from(format!("<uri>{}</uri>", crate::xml::escape_attr(uri)))
+        }
+        _ => {
+            s.push_str("/>");
+            return Bytes::from(s);
+        }
     };
-    if pending.is_empty() && error.is_none() {
-        s.push_str("/>");
-        return Bytes::from(s);
-    }
     s.push('>');
     let mut bytes = s.into_bytes();
-    // Stanzas that arrived before the end still reach the client (no loss while it lives).
-    for el in pending.drain(..) {
-        bytes.extend_from_slice(&el);
-    }
-    if let Some(e) = error {
-        bytes.extend_from_slice(&e);
-    }
+    bytes.extend_from_slice(&detail);
     bytes.extend_from_slice(b"</body>");
     Bytes::from(bytes)
 }
