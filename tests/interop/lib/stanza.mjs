@@ -1,0 +1,99 @@
+// Thin adapter around stanza (npm `stanza`) for the interop tests: log in over
+// WebSocket or BOSH, record what arrives, send, and log out. stanza speaks
+// JSON rather than DOM: what the Inbox records are its parsed stanzas, each
+// with a `kind` ('message', 'presence', 'iq') added.
+
+import * as XMPP from 'stanza';
+import { Inbox } from './inbox.mjs';
+import { waitFor, withTimeout } from '../harness.mjs';
+
+export const LOGIN_TIMEOUT_MS = 10_000;
+
+/** An error carrying why a login failed ('not-authorized' for a SASL failure). */
+export class LoginError extends Error {
+	constructor(condition) {
+		super(`login failed: ${condition}`);
+		this.condition = condition;
+	}
+}
+
+/**
+ * Creates a client for `username` on the stack's WebSocket endpoint (or BOSH
+ * with `transport: 'bosh'`) and starts connecting it. `started` resolves once
+ * the session is bound; it rejects with a LoginError when authentication fails
+ * or the connection ends first. Reconnection is off: a dropped session must
+ * show as a failure.
+ */
+export function connect(stack, username, password, { transport = 'websocket', resource } = {}) {
+	const client = XMPP.createClient({
+		jid: `${username}@${stack.domain}`,
+		password,
+		resource,
+		autoReconnect: false,
+		transports:
+			transport === 'bosh' ? { websocket: false, bosh: stack.boshUrl } : { websocket: stack.wsUrl, bosh: false },
+	});
+	if (process.env.STANZA_TRACE === '1') {
+		const t0 = Date.now();
+		client.on('raw', (direction, data) => console.log(`${Date.now() - t0} ${username} ${direction}: ${data}`));
+	}
+	const inbox = new Inbox();
+	for (const kind of ['message', 'presence', 'iq']) {
+		client.on(kind, (stanza) => inbox.push({ kind, ...stanza }));
+	}
+	/** Stream errors the client reported, e.g. { condition: 'conflict' }. */
+	const streamErrors = [];
+	client.on('stream:error', (error) => streamErrors.push(error));
+	/** Resolves when stanza reports 'disconnected' (once the session has ended for it). */
+	const disconnected = new Promise((resolve) => client.once('disconnected', resolve));
+	const started = new Promise((resolve, reject) => {
+		let authFailed = false;
+		client.once('auth:failed', () => {
+			authFailed = true;
+		});
+		client.once('session:started', resolve);
+		disconnected.then(() => reject(new LoginError(authFailed ? 'not-authorized' : 'disconnected')));
+	});
+	started.catch(() => {});
+	client.connect();
+	return { client, inbox, streamErrors, disconnected, started };
+}
+
+/**
+ * stanza writes outgoing data through queues of its own, and its BOSH
+ * transport never completes a write still queued when the session ends, so a
+ * disconnect() issued within milliseconds of a send (its XEP-0198 <r/> after
+ * a message, or the <a/> it owes) would never report 'disconnected', through
+ * any server (Prosody's own BOSH endpoint included). A person logging out
+ * clicks long after; the tests do what that person does and log out once the
+ * client has nothing left to send.
+ */
+function idle(client) {
+	// Whatever it is still handling may make it answer (an XEP-0198 <a/> for an <r/>).
+	const transport = client.transport;
+	return (
+		client.incomingDataQueue.idle() &&
+		client.outgoingDataQueue.idle() &&
+		(transport?.queue?.length ?? 0) === 0 &&
+		(transport?.writableLength ?? 0) === 0
+	);
+}
+
+/** Logs in and returns { client, inbox, jid, bare, close, ... }. */
+export async function login(stack, username, password, options = {}) {
+	const c = connect(stack, username, password, options);
+	await withTimeout(c.started, LOGIN_TIMEOUT_MS, `login of ${username}`);
+	const { client } = c;
+	return {
+		...c,
+		jid: client.jid,
+		bare: client.jid.split('/')[0],
+		/** Logs out (</stream:stream> or a BOSH terminate) and waits for 'disconnected'. */
+		async close() {
+			if (!client.transport) return;
+			await waitFor(() => idle(client), { timeout: 5_000, what: `${username}'s stanza client to finish sending` });
+			client.disconnect();
+			await withTimeout(c.disconnected, 5_000, `logout of ${username} ('disconnected')`);
+		},
+	};
+}
