@@ -589,10 +589,12 @@ async fn unreachable_upstream_is_remote_connection_failed() {
     assert_terminate(&answer, Some("remote-connection-failed"));
 }
 
-// docs/protocol.md §4: an upstream stream error ends the session with remote-stream-error carrying
-// the <stream:error/>; the gateway closes its side of the stream.
+// docs/protocol.md §4 (upstream failures): an upstream stream error ends the session with a
+// terminate body naming remote-stream-error and nothing else (stanza's BOSH transport cannot end
+// a session whose terminate body carries the <stream:error/>); the gateway closes its side of the
+// stream.
 #[tokio::test]
-async fn upstream_stream_error_is_remote_stream_error_carrying_it() {
+async fn upstream_stream_error_is_remote_stream_error_without_children() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
     let Opened {
@@ -610,16 +612,7 @@ async fn upstream_stream_error_is_remote_stream_error_carrying_it() {
         .await;
     let answer = bosh.response().await;
     let root = assert_terminate(&answer, Some("remote-stream-error"));
-    assert_eq!(
-        root.children,
-        vec![(NS_STREAM.to_string(), "error".to_string())],
-        "{answer}"
-    );
-    assert!(
-        answer.contains("<conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
-        "{answer}"
-    );
-    assert!(answer.contains("Replaced by new connection"), "{answer}");
+    assert!(root.children.is_empty(), "{answer}");
     assert_eq!(server.read_to_eof().await, STREAM_END);
 }
 

@@ -517,7 +517,7 @@ impl<R> BoshState<R> {
             Terminate::Condition("system-shutdown") | Terminate::SeeOtherUri(_) => "shutdown",
             Terminate::Condition("remote-connection-failed") => "upstream_error",
             Terminate::Condition(_) => "bad_input",
-            Terminate::RemoteStreamError(_) => "upstream_stream_error",
+            Terminate::RemoteStreamError => "upstream_stream_error",
         };
         out.push(Action::End(reason));
     }

@@ -44,6 +44,9 @@ export function connect(stack, username, password, { transport = 'websocket', re
 	/** Stream errors the client reported, e.g. { condition: 'conflict' }. */
 	const streamErrors = [];
 	client.on('stream:error', (error) => streamErrors.push(error));
+	/** The `condition` of every BOSH terminate body it read (undefined for a plain one). */
+	const terminations = [];
+	client.on('bosh:terminate', (body) => terminations.push(body.condition));
 	/** Resolves when stanza reports 'disconnected' (once the session has ended for it). */
 	const disconnected = new Promise((resolve) => client.once('disconnected', resolve));
 	const started = new Promise((resolve, reject) => {
@@ -56,7 +59,7 @@ export function connect(stack, username, password, { transport = 'websocket', re
 	});
 	started.catch(() => {});
 	client.connect();
-	return { client, inbox, streamErrors, disconnected, started };
+	return { client, inbox, streamErrors, terminations, disconnected, started };
 }
 
 /**
@@ -79,6 +82,11 @@ function idle(client) {
 	);
 }
 
+/** Resolves once `client` has nothing left to send or to handle (see `idle`). */
+export function quiet(client, what = 'the stanza client') {
+	return waitFor(() => idle(client), { timeout: 5_000, what: `${what} to finish sending` });
+}
+
 /** Logs in and returns { client, inbox, jid, bare, close, ... }. */
 export async function login(stack, username, password, options = {}) {
 	const c = connect(stack, username, password, options);
@@ -91,7 +99,7 @@ export async function login(stack, username, password, options = {}) {
 		/** Logs out (</stream:stream> or a BOSH terminate) and waits for 'disconnected'. */
 		async close() {
 			if (!client.transport) return;
-			await waitFor(() => idle(client), { timeout: 5_000, what: `${username}'s stanza client to finish sending` });
+			await quiet(client, `${username}'s stanza client`);
 			client.disconnect();
 			await withTimeout(c.disconnected, 5_000, `logout of ${username} ('disconnected')`);
 		},

@@ -103,6 +103,8 @@ export async function login(stack, username, password, options = {}) {
 	return {
 		conn,
 		inbox,
+		/** Strophe's status changes: ('status', status, condition, element). */
+		events,
 		jid: conn.jid,
 		bare: Strophe.getBareJidFromJid(conn.jid),
 		send: (stanza) => conn.send(stanza),
