@@ -6,7 +6,8 @@
 //! - [`body`]: the `<body/>` wrapper's attributes and payload, validated by the shared XML layer.
 //! - [`registry`]: live sessions by sid.
 //! - [`task`]: one task per session: requests, upstream batches, timers and the drain.
-//! - [`state`]: the XEP-0124 state machine (rid window, holding, cache, keys), free of I/O.
+//! - [`state`]: the XEP-0124 state machine (rid window, holding, cache, keys), free of I/O,
+//!   and its end (`ending.rs`, a part of `state`).
 //! - [`terminate`]: how a session ends: the condition and the terminate body.
 
 pub mod body;

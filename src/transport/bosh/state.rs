@@ -119,6 +119,9 @@ pub struct BoshState<R> {
     /// The terminate body, for a client that had no request held when the session ended.
     final_body: Option<Bytes>,
     final_delivered: bool,
+    /// Stanzas went to the client in an ordinary body at or after the end: a repeat of that
+    /// rid may still come, so the session stays for it.
+    stanzas_at_end: bool,
     /// Set by a drain: requests already on their way still have their payload forwarded.
     forward_after_end: bool,
 }
@@ -150,6 +153,7 @@ impl<R> BoshState<R> {
             final_stanzas: None,
             final_body: None,
             final_delivered: false,
+            stanzas_at_end: false,
             forward_after_end: false,
         }
     }
@@ -170,38 +174,23 @@ impl<R> BoshState<R> {
         self.ended
     }
 
-    /// Whether the client has been told how the session ended.
+    /// Whether the client has been told how the session ended (and has had every stanza
+    /// that was pending at the end).
     pub fn end_delivered(&self) -> bool {
-        self.final_delivered
+        self.final_delivered && self.final_stanzas.is_none()
+    }
+
+    /// Whether nothing more can come of the session: the client has been told, and no answer
+    /// carrying stanzas at the end may be asked for again.
+    pub fn settled(&self) -> bool {
+        self.end_delivered() && !self.stanzas_at_end
     }
 
     /// A request arrived.
     pub fn on_request(&mut self, req: Request<R>, now: Instant) -> Vec<Action<R>> {
         let mut out = Vec::new();
         if self.ended {
-            if let Some((_, body)) = self.cache.iter().find(|(rid, _)| *rid == req.rid) {
-                // A repeated rid gets its response again, the terminate body included.
-                out.push(Action::Respond(req.reply, body.clone()));
-                return out;
-            }
-            if self.forward_after_end && req.rid > self.last_rid {
-                // docs/protocol.md §6: a request sent before the client saw the drain's terminate
-                // body still has its payload delivered; it is answered with that body.
-                self.last_rid = req.rid;
-                if !req.payload.is_empty() {
-                    out.push(Action::Forward(req.payload));
-                }
-            }
-            let body = match (self.final_stanzas.take(), &self.final_body) {
-                (Some(stanzas), _) => stanzas,
-                (None, Some(b)) if !self.final_delivered || self.forward_after_end => {
-                    self.final_delivered = true;
-                    b.clone()
-                }
-                _ => terminate_body(&Terminate::Condition("item-not-found")),
-            };
-            self.remember(req.rid, body.clone());
-            out.push(Action::Respond(req.reply, body));
+            self.after_end(req, &mut out);
             return out;
         }
         if req.rid <= self.last_rid {
@@ -378,6 +367,10 @@ impl<R> BoshState<R> {
 
     /// The upstream stream ended (closed, failed or with a stream error).
     pub fn on_upstream_end(&mut self, why: Terminate, out: &mut Vec<Action<R>>) {
+        if self.ended {
+            // A write that fails while a drain lingers: the client has its answer already.
+            return;
+        }
         out.push(Action::CloseUpstream);
         self.terminate(why, None, out);
     }
@@ -468,59 +461,6 @@ impl<R> BoshState<R> {
         }
         self.cache.push_back((rid, body));
     }
-
-    /// Ends the session: docs/protocol.md §4 (ending a session). Every request still open is
-    /// answered at once, in rid order, and each answer is kept for a repeat of its rid. Stanzas
-    /// still pending go in an ordinary body, never in the terminate body (strophe.js ignores
-    /// the payload of a terminate body, stanza fails on it): to the oldest held request (in
-    /// order and key-checked), else to the client's next request; the terminate follows.
-    fn terminate(&mut self, why: Terminate, reply: Option<(u64, R)>, out: &mut Vec<Action<R>>) {
-        if matches!(why, Terminate::Condition(c) if c != "system-shutdown") {
-            // A protocol error ends the XMPP stream properly too (RFC 6120 §4.4).
-            out.push(Action::CloseUpstream);
-        }
-        let stanza_rid = self
-            .held
-            .front()
-            .map(|h| h.rid)
-            .filter(|_| !self.pending.is_empty());
-        let mut stanzas = stanza_rid.map(|rid| self.body_with_pending(rid));
-        let mut open: Vec<(u64, Vec<R>)> =
-            self.held.drain(..).map(|h| (h.rid, h.replies)).collect();
-        open.extend(reply.map(|(rid, reply)| (rid, vec![reply])));
-        open.extend(
-            std::mem::take(&mut self.parked)
-                .into_iter()
-                .map(|(rid, r)| (rid, vec![r.reply])),
-        );
-        open.sort_by_key(|(rid, _)| *rid);
-        let end = terminate_body(&why);
-        for (rid, replies) in open {
-            let body = match stanzas.take_if(|_| Some(rid) == stanza_rid) {
-                Some(b) => b,
-                None => {
-                    self.final_delivered = true;
-                    end.clone()
-                }
-            };
-            self.remember(rid, body.clone());
-            for reply in replies {
-                out.push(Action::Respond(reply, body.clone()));
-            }
-        }
-        let last = self.last_rid;
-        self.final_stanzas = (!self.pending.is_empty()).then(|| self.body_with_pending(last));
-        self.final_body = Some(end);
-        self.ended = true;
-        let reason = match why {
-            Terminate::Normal => "closed",
-            Terminate::Condition("system-shutdown") | Terminate::SeeOtherUri(_) => "shutdown",
-            Terminate::Condition("remote-connection-failed") => "upstream_error",
-            Terminate::Condition(_) => "bad_input",
-            Terminate::RemoteStreamError => "upstream_stream_error",
-        };
-        out.push(Action::End(reason));
-    }
 }
 
 /// Lower-case hex SHA-1 of a key, as XEP-0124 §15 chains them.
@@ -533,6 +473,9 @@ pub fn sha1_hex(key: &str) -> String {
     }
     hex
 }
+
+#[path = "ending.rs"]
+mod ending;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

@@ -2,7 +2,7 @@
 
 use super::*;
 
-fn params(hold: usize) -> Params {
+pub(super) fn params(hold: usize) -> Params {
     Params {
         wait: Duration::from_secs(30),
         hold,
@@ -14,7 +14,7 @@ fn params(hold: usize) -> Params {
     }
 }
 
-fn new_state(hold: usize) -> BoshState<u32> {
+pub(super) fn new_state(hold: usize) -> BoshState<u32> {
     BoshState::new(
         params(hold),
         100,
@@ -24,7 +24,7 @@ fn new_state(hold: usize) -> BoshState<u32> {
     )
 }
 
-fn req(rid: u64, tag: u32) -> Request<u32> {
+pub(super) fn req(rid: u64, tag: u32) -> Request<u32> {
     Request {
         rid,
         key: None,
@@ -37,7 +37,7 @@ fn req(rid: u64, tag: u32) -> Request<u32> {
     }
 }
 
-fn with_payload(rid: u64, tag: u32, payload: &'static str) -> Request<u32> {
+pub(super) fn with_payload(rid: u64, tag: u32, payload: &'static str) -> Request<u32> {
     Request {
         payload: vec![Bytes::from_static(payload.as_bytes())],
         ..req(rid, tag)
@@ -45,7 +45,7 @@ fn with_payload(rid: u64, tag: u32, payload: &'static str) -> Request<u32> {
 }
 
 /// (tag, body) of every Respond action.
-fn responses(actions: &[Action<u32>]) -> Vec<(u32, String)> {
+pub(super) fn responses(actions: &[Action<u32>]) -> Vec<(u32, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -55,7 +55,7 @@ fn responses(actions: &[Action<u32>]) -> Vec<(u32, String)> {
         .collect()
 }
 
-fn forwarded(actions: &[Action<u32>]) -> Vec<String> {
+pub(super) fn forwarded(actions: &[Action<u32>]) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -70,7 +70,7 @@ fn forwarded(actions: &[Action<u32>]) -> Vec<String> {
         .collect()
 }
 
-fn ended(actions: &[Action<u32>]) -> Option<&'static str> {
+pub(super) fn ended(actions: &[Action<u32>]) -> Option<&'static str> {
     actions.iter().find_map(|a| match a {
         Action::End(r) => Some(*r),
         _ => None,
@@ -374,137 +374,6 @@ async fn bosh_terminate_forwards_payload_and_answers_every_held_request() {
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|(_, b)| b.contains("type='terminate'")));
     assert_eq!(ended(&a), Some("closed"));
-}
-
-#[tokio::test(start_paused = true)]
-async fn bosh_terminate_answers_held_requests_in_rid_order_before_the_terminate_request() {
-    // docs/protocol.md §4 (ending a session): a client reading its responses in rid order sees
-    // the end once, on the first one; a logout is no error, so no condition.
-    let mut s = new_state(1);
-    s.on_request(req(101, 1), Instant::now());
-    let a = s.on_request(
-        Request {
-            kind: Kind::Terminate,
-            ..req(102, 2)
-        },
-        Instant::now(),
-    );
-    let r = responses(&a);
-    assert_eq!(r.iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![1, 2]);
-    for (_, body) in &r {
-        assert!(
-            body.contains("type='terminate'") && !body.contains("condition"),
-            "{body}"
-        );
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn bosh_stanzas_pending_at_the_end_reach_the_client_once() {
-    // A drain with no request held: the first request still in flight gets the pending stanza,
-    // the next one only the redirect, and a repeat of the first (its response lost) the same
-    // body again (XEP-0124 §14.3).
-    let mut s = new_state(1);
-    s.on_upstream(Bytes::from_static(b"<message id='pending'/>"));
-    let mut a = Vec::new();
-    s.on_shutdown(Some("https://lb.example/http-bind"), &mut a);
-    assert!(responses(&a).is_empty());
-    let first = responses(&s.on_request(req(101, 1), Instant::now()));
-    assert!(
-        first[0].1.contains("<message id='pending'/>") && !first[0].1.contains("terminate"),
-        "{first:?}"
-    );
-    let second = responses(&s.on_request(req(102, 2), Instant::now()));
-    assert!(
-        second[0].1.contains("condition='see-other-uri'") && !second[0].1.contains("pending"),
-        "{second:?}"
-    );
-    let again = responses(&s.on_request(req(101, 3), Instant::now()));
-    assert_eq!(again[0].1, first[0].1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn bosh_a_lost_response_after_the_end_is_answered_again_identically() {
-    // The upstream stream ended with a stanza pending; the response carrying it is lost and the
-    // client repeats its rid: the stanza is not lost with it, and the terminate still follows.
-    let mut s = new_state(1);
-    s.on_upstream(Bytes::from_static(b"<message id='last'/>"));
-    let mut a = Vec::new();
-    s.on_upstream_end(Terminate::Normal, &mut a);
-    let first = responses(&s.on_request(req(101, 1), Instant::now()));
-    assert!(first[0].1.contains("<message id='last'/>"), "{first:?}");
-    let again = responses(&s.on_request(req(101, 2), Instant::now()));
-    assert_eq!(again[0].1, first[0].1);
-    let end = responses(&s.on_request(req(102, 3), Instant::now()));
-    assert!(end[0].1.contains("type='terminate'"), "{end:?}");
-    let end_again = responses(&s.on_request(req(102, 4), Instant::now()));
-    assert_eq!(end_again[0].1, end[0].1);
-}
-
-#[tokio::test(start_paused = true)]
-async fn bosh_upstream_stream_error_is_remote_stream_error_naming_only_the_condition() {
-    // docs/protocol.md §4 (upstream failures): no <stream:error/> child, which stanza's BOSH
-    // transport cannot end its session on.
-    let mut s = new_state(1);
-    s.on_request(req(101, 1), Instant::now());
-    let mut a = Vec::new();
-    s.on_upstream_end(Terminate::RemoteStreamError, &mut a);
-    let r = responses(&a);
-    assert_eq!(
-        r,
-        vec![(
-            1,
-            "<body xmlns='http://jabber.org/protocol/httpbind' \
-             xmlns:stream='http://etherx.jabber.org/streams' type='terminate' \
-             condition='remote-stream-error'/>"
-                .to_string()
-        )]
-    );
-    assert_eq!(ended(&a), Some("upstream_stream_error"));
-}
-
-#[tokio::test(start_paused = true)]
-async fn bosh_end_without_a_held_request_is_told_on_the_next_ones() {
-    // The stanzas pending at the end in an ordinary body, then the terminate: strophe.js ignores
-    // the payload of a terminate body and stanza fails on it.
-    let mut s = new_state(1);
-    let mut a = Vec::new();
-    s.on_upstream(Bytes::from_static(b"<message id='last'/>"));
-    s.on_upstream_end(Terminate::Normal, &mut a);
-    assert!(!s.end_delivered());
-    let r = responses(&s.on_request(req(101, 1), Instant::now()));
-    assert!(
-        r[0].1.contains("<message id='last'/>") && !r[0].1.contains("terminate"),
-        "{r:?}"
-    );
-    assert!(!s.end_delivered());
-    let r = responses(&s.on_request(req(102, 2), Instant::now()));
-    assert!(
-        r[0].1.contains("type='terminate'") && !r[0].1.contains("last"),
-        "{r:?}"
-    );
-    assert!(s.end_delivered());
-}
-
-#[tokio::test(start_paused = true)]
-async fn bosh_a_clients_terminate_delivers_nothing_still_pending() {
-    // The client has left; with XEP-0198 the server still counts these as unacknowledged.
-    let mut s = new_state(1);
-    s.on_upstream(Bytes::from_static(b"<message id='late'/>"));
-    let a = s.on_request(
-        Request {
-            kind: Kind::Terminate,
-            ..req(101, 1)
-        },
-        Instant::now(),
-    );
-    let r = responses(&a);
-    assert_eq!(r.len(), 1);
-    assert!(
-        r[0].1.contains("type='terminate'") && !r[0].1.contains("late"),
-        "{r:?}"
-    );
-    assert!(s.end_delivered());
 }
 
 #[tokio::test(start_paused = true)]

@@ -67,7 +67,7 @@ pub async fn run(
             break reason;
         }
     };
-    if told_shutdown || !state.end_delivered() {
+    if told_shutdown || !state.settled() {
         linger(
             &mut session,
             &mut state,
@@ -104,9 +104,10 @@ fn absorb(mut batch: Batch<'_>, state: &mut BoshState<Reply>, actions: &mut Vec<
     state.flush(actions);
 }
 
-/// After the session ended: a client with no request held learns why from its next request
-/// (within [`LINGER`]); in a drain, requests that crossed the terminate body on the wire are
-/// still carried out for [`LINGER_DRAINING`].
+/// After the session ended: a client with no request held learns why (and gets the stanzas
+/// that were pending) from its next requests, and an answer that carried stanzas at the end
+/// can be asked for again, within [`LINGER`]; in a drain, requests that crossed the terminate
+/// body on the wire are still carried out for [`LINGER_DRAINING`].
 async fn linger(
     session: &mut Session,
     state: &mut BoshState<Reply>,
@@ -125,8 +126,8 @@ async fn linger(
                 let actions = state.on_request(req, Instant::now());
                 perform(session, state, actions).await;
                 // Stanzas pending at the end come before the terminate body: linger until
-                // the client has that too.
-                if !draining && state.end_delivered() {
+                // the client has that too, and for a repeat of an answer that carried them.
+                if !draining && state.settled() {
                     return;
                 }
             }
