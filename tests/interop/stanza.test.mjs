@@ -51,7 +51,9 @@ async function pair(t, [aliceName, aliceTransport], [bobName, bobTransport], { s
 	t.after(async () => {
 		const since = bob.inbox.mark();
 		await alice.close();
-		if (subscribed) {
+		// (Prosody's own BOSH endpoint keeps a terminated XEP-0198 session for resumption, so
+		// there the contact never goes offline.)
+		if (subscribed && (TARGET === 'gateway' || aliceTransport === 'websocket')) {
 			await bob.inbox.waitFor(isPresence(alice.jid, 'unavailable'), { what: `${aliceName} offline at ${bobName}`, since });
 		}
 		await bob.close();
