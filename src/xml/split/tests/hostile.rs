@@ -346,16 +346,8 @@ proptest! {
 
 // ---- Cost ----
 
-/// `cargo test --release -- --ignored --nocapture split_cost`: prints ns per element.
-#[test]
-#[ignore]
-fn split_cost_per_element() {
-    let stanza = "<message from='romeo@example.net/orchard' to='juliet@example.org/balcony' type='chat' id='m1'><body>Hello there, how are you doing today? &amp; more text</body><active xmlns='http://jabber.org/protocol/chatstates'/><request xmlns='urn:xmpp:receipts'/></message>";
-    let count = 200_000;
-    let mut stream = HEADER.as_bytes().to_vec();
-    for _ in 0..count {
-        stream.extend_from_slice(stanza.as_bytes());
-    }
+/// Splits `stream` fed in 4 KiB reads, as a socket delivers it: elements seen, time taken.
+fn split_in_4k_reads(stream: &[u8]) -> (usize, std::time::Duration) {
     let start = std::time::Instant::now();
     let mut splitter = StreamSplitter::new(Limits::default());
     let mut elements = 0;
@@ -369,7 +361,20 @@ fn split_cost_per_element() {
             }
         }
     }
-    let elapsed = start.elapsed();
+    (elements, start.elapsed())
+}
+
+/// `cargo test --release -- --ignored --nocapture split_cost`: prints ns per element.
+#[test]
+#[ignore]
+fn split_cost_per_element() {
+    let stanza = "<message from='romeo@example.net/orchard' to='juliet@example.org/balcony' type='chat' id='m1'><body>Hello there, how are you doing today? &amp; more text</body><active xmlns='http://jabber.org/protocol/chatstates'/><request xmlns='urn:xmpp:receipts'/></message>";
+    let count = 200_000;
+    let mut stream = HEADER.as_bytes().to_vec();
+    for _ in 0..count {
+        stream.extend_from_slice(stanza.as_bytes());
+    }
+    let (elements, elapsed) = split_in_4k_reads(&stream);
     assert_eq!(elements, count);
     println!(
         "splitter: {} bytes/element, {:.0} ns/element",
@@ -389,20 +394,7 @@ fn split_cost_of_a_large_element_read_in_pieces() {
     for _ in 0..count {
         stream.extend_from_slice(format!("<iq type='result' id='v1'><vCard xmlns='vcard-temp'><PHOTO><BINVAL>{body}</BINVAL></PHOTO></vCard></iq>").as_bytes());
     }
-    let start = std::time::Instant::now();
-    let mut splitter = StreamSplitter::new(Limits::default());
-    let mut elements = 0;
-    for chunk in stream.chunks(4096) {
-        splitter.buffer_mut().reserve(4096);
-        splitter.buffer_mut().extend_from_slice(chunk);
-        while let Some(item) = splitter.next_item().unwrap() {
-            if let StreamItem::Element(e) = item {
-                std::hint::black_box(&e);
-                elements += 1;
-            }
-        }
-    }
-    let elapsed = start.elapsed();
+    let (elements, elapsed) = split_in_4k_reads(&stream);
     assert_eq!(elements, count);
     println!(
         "splitter: {} bytes/element in 4 KiB reads, {:.0} µs/element",
