@@ -19,6 +19,8 @@ pub struct Settings {
     pub upstreams: Upstreams,
     /// XML limits for what browsers send, derived from the configuration.
     pub xml_limits: Limits,
+    /// XML limits for what the server sends: its size limit only (docs/protocol.md §2).
+    pub upstream_limits: Limits,
 }
 
 impl Settings {
@@ -30,10 +32,12 @@ impl Settings {
             max_depth: config.limits.max_depth,
             max_attributes: config.limits.max_attributes,
         };
+        let upstream_limits = Limits::size_only(config.limits.max_upstream_stanza_bytes);
         Ok(Self {
             config,
             upstreams,
             xml_limits,
+            upstream_limits,
         })
     }
 }

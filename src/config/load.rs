@@ -122,6 +122,11 @@ impl Config {
                 "limits: max_stanza_bytes must be at least 1024, max_depth and max_attributes at least 1".into(),
             ));
         }
+        if l.max_upstream_stanza_bytes < 1024 {
+            return Err(ConfigError::Value(
+                "limits.max_upstream_stanza_bytes must be at least 1024".into(),
+            ));
+        }
         if l.max_buffered_bytes < l.max_stanza_bytes {
             return Err(ConfigError::Value(
                 "limits.max_buffered_bytes must be at least limits.max_stanza_bytes".into(),

@@ -200,12 +200,16 @@ impl Default for BoshConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Largest element accepted from either side, in bytes.
+    /// Largest element accepted from a browser, in bytes.
     pub max_stanza_bytes: usize,
-    /// Deepest element nesting accepted.
+    /// Deepest element nesting accepted from a browser.
     pub max_depth: usize,
-    /// Most attributes on one element.
+    /// Most attributes on one element from a browser.
     pub max_attributes: usize,
+    /// Largest element accepted from the server, in bytes. The server relays what any user
+    /// on the network sends, so only well-formedness and this size are checked on its stream
+    /// (docs/protocol.md §2); it should be at least the server's own limit on what it sends.
+    pub max_upstream_stanza_bytes: usize,
     /// Bytes queued toward one side of one session before the session is cut off as a slow
     /// reader.
     pub max_buffered_bytes: usize,
@@ -225,6 +229,7 @@ impl Default for LimitsConfig {
             max_stanza_bytes: 256 * 1024,
             max_depth: 32,
             max_attributes: 64,
+            max_upstream_stanza_bytes: 1024 * 1024,
             max_buffered_bytes: 1024 * 1024,
             max_connections: 100_000,
             header_read_timeout_secs: 10,

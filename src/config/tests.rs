@@ -150,3 +150,12 @@ fn example_config_in_deploy_is_valid() {
     let c = Config::from_sources(text, &[], &cli(&[])).unwrap();
     assert!(!c.routes.is_empty());
 }
+
+#[test]
+fn upstream_stanza_limit_defaults_to_a_mebibyte_and_has_a_floor() {
+    let c = Config::from_sources("", &[], &cli(&[])).unwrap();
+    assert_eq!(c.limits.max_upstream_stanza_bytes, 1024 * 1024);
+    let err = Config::from_sources("[limits]\nmax_upstream_stanza_bytes = 100", &[], &cli(&[]))
+        .unwrap_err();
+    assert!(err.to_string().contains("max_upstream_stanza_bytes"), "{err}");
+}

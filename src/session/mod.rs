@@ -215,7 +215,7 @@ impl Session {
             .route(&params.to)
             .ok_or(UpstreamError::UnknownDomain)?;
         let (upstream, opened) =
-            UpstreamStream::establish(&settings.upstreams, &route, &params, &settings.xml_limits)
+            UpstreamStream::establish(&settings.upstreams, &route, &params, &settings.upstream_limits)
                 .await?;
         let features = filter_features_for_client(&opened.features.bytes)?;
         tracing::info!(domain = %params.to, tls = upstream.is_tls(), "session open");

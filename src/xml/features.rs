@@ -66,11 +66,7 @@ fn inspect(features: &[u8]) -> Result<(usize, FeaturesObserver), XmlError> {
         return Err(XmlError::syntax("features must be one element"));
     }
     // The element already passed the splitter's limits; these are not applied twice.
-    let limits = Limits {
-        max_element_bytes: usize::MAX,
-        max_depth: usize::MAX,
-        max_attributes: usize::MAX,
-    };
+    let limits = Limits::size_only(usize::MAX);
     let mut observer = FeaturesObserver::default();
     let len = match ElementScanner::new(&limits).scan(element, &NoScope, &mut observer)? {
         Scan::Complete(len) => len,

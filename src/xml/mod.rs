@@ -42,6 +42,19 @@ pub struct Limits {
     pub max_attributes: usize,
 }
 
+impl Limits {
+    /// Only a size limit: what the server's stream is held to (docs/protocol.md §2). The
+    /// server relays stanzas from any user on the network, and a depth or attribute limit
+    /// there would let a stranger end the recipient's session.
+    pub fn size_only(max_element_bytes: usize) -> Self {
+        Limits {
+            max_element_bytes,
+            max_depth: usize::MAX,
+            max_attributes: usize::MAX,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -4,10 +4,39 @@
 //! Resolution follows Namespaces in XML 1.0. URIs are compared after decoding, so an escaped
 //! spelling of a namespace cannot slip past a check that looks for that namespace.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use super::text::{decode_attr_value, XML_NS};
 use super::XmlError;
+
+/// Counts the steps of name lookups (entries examined, names compared) on this thread, so that
+/// tests can show that scanning costs the same per name however many are in scope.
+#[cfg(test)]
+pub(crate) mod cost {
+    use std::cell::Cell;
+
+    thread_local! {
+        static STEPS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Adds `n` steps.
+    pub(crate) fn step(n: usize) {
+        STEPS.with(|s| s.set(s.get() + n as u64));
+    }
+
+    /// The steps counted since the last call, and a new count.
+    pub(crate) fn take() -> u64 {
+        STEPS.with(|s| s.replace(0))
+    }
+}
+
+/// Counts a step of a lookup (nothing outside tests).
+#[inline]
+pub(crate) fn step(_n: usize) {
+    #[cfg(test)]
+    cost::step(_n);
+}
 
 /// Namespace bindings in force around the scanned element (the stream header's, for instance).
 pub(crate) trait OuterScope {
@@ -43,11 +72,19 @@ pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<()
 
 /// Namespace declarations of the open elements, innermost last. URIs are stored decoded, so
 /// `http://etherx.jabber.org/stream&#x73;` compares equal to the streams namespace.
+///
+/// Lookups are indexed by prefix, so each costs the same however many declarations are in
+/// scope: what the server relays has no cap on declarations (docs/protocol.md §2), and a scan
+/// must stay linear in the size of its input.
 #[derive(Default)]
 pub(crate) struct NsStack {
     /// Prefixes and URIs, concatenated.
     text: Vec<u8>,
     entries: Vec<NsEntry>,
+    /// The innermost entry declaring each prefix.
+    by_prefix: HashMap<Vec<u8>, usize>,
+    /// The innermost entry declaring the default namespace.
+    default_top: Option<usize>,
 }
 
 struct NsEntry {
@@ -55,67 +92,96 @@ struct NsEntry {
     /// `None` for the default namespace.
     prefix: Option<Range<usize>>,
     uri: Range<usize>,
+    /// The entry for the same prefix that this one hides, restored when this one is popped.
+    shadows: Option<usize>,
 }
 
 impl NsStack {
     /// Declares `prefix` (`None`: the default namespace) for elements at `depth` and below.
+    /// Depths never decrease between pops.
     pub(crate) fn push(
         &mut self,
         depth: usize,
         prefix: Option<&[u8]>,
         raw_uri: &[u8],
     ) -> Result<(), XmlError> {
-        let prefix = prefix.map(|p| {
-            let start = self.text.len();
-            self.text.extend_from_slice(p);
-            start..self.text.len()
-        });
+        let index = self.entries.len();
+        let (range, shadows) = match prefix {
+            None => (None, self.default_top.replace(index)),
+            Some(p) => {
+                let start = self.text.len();
+                self.text.extend_from_slice(p);
+                let shadows = match self.by_prefix.get_mut(p) {
+                    Some(top) => Some(std::mem::replace(top, index)),
+                    None => {
+                        self.by_prefix.insert(p.to_vec(), index);
+                        None
+                    }
+                };
+                (Some(start..self.text.len()), shadows)
+            }
+        };
         let start = self.text.len();
-        decode_attr_value(raw_uri, &mut self.text)?;
-        let uri = start..self.text.len();
-        self.entries.push(NsEntry { depth, prefix, uri });
-        Ok(())
+        let decoded = decode_attr_value(raw_uri, &mut self.text);
+        self.entries.push(NsEntry {
+            depth,
+            prefix: range,
+            uri: start..self.text.len(),
+            shadows,
+        });
+        decoded
     }
 
-    /// Drops the declarations made at `depth`.
+    /// Drops the declarations made at `depth` (and deeper).
     pub(crate) fn pop(&mut self, depth: usize) {
-        let keep = self
-            .entries
-            .iter()
-            .rposition(|e| e.depth < depth)
-            .map_or(0, |i| i + 1);
-        if let Some(first) = self.entries.get(keep) {
-            let cut = first.prefix.as_ref().map_or(first.uri.start, |p| p.start);
+        while let Some(entry) = self.entries.last() {
+            if entry.depth < depth {
+                break;
+            }
+            match &entry.prefix {
+                None => self.default_top = entry.shadows,
+                Some(range) => {
+                    let prefix = self.text.get(range.clone()).unwrap_or_default();
+                    match entry.shadows {
+                        Some(hidden) => {
+                            if let Some(top) = self.by_prefix.get_mut(prefix) {
+                                *top = hidden;
+                            }
+                        }
+                        None => {
+                            self.by_prefix.remove(prefix);
+                        }
+                    }
+                }
+            }
+            let cut = entry.prefix.as_ref().map_or(entry.uri.start, |p| p.start);
             self.text.truncate(cut);
-            self.entries.truncate(keep);
+            self.entries.pop();
         }
     }
 
     /// The innermost URI bound to `prefix` (`None`: the default namespace).
     pub(crate) fn lookup(&self, prefix: Option<&[u8]>) -> Option<&[u8]> {
-        self.entries.iter().rev().find_map(|e| {
-            let matches = match (&e.prefix, prefix) {
-                (None, None) => true,
-                (Some(range), Some(p)) => self.text.get(range.clone()) == Some(p),
-                _ => false,
-            };
-            if matches {
-                self.text.get(e.uri.clone())
-            } else {
-                None
-            }
-        })
+        step(1);
+        let index = match prefix {
+            None => self.default_top?,
+            Some(p) => *self.by_prefix.get(p)?,
+        };
+        let entry = self.entries.get(index)?;
+        self.text.get(entry.uri.clone())
     }
 
     /// Forgets every declaration, keeping allocated memory.
     pub(crate) fn clear(&mut self) {
         self.text.clear();
         self.entries.clear();
+        self.by_prefix.clear();
+        self.default_top = None;
     }
 
     /// Bytes and entries allocated.
     pub(crate) fn capacity(&self) -> usize {
-        self.text.capacity() + self.entries.capacity()
+        self.text.capacity() + self.entries.capacity() + self.by_prefix.capacity()
     }
 }
 
@@ -159,9 +225,41 @@ pub(crate) fn resolve_prefix<'s, S: OuterScope + ?Sized>(
     let (outer, uri) = lookup_prefix(ns, scope, prefix)
         .ok_or_else(|| XmlError::syntax("undeclared namespace prefix"))?;
     if let Some(index) = outer {
+        // At most as many as the stream header declares (HEADER_MAX_ATTRIBUTES in split.rs).
+        step(used_outer.len());
         if !used_outer.contains(&index) {
             used_outer.push(index);
         }
     }
     Ok(Some(uri))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inner_declarations_hide_outer_ones_until_popped() {
+        let mut ns = NsStack::default();
+        ns.push(1, Some(b"p"), b"urn:outer").unwrap();
+        ns.push(1, None, b"urn:default").unwrap();
+        ns.push(2, Some(b"p"), b"urn:inner").unwrap();
+        ns.push(2, Some(b"q"), b"urn:q&#x31;").unwrap();
+        ns.push(3, None, b"").unwrap();
+        assert_eq!(ns.lookup(Some(b"p")), Some(&b"urn:inner"[..]));
+        assert_eq!(ns.lookup(Some(b"q")), Some(&b"urn:q1"[..]));
+        assert_eq!(ns.lookup(None), Some(&b""[..]));
+        ns.pop(3);
+        assert_eq!(ns.lookup(None), Some(&b"urn:default"[..]));
+        ns.pop(2);
+        assert_eq!(ns.lookup(Some(b"p")), Some(&b"urn:outer"[..]));
+        assert_eq!(ns.lookup(Some(b"q")), None);
+        ns.pop(1);
+        assert_eq!(ns.lookup(Some(b"p")), None);
+        assert_eq!(ns.lookup(None), None);
+        ns.push(1, Some(b"p"), b"urn:again").unwrap();
+        assert_eq!(ns.lookup(Some(b"p")), Some(&b"urn:again"[..]));
+        ns.clear();
+        assert_eq!(ns.lookup(Some(b"p")), None);
+    }
 }

@@ -13,6 +13,7 @@
 //! quick-xml reader does not know the elements opened before it, end-tag names are checked
 //! against this module's own stack rather than with quick-xml's `check_end_names`.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use quick_xml::events::attributes::Attribute;
@@ -20,7 +21,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{PrefixDeclaration, QName};
 
 use super::ns::{
-    check_prefix_declaration, lookup_prefix, resolve_default, resolve_prefix, NsStack, OuterScope,
+    check_prefix_declaration, lookup_prefix, resolve_default, resolve_prefix, step, NsStack,
+    OuterScope,
 };
 use super::text::{
     check_attr_value, check_name, check_text, check_text_prefix, find_byte, is_space,
@@ -346,7 +348,8 @@ impl ElementScanner {
         })?;
 
         if prefixed_attributes {
-            for attr in tag.attributes() {
+            // Already checked for duplicates above.
+            for attr in tag.attributes().with_checks(false) {
                 let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
                 if attr.key.as_namespace_binding().is_none() {
                     if let Some(prefix) = attr.key.prefix() {
@@ -440,17 +443,73 @@ where
 {
     check_attribute_spacing(tag.get(tag.name().as_ref().len()..).unwrap_or_default())?;
     let mut count = 0;
-    for attr in tag.attributes() {
+    let mut names = AttributeNames::default();
+    // quick-xml's own duplicate check compares each name with every earlier one; the check
+    // here costs the same per attribute however many there are.
+    for attr in tag.attributes().with_checks(false) {
         let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
         count += 1;
         if count > max {
             return Err(XmlError::TooManyAttributes);
         }
+        names.insert(attr.key.into_inner())?;
         check_name(attr.key.as_ref())?;
         check_attr_value(&attr.value)?;
         f(attr)?;
     }
     Ok(count)
+}
+
+/// The attribute names of one tag seen so far, for XML §3.1's "no attribute name appears more
+/// than once". A few are compared directly; past that they go into a hash set, so a tag with
+/// thousands of attributes (the server relays whatever another user wrote) is checked in
+/// linear time.
+struct AttributeNames<'t> {
+    /// The first names, compared directly (no allocation for ordinary tags).
+    few: [&'t [u8]; 8],
+    len: usize,
+    many: Option<HashSet<&'t [u8]>>,
+}
+
+impl Default for AttributeNames<'_> {
+    fn default() -> Self {
+        AttributeNames {
+            few: [&[]; 8],
+            len: 0,
+            many: None,
+        }
+    }
+}
+
+impl<'t> AttributeNames<'t> {
+    fn insert(&mut self, name: &'t [u8]) -> Result<(), XmlError> {
+        let duplicate = || XmlError::syntax("duplicate attribute");
+        if let Some(set) = &mut self.many {
+            step(1);
+            return if set.insert(name) {
+                Ok(())
+            } else {
+                Err(duplicate())
+            };
+        }
+        let few = self.few.get(..self.len).unwrap_or_default();
+        step(few.len());
+        if few.contains(&name) {
+            return Err(duplicate());
+        }
+        match self.few.get_mut(self.len) {
+            Some(slot) => {
+                *slot = name;
+                self.len += 1;
+            }
+            None => {
+                let mut set: HashSet<&[u8]> = self.few.iter().copied().collect();
+                set.insert(name);
+                self.many = Some(set);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// XML §3.1 requires whitespace between attributes (`<a b='1'c='2'>` is not well-formed);

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::PrefixDeclaration;
 
-use super::ns::{check_prefix_declaration, OuterScope};
+use super::ns::{check_prefix_declaration, step, OuterScope};
 use super::scan::{
     for_each_attribute, non_element_markup, ElementScanner, Observer, Scan, StartTag,
 };
@@ -143,6 +143,8 @@ impl OuterScope for HeaderScope {
     }
 
     fn lookup(&self, prefix: &[u8]) -> Option<(usize, &[u8])> {
+        // At most HEADER_MAX_ATTRIBUTES entries.
+        step(self.prefixes.len());
         self.prefixes
             .iter()
             .enumerate()
@@ -470,6 +472,9 @@ fn push_declaration(out: &mut BytesMut, prefix: Option<&str>, ns: &str) {
     out.extend_from_slice(b"'");
 }
 
+/// Most attributes (declarations included) accepted on the stream header.
+const HEADER_MAX_ATTRIBUTES: usize = 64;
+
 /// What the splitter keeps from the stream header.
 struct ParsedHeader {
     header: StreamHeader,
@@ -493,7 +498,10 @@ fn parse_header(
     let mut header = StreamHeader::default();
     let mut scope = HeaderScope::default();
     let mut prefixed_attributes = false;
-    for_each_attribute(tag, limits.max_attributes, |attr| {
+    // The header is the server's own, not relayed from other users: it is held to a small
+    // number of attributes, which bounds the declarations every element may inherit.
+    let max_attributes = limits.max_attributes.min(HEADER_MAX_ATTRIBUTES);
+    for_each_attribute(tag, max_attributes, |attr| {
         match attr.key.as_namespace_binding() {
             Some(PrefixDeclaration::Default) => {
                 let ns = attr_string(&attr.value)?;
@@ -524,7 +532,7 @@ fn parse_header(
     })?;
 
     if prefixed_attributes {
-        for attr in tag.attributes().flatten() {
+        for attr in tag.attributes().with_checks(false).flatten() {
             if let Some(prefix) = attr.key.prefix() {
                 let prefix = prefix.as_ref();
                 if prefix != b"xml" && prefix != b"xmlns" && scope.lookup(prefix).is_none() {

@@ -123,11 +123,16 @@ pub fn upgrade<P: Send + 'static>(
 
 /// tungstenite's defaults allocate 128 KiB buffers per connection; a session needs a few KiB.
 fn ws_config(settings: &Settings) -> WebSocketConfig {
-    let max = settings.config.limits.max_stanza_bytes;
+    let limits = &settings.config.limits;
+    let max = limits.max_stanza_bytes;
+    // Room for the largest element the server may send (with the declarations it gains and
+    // its frame header) even behind a full batch: tungstenite refuses a message that would
+    // not fit.
+    let max_write = limits.max_buffered_bytes.max(limits.max_upstream_stanza_bytes) + 64 * 1024;
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(settings.config.limits.max_buffered_bytes)
+        .max_write_buffer_size(max_write)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

@@ -341,3 +341,4 @@ fn cdata_end_marker_split_across_reads_is_caught() {
 }
 
 mod hostile;
+mod relayed;
