@@ -19,6 +19,8 @@ pub mod metrics; // the Prometheus registry, every metric and the label values t
 
 pub mod shutdown; // drain/cancellation primitive shared by all tasks
 
+pub mod deadline; // the write deadline every socket is wrapped in
+
 pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
 
 pub mod settings; // the reloadable configuration snapshot sessions start with

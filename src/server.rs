@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
+use crate::deadline::Deadline;
 use crate::gateway::Gateway;
 use crate::upstream::UpstreamError;
 
@@ -175,7 +176,11 @@ where
         .header_read_timeout(header_timeout)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+    // docs/protocol.md §7: every write to the browser, from hyper or from a WebSocket on the
+    // upgraded connection, gives up when the browser takes no bytes for the write timeout.
+    let write_timeout = Duration::from_secs(gw.settings().config.limits.write_timeout_secs);
+    let io = TokioIo::new(Deadline::new(tcp, write_timeout));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let no_request_in_time = async {
         tokio::time::sleep(header_timeout).await;

@@ -122,6 +122,12 @@ impl Config {
                 "limits: max_stanza_bytes must be at least 1024, max_depth and max_attributes at least 1".into(),
             ));
         }
+        if l.write_timeout_secs == 0 || l.connect_timeout_secs == 0 {
+            return Err(ConfigError::Value(
+                "limits.write_timeout_secs and limits.connect_timeout_secs must be at least 1"
+                    .into(),
+            ));
+        }
         if l.max_upstream_stanza_bytes < 1024 {
             return Err(ConfigError::Value(
                 "limits.max_upstream_stanza_bytes must be at least 1024".into(),

@@ -217,8 +217,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Seconds a client may take to send its request headers.
     pub header_read_timeout_secs: u64,
-    /// Seconds for one upstream endpoint to accept TCP, TLS and the stream header.
+    /// Seconds for one upstream endpoint to accept TCP, TLS and the stream header; DNS
+    /// resolution of a route gets the same time.
     pub connect_timeout_secs: u64,
+    /// Seconds any write to a peer (browser or server) may wait without the peer taking a
+    /// byte before the connection is cut (docs/protocol.md §7).
+    pub write_timeout_secs: u64,
     /// Seconds a WebSocket client may take to send its `<open/>`.
     pub open_timeout_secs: u64,
 }
@@ -234,6 +238,7 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             header_read_timeout_secs: 10,
             connect_timeout_secs: 10,
+            write_timeout_secs: 20,
             open_timeout_secs: 30,
         }
     }

@@ -11,15 +11,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::deadline::Deadline;
+
+/// The TCP socket to a server, every write of it under the write deadline.
+pub type UpstreamTcp = Deadline<TcpStream>;
+
 /// Bytes reserved for one read from upstream.
 const READ_CHUNK: usize = 4096;
 
 /// A connected upstream socket.
 pub enum UpstreamIo {
     /// Unencrypted (before STARTTLS, or on a route with TLS disabled).
-    Plain(TcpStream),
+    Plain(UpstreamTcp),
     /// Encrypted.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<UpstreamTcp>>),
     /// Taken apart for the TLS handshake; only seen if that handshake failed.
     Closed,
 }
@@ -36,9 +41,9 @@ impl UpstreamIo {
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             UpstreamIo::Plain(tcp) => loop {
-                tcp.readable().await?;
+                tcp.get_ref().readable().await?;
                 reserve(buf);
-                match tcp.try_read_buf(buf) {
+                match tcp.get_mut().try_read_buf(buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Readiness after the last read was stale: give the buffer back

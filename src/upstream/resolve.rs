@@ -46,6 +46,22 @@ pub struct Resolver {
 }
 
 impl Resolver {
+    /// A resolver asking only the name server at `addr`, over UDP; for tests.
+    #[cfg(test)]
+    pub(crate) fn with_name_server(addr: std::net::SocketAddr) -> Self {
+        use hickory_resolver::config::{
+            NameServerConfig, NameServerConfigGroup, Protocol, ResolverConfig, ResolverOpts,
+        };
+        let servers = NameServerConfigGroup::from(vec![NameServerConfig::new(addr, Protocol::Udp)]);
+        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
+        Self {
+            inner: OnceCell::new_with(Some(TokioAsyncResolver::tokio(
+                config,
+                ResolverOpts::default(),
+            ))),
+        }
+    }
+
     async fn get(&self) -> Result<&TokioAsyncResolver, UpstreamError> {
         self.inner
             .get_or_try_init(|| async {

@@ -18,6 +18,8 @@ pub struct Upstreams {
     pub(super) tls: TlsConnector,
     pub(super) resolver: Resolver,
     pub(super) connect_timeout: Duration,
+    /// How long a write to a server may wait for it to take bytes.
+    pub(super) write_timeout: Duration,
     /// When an upstream stream last opened (or a probe connected), in ms since `epoch`.
     last_reached_ms: AtomicU64,
     epoch: Instant,
@@ -57,6 +59,7 @@ impl Upstreams {
             tls: TlsConnector::new(config.upstream_ca.as_deref())?,
             resolver: Resolver::default(),
             connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
+            write_timeout: Duration::from_secs(config.limits.write_timeout_secs),
             last_reached_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         })
@@ -93,7 +96,8 @@ impl Upstreams {
             return true;
         }
         for route in self.routes.values() {
-            let Ok(endpoints) = self.resolver.endpoints(route).await else {
+            let resolved = tokio::time::timeout(self.connect_timeout, self.resolver.endpoints(route));
+            let Ok(Ok(endpoints)) = resolved.await else {
                 continue;
             };
             for ep in endpoints {

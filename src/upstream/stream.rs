@@ -8,6 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::UpstreamIo;
+use crate::deadline::Deadline;
 use super::error::UpstreamError;
 use super::resolve::{Endpoint, Route};
 use super::routes::Upstreams;
@@ -60,7 +61,13 @@ impl UpstreamStream {
         limits: &Limits,
     ) -> Result<(Self, Opened), UpstreamError> {
         let t = std::time::Instant::now();
-        let endpoints = upstreams.resolver.endpoints(route).await?;
+        // docs/protocol.md §7: resolving the route is a wait on a peer too.
+        let endpoints = tokio::time::timeout(upstreams.connect_timeout, upstreams.resolver.endpoints(route))
+            .await
+            .map_err(|_| {
+                tracing::warn!(domain = %route.config.domain, "DNS resolution timed out");
+                UpstreamError::Timeout
+            })??;
         METRICS.connect_phase("dns", t.elapsed());
         let mut last = UpstreamError::Resolve("no endpoints".into());
         for endpoint in &endpoints {
@@ -104,6 +111,7 @@ impl UpstreamStream {
         METRICS.connect_phase("tcp", t.elapsed());
         // Stanzas are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
+        let tcp = Deadline::new(tcp, upstreams.write_timeout);
         let tls_name = route
             .config
             .tls_name
@@ -272,4 +280,40 @@ fn header(p: &StreamParams) -> String {
     push_attr(&mut h, "xml:lang", p.lang.as_deref());
     h.push('>');
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, RouteConfig};
+    use crate::upstream::resolve::Resolver;
+
+    // docs/protocol.md §7: resolving a route's SRV records is inside the connect timeout. A name
+    // server that never answers used to hold the session start for the resolver's own
+    // timeouts and retries, outside any deadline of ours.
+    #[tokio::test(start_paused = true)]
+    async fn dns_that_never_answers_fails_within_the_connect_timeout() {
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut config = Config::default();
+        config.limits.connect_timeout_secs = 1;
+        config.routes = vec![RouteConfig {
+            domain: "stalled.example.net".into(),
+            endpoints: Vec::new(),
+            tls: TlsPolicy::Disabled,
+            direct_tls: false,
+            tls_name: None,
+        }];
+        let mut upstreams = Upstreams::new(&config).unwrap();
+        upstreams.resolver = Resolver::with_name_server(silent.local_addr().unwrap());
+        let route = upstreams.route("stalled.example.net").unwrap();
+        let params = StreamParams {
+            to: "stalled.example.net".into(),
+            ..StreamParams::default()
+        };
+        let started = tokio::time::Instant::now();
+        let outcome =
+            UpstreamStream::establish(&upstreams, &route, &params, &Limits::default()).await;
+        assert!(matches!(outcome, Err(UpstreamError::Timeout)), "{:?}", outcome.err());
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
 }

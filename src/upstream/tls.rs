@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use super::connect::UpstreamTcp;
 use super::error::UpstreamError;
 
 /// Shared TLS client configuration.
@@ -63,8 +63,8 @@ impl TlsConnector {
     pub async fn handshake(
         &self,
         name: &str,
-        tcp: TcpStream,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        tcp: UpstreamTcp,
+    ) -> Result<TlsStream<UpstreamTcp>, UpstreamError> {
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| UpstreamError::Tls(format!("{name:?} is not a valid server name")))?;
         self.inner

@@ -635,6 +635,11 @@ impl WsClient {
     pub fn vanish(self) {
         drop(self.ws);
     }
+
+    /// The WebSocket itself, e.g. to split it into a sender and a receiver.
+    pub fn into_inner(self) -> WebSocketStream<TcpStream> {
+        self.ws
+    }
 }
 
 /// RFC 7395 §3.6 and docs/protocol.md §3: a standalone `<stream:error/>` with `condition`, then

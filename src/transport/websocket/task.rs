@@ -16,6 +16,7 @@ use super::framing::{
     binary_refused, failure, finish, open_element, reject, send_error_element, send_text,
     stream_error, text_message, Ending, Ws,
 };
+use crate::deadline::is_timed_out;
 use crate::metrics::{Transport, METRICS};
 use crate::session::{Batch, Context, Drain, OpenRequest, Outbound, Session, StreamEnd};
 use crate::settings::Settings;
@@ -135,8 +136,6 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
     // Set once the stream is being closed (the client's <close/>, or a drain): the deadline
     // for the server's answer, and what the client is told at the end.
     let mut closing: Option<(Instant, Ending)> = None;
-    // A client that stops reading is cut off instead of being buffered without bound.
-    let write_timeout = interval * max_missed.max(1);
     let batch_bytes = settings.config.limits.max_buffered_bytes;
     loop {
         let close_deadline = async {
@@ -202,7 +201,9 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
                     Message::Pong(_) => missed = 0,
                     Message::Ping(_) | Message::Frame(_) => {
                         // tungstenite queued the pong; push it out now.
-                        let _ = ws.flush().await;
+                        if let Err(e) = ws.flush().await {
+                            return write_failed(session, &e).await;
+                        }
                     }
                     Message::Close(_) if closing.is_some() => {
                         // The client sent <close/> and did not wait for the answer: the close
@@ -220,19 +221,12 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
             }
             batch = session.next_batch(batch_bytes) => {
                 let ending = closing.map_or(Ending::Close, |(_, e)| e);
-                let write = tokio::time::timeout(write_timeout, forward(ws, batch, ending, settings));
-                match write.await {
-                    Ok(Forwarded::Continue) => {}
-                    Ok(Forwarded::End(reason)) => return reason,
-                    Ok(Forwarded::ClientGone) => {
-                        session.leave().await;
-                        return "client_gone";
-                    }
-                    Err(_) => {
-                        METRICS.input_rejected("slow_reader");
-                        session.leave().await;
-                        return "slow_reader";
-                    }
+                // A client that stops reading fails the write after limits.write_timeout_secs
+                // (every socket has that deadline), instead of being buffered without bound.
+                match forward(ws, batch, ending, settings).await {
+                    Forwarded::Continue => {}
+                    Forwarded::End(reason) => return reason,
+                    Forwarded::WriteFailed(e) => return write_failed(session, &e).await,
                 }
             }
             _ = ping.tick() => {
@@ -244,9 +238,8 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
                     return "ping_timeout";
                 }
                 missed += 1;
-                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                    session.leave().await;
-                    return "client_gone";
+                if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
+                    return write_failed(session, &e).await;
                 }
             }
             _ = close_deadline => {
@@ -269,6 +262,20 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
     }
 }
 
+/// A write to the browser failed: the browser is gone, or took nothing for the write timeout
+/// (a slow reader). The server's stream is left as for any vanished browser.
+async fn write_failed(session: &mut Session, err: &WsError) -> Reason {
+    session.leave().await;
+    match err {
+        WsError::Io(io) if is_timed_out(io) => {
+            METRICS.input_rejected("slow_reader");
+            tracing::info!("browser took no bytes within the write timeout; cut off");
+            "slow_reader"
+        }
+        _ => "client_gone",
+    }
+}
+
 /// What became of a batch written to the browser.
 enum Forwarded {
     /// Written; the session goes on.
@@ -276,7 +283,7 @@ enum Forwarded {
     /// The stream ended and the client has been told; the session is over for this reason.
     End(Reason),
     /// The browser's connection failed.
-    ClientGone,
+    WriteFailed(WsError),
 }
 
 /// Writes one upstream batch with one flush, and the end of the stream if the batch ends it.
@@ -291,8 +298,8 @@ async fn forward(
             Outbound::Element(b) => text_message(b),
             Outbound::Header(h) => text_message(open_element(&h, batch.domain()).into()),
         };
-        if ws.feed(message).await.is_err() {
-            return Forwarded::ClientGone;
+        if let Err(e) = ws.feed(message).await {
+            return Forwarded::WriteFailed(e);
         }
     }
     if let Some(end) = batch.end() {
@@ -308,8 +315,8 @@ async fn forward(
         }
         return Forwarded::End(reason);
     }
-    if ws.flush().await.is_err() {
-        return Forwarded::ClientGone;
+    if let Err(e) = ws.flush().await {
+        return Forwarded::WriteFailed(e);
     }
     Forwarded::Continue
 }
