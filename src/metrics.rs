@@ -81,6 +81,9 @@ pub const REJECTION_REASONS: &[&str] = &[
     "slow_reader",
     "not_bosh",
     "bad_attribute",
+    // A request body that did not arrive within limits.body_read_timeout_secs, or broke off.
+    "body_timeout",
+    "body_broken",
 ];
 
 /// Why an upstream stream could not be opened (`upstream_connect_failures_total{kind}`).

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::deadline::Deadline;
@@ -125,6 +124,11 @@ async fn serve_public(
 }
 
 async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    // docs/protocol.md §7: the admin listener is bounded too, by a cap small enough that
+    // probes and scrapes always fit and a flood of connections costs little.
+    let slots = Arc::new(Semaphore::new(
+        gw.settings().config.limits.admin_max_connections,
+    ));
     // docs/protocol.md §6: /readyz answers 503 while the drain lasts, so the admin listener keeps
     // serving until the process exits.
     loop {
@@ -136,8 +140,13 @@ async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
                 continue;
             }
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("admin connection limit reached; refusing connection");
+            continue;
+        };
         let gw = gw.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc_gw = gw.clone();
             let svc = service_fn(move |req| {
                 let gw = svc_gw.clone();
@@ -158,36 +167,39 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let header_timeout = Duration::from_secs(gw.settings().config.limits.header_read_timeout_secs);
-    // hyper-util's auto builder sniffs up to 24 bytes to tell HTTP/1 from HTTP/2 before hyper's
-    // own header timer starts, without a deadline: a connection that has produced no request
-    // within the header-read timeout is dropped here, whatever it sent.
-    let first_request = Arc::new(AtomicBool::new(false));
-    let seen = first_request.clone();
+    let limits = gw.settings().config.limits.clone();
+    let secs = Duration::from_secs;
+    let header_timeout = secs(limits.header_read_timeout_secs);
+    let idle_timeout = secs(limits.http_idle_timeout_secs);
+    let (activity, mut idle) = Activity::watch(header_timeout, idle_timeout);
     let svc = service_fn(move |req| {
-        seen.store(true, Ordering::Relaxed);
-        svc.call(req)
+        let in_flight = activity.begin();
+        let answer = svc.call(req);
+        async move {
+            let _in_flight = in_flight;
+            answer.await
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's header-read timeout only runs when a timer is configured.
+    // hyper's header-read timeout only runs when a timer is configured. It restarts as soon as
+    // a response is written, so it also ends an idle HTTP/1.1 keep-alive connection.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // docs/protocol.md §7: pings find a dead HTTP/2 peer even while a request is held; they do
+    // not count as activity for the idle timeout.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(secs(limits.http2_keep_alive_interval_secs))
+        .keep_alive_timeout(secs(limits.http2_keep_alive_timeout_secs));
     // docs/protocol.md §7: every write to the browser, from hyper or from a WebSocket on the
     // upgraded connection, gives up when the browser takes no bytes for the write timeout.
-    let write_timeout = Duration::from_secs(gw.settings().config.limits.write_timeout_secs);
-    let io = TokioIo::new(Deadline::new(tcp, write_timeout));
+    let io = TokioIo::new(Deadline::new(tcp, secs(limits.write_timeout_secs)));
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let no_request_in_time = async {
-        tokio::time::sleep(header_timeout).await;
-        if first_request.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
     let drain = async {
         if stop_on_drain {
             gw.shutdown.cancelled().await
@@ -195,17 +207,127 @@ where
             std::future::pending().await
         }
     };
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = no_request_in_time => tracing::debug!("no request within the header-read timeout"),
-        _ = drain => {
-            // Requests already sent on this connection when the drain began (a BOSH client's
-            // next poll, its last messages) are still read and answered for a moment; the
-            // draining sessions answer them and forward their payload (docs/protocol.md §6).
-            let served = tokio::time::timeout(DRAIN_KEEP_SERVING, conn.as_mut()).await;
-            if served.is_err() {
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    tokio::pin!(drain);
+    let mut closing_idle = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            end = idle.next() => match end {
+                IdleEnd::NoFirstRequest => {
+                    tracing::debug!("no request within the header-read timeout");
+                    return;
+                }
+                // docs/protocol.md §7 ("HTTP/2 idle"): GOAWAY on HTTP/2, a close on HTTP/1.1.
+                IdleEnd::Idle if !closing_idle => {
+                    tracing::debug!("idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing_idle = true;
+                }
+                IdleEnd::Idle => {
+                    tracing::debug!("idle connection still open after closing; dropped");
+                    return;
+                }
+            },
+            _ = &mut drain => break,
+        }
+    }
+    // Requests already sent on this connection when the drain began (a BOSH client's next
+    // poll, its last messages) are still read and answered for a moment; the draining sessions
+    // answer them and forward their payload (docs/protocol.md §6).
+    let served = tokio::time::timeout(DRAIN_KEEP_SERVING, conn.as_mut()).await;
+    if served.is_err() {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+}
+
+/// Requests started and in flight on one connection.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    started: u64,
+    in_flight: usize,
+}
+
+/// The request side of a connection's activity: each request holds an [`InFlight`] until its
+/// answer is ready.
+struct Activity(Arc<watch::Sender<Counts>>);
+
+/// One request in flight; dropping it (answered, or the request abandoned) ends it.
+struct InFlight(Arc<watch::Sender<Counts>>);
+
+impl Activity {
+    /// The activity of a new connection and its watcher: no first request within `first`, or
+    /// no request in flight for `idle`, ends the connection.
+    fn watch(first: Duration, idle: Duration) -> (Self, Idleness) {
+        let (tx, rx) = watch::channel(Counts::default());
+        let watcher = Idleness {
+            rx,
+            first: Some(first),
+            idle,
+        };
+        (Self(Arc::new(tx)), watcher)
+    }
+
+    fn begin(&self) -> InFlight {
+        self.0.send_modify(|c| {
+            c.started += 1;
+            c.in_flight += 1;
+        });
+        InFlight(self.0.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|c| c.in_flight -= 1);
+    }
+}
+
+/// Why a connection is ended for want of requests.
+enum IdleEnd {
+    /// hyper-util's auto builder sniffs up to 24 bytes to tell HTTP/1 from HTTP/2 before
+    /// hyper's own header timer starts, without a deadline: a connection that has produced no
+    /// request within the header-read timeout is dropped, whatever it sent.
+    NoFirstRequest,
+    /// No request has been in flight for the idle timeout. A held BOSH request is in flight;
+    /// an upgraded WebSocket has left hyper's connection, which has ended.
+    Idle,
+}
+
+/// Watches a connection's [`Activity`].
+struct Idleness {
+    rx: watch::Receiver<Counts>,
+    /// The deadline for the first request, until it has come.
+    first: Option<Duration>,
+    idle: Duration,
+}
+
+impl Idleness {
+    /// The next reason to end the connection. Cancel-safe: dropped and called again, it starts
+    /// the idle period over.
+    async fn next(&mut self) -> IdleEnd {
+        if let Some(first) = self.first {
+            let came = self.rx.wait_for(|c| c.started > 0);
+            if tokio::time::timeout(first, came).await.is_err() {
+                return IdleEnd::NoFirstRequest;
+            }
+            self.first = None;
+        }
+        loop {
+            // `started` only grows: a request that begins and ends between two looks still
+            // restarts the period.
+            let quiet = self
+                .rx
+                .wait_for(|c| c.in_flight == 0)
+                .await
+                .map(|c| c.started);
+            // Err: the connection is gone; its own future reports that.
+            let Ok(started) = quiet else {
+                return std::future::pending().await;
+            };
+            let next = self.rx.wait_for(|c| c.started != started);
+            if tokio::time::timeout(self.idle, next).await.is_err() {
+                return IdleEnd::Idle;
             }
         }
     }

@@ -138,6 +138,30 @@ impl Config {
                 "limits.max_buffered_bytes must be at least limits.max_stanza_bytes".into(),
             ));
         }
+        let deadlines = [
+            ("header_read_timeout_secs", l.header_read_timeout_secs),
+            ("body_read_timeout_secs", l.body_read_timeout_secs),
+            ("http_idle_timeout_secs", l.http_idle_timeout_secs),
+            (
+                "http2_keep_alive_interval_secs",
+                l.http2_keep_alive_interval_secs,
+            ),
+            (
+                "http2_keep_alive_timeout_secs",
+                l.http2_keep_alive_timeout_secs,
+            ),
+        ];
+        if let Some((name, _)) = deadlines.iter().find(|(_, secs)| *secs == 0) {
+            // docs/protocol.md §7: every wait on a peer has a deadline; 0 would mean none.
+            return Err(ConfigError::Value(format!(
+                "limits.{name} must be at least 1"
+            )));
+        }
+        if l.admin_max_connections == 0 {
+            return Err(ConfigError::Value(
+                "limits.admin_max_connections must be at least 1".into(),
+            ));
+        }
         if self.websocket.ping_interval_secs == 0 || self.websocket.max_missed_pongs == 0 {
             return Err(ConfigError::Value(
                 "websocket.ping_interval_secs and websocket.max_missed_pongs must be at least 1"

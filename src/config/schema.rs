@@ -215,8 +215,23 @@ pub struct LimitsConfig {
     pub max_buffered_bytes: usize,
     /// Most concurrent client connections on the public listener.
     pub max_connections: usize,
-    /// Seconds a client may take to send its request headers.
+    /// Seconds a client may take to send its request headers. hyper restarts this timer as
+    /// soon as a response is written, so it also bounds an idle HTTP/1.1 keep-alive connection.
     pub header_read_timeout_secs: u64,
+    /// Seconds a client may take to send a whole request body, whatever its pace. 30 s lets the
+    /// largest stanza (256 KiB) arrive at 70 kbit/s and a full 1 MiB BOSH body at 280 kbit/s
+    /// (a slow mobile uplink) while a dribbling client holds its connection no longer than one
+    /// that never sends `<open/>`.
+    pub body_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight before it is closed
+    /// (HTTP/2: GOAWAY). A held BOSH request and an upgraded WebSocket are not idle.
+    pub http_idle_timeout_secs: u64,
+    /// Seconds without a frame from an HTTP/2 peer before it is sent a ping.
+    pub http2_keep_alive_interval_secs: u64,
+    /// Seconds an HTTP/2 ping may go unanswered before the connection is closed as dead.
+    pub http2_keep_alive_timeout_secs: u64,
+    /// Most concurrent connections on the admin listener; beyond it new ones are closed.
+    pub admin_max_connections: usize,
     /// Seconds for one upstream endpoint to accept TCP, TLS and the stream header; DNS
     /// resolution of a route gets the same time.
     pub connect_timeout_secs: u64,
@@ -237,6 +252,11 @@ impl Default for LimitsConfig {
             max_buffered_bytes: 1024 * 1024,
             max_connections: 100_000,
             header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            http_idle_timeout_secs: 60,
+            http2_keep_alive_interval_secs: 20,
+            http2_keep_alive_timeout_secs: 20,
+            admin_max_connections: 64,
             connect_timeout_secs: 10,
             write_timeout_secs: 20,
             open_timeout_secs: 30,

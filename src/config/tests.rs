@@ -159,3 +159,44 @@ fn upstream_stanza_limit_defaults_to_a_mebibyte_and_has_a_floor() {
         .unwrap_err();
     assert!(err.to_string().contains("max_upstream_stanza_bytes"), "{err}");
 }
+
+#[test]
+fn http_deadlines_and_admin_cap_have_defaults_and_can_be_set() {
+    let c = Config::from_sources("", &[], &cli(&[])).unwrap();
+    assert_eq!(c.limits.body_read_timeout_secs, 30);
+    assert_eq!(c.limits.http_idle_timeout_secs, 60);
+    assert_eq!(c.limits.http2_keep_alive_interval_secs, 20);
+    assert_eq!(c.limits.http2_keep_alive_timeout_secs, 20);
+    assert_eq!(c.limits.admin_max_connections, 64);
+    let file = "[limits]\nbody_read_timeout_secs = 5\nadmin_max_connections = 4\n";
+    let e = env(&[
+        ("XMPP_GATEWAY_LIMITS__HTTP_IDLE_TIMEOUT_SECS", "7"),
+        ("XMPP_GATEWAY_LIMITS__HTTP2_KEEP_ALIVE_INTERVAL_SECS", "8"),
+        ("XMPP_GATEWAY_LIMITS__HTTP2_KEEP_ALIVE_TIMEOUT_SECS", "9"),
+    ]);
+    let c = Config::from_sources(file, &e, &cli(&[])).unwrap();
+    assert_eq!(c.limits.body_read_timeout_secs, 5);
+    assert_eq!(c.limits.admin_max_connections, 4);
+    assert_eq!(c.limits.http_idle_timeout_secs, 7);
+    assert_eq!(c.limits.http2_keep_alive_interval_secs, 8);
+    assert_eq!(c.limits.http2_keep_alive_timeout_secs, 9);
+}
+
+#[test]
+fn zero_http_deadline_or_admin_cap_is_refused_by_name() {
+    for key in [
+        "header_read_timeout_secs",
+        "body_read_timeout_secs",
+        "http_idle_timeout_secs",
+        "http2_keep_alive_interval_secs",
+        "http2_keep_alive_timeout_secs",
+        "admin_max_connections",
+    ] {
+        let err =
+            Config::from_sources(&format!("[limits]\n{key} = 0\n"), &[], &cli(&[])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Value(m) if m.contains(key)),
+            "{key}: {err}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! HTTP building blocks shared by every endpoint: the response body type, plain-text
-//! responses, XEP-0156 host-meta and the static demo files. The routes that use them are in
+//! responses, bounded request-body reading, XEP-0156 host-meta and the static demo files. The routes that use them are in
 //! `router.rs`.
 
+pub mod body;
 pub mod hostmeta;
 pub mod static_files;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -20,6 +20,7 @@ use super::body::{self, Body as BoshBody, BodyError};
 use super::registry::{new_sid, Registry};
 use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
 use super::task;
+use crate::http::body::read_bounded;
 use crate::http::{text, Body};
 use crate::metrics::{Transport, METRICS};
 use crate::session::{next_session_id, Context, OpenRequest, Session};
@@ -53,14 +54,13 @@ pub async fn handle(
     let gzip = accepts_gzip(req.headers());
     let settings = &ctx.settings;
     let limit = settings.config.bosh.max_body_bytes;
-    let data = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(_) => {
-            METRICS.input_rejected("too_large");
-            return with_cors(
-                text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
-                cors,
-            );
+    let deadline = Duration::from_secs(settings.config.limits.body_read_timeout_secs);
+    let data = match read_bounded(req.into_body(), limit, deadline).await {
+        Ok(buf) => buf.freeze(),
+        Err(e) => {
+            METRICS.input_rejected(e.reason());
+            tracing::info!(%peer, error = %e, "BOSH request body refused");
+            return with_cors(e.response(), cors);
         }
     };
     let parsed = body::parse(&data, &settings.xml_limits);
