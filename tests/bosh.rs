@@ -661,14 +661,16 @@ fn sha1_hex(s: &str) -> String {
 }
 
 // docs/protocol.md §4 (XEP-0124 §15): keys chain by SHA-1; a key that does not hash to the previous
-// one is item-not-found, and the session's held request learns it too.
+// one is item-not-found for that request alone: it is not processed, and the session, whose sid
+// is all its sender may know, goes on.
 #[tokio::test]
-async fn bad_key_is_item_not_found() {
+async fn bad_key_is_item_not_found_and_the_session_goes_on() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
     let k1 = sha1_hex("seed");
     let k2 = sha1_hex(&k1);
-    let attrs = format!("{DEFAULT_ATTRS} newkey='{k2}'");
+    let k3 = sha1_hex(&k2);
+    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
     let Opened {
         mut bosh,
         upstream: mut server,
@@ -676,23 +678,33 @@ async fn bad_key_is_item_not_found() {
     } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
 
     // The right key is accepted: the request is held, its payload forwarded.
-    bosh.send(&format!(" key='{k1}'"), "<presence/>").await;
+    bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
     assert_eq!(server.read_until("<presence/>").await, "<presence/>");
 
-    // A wrong one ends the session.
-    let mut second = bosh
-        .send_on_new_connection(" key='not-the-preimage'", "<presence type='unavailable'/>")
-        .await;
-    let answer = check_ok(&second.response().await);
-    assert_terminate(&answer, Some("item-not-found"));
-    let held = bosh.response().await;
-    assert_terminate(&held, Some("item-not-found"));
-    // XEP-0124 §15: the refused request is not processed, and the session is over.
-    let rest = server.read_to_eof().await;
-    assert!(
-        !rest.contains("unavailable"),
-        "the payload of the refused request was forwarded: {rest}"
+    // A wrong one is refused, alone; the rid stays free for the client.
+    let wrong = bosh.body(
+        bosh.rid + 1,
+        " key='not-the-preimage'",
+        "<presence type='unavailable'/>",
     );
+    assert_terminate(&post_once(gw.addr, &wrong).await, Some("item-not-found"));
+
+    // The client's own next request goes through and releases the held one.
+    let mut next = bosh
+        .send_on_new_connection(
+            &format!(" key='{k1}'"),
+            "<iq xmlns='jabber:client' type='get' id='after'/>",
+        )
+        .await;
+    assert_eq!(
+        server.read_until("/>").await,
+        "<iq xmlns='jabber:client' type='get' id='after'/>",
+        "the payload of the refused request was forwarded"
+    );
+    assert_alive(&bosh.response().await);
+    server.write("<message id='m1'/>").await;
+    let answer = check_ok(&next.response().await);
+    assert_eq!(ids(&answer), vec!["m1"], "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------------
