@@ -707,6 +707,51 @@ async fn bad_key_is_item_not_found_and_the_session_goes_on() {
     assert_eq!(ids(&answer), vec!["m1"], "{answer}");
 }
 
+// docs/protocol.md §4 (XEP-0124 §15): once a session uses keys, knowing its sid is not enough to
+// read it. Replaying the session request's rid, without a key, does not return the stream
+// features its answer carried; nor does replaying an answered rid return its stanzas.
+#[tokio::test]
+async fn replayed_rid_without_the_key_returns_nothing_of_the_session() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let k1 = sha1_hex("seed");
+    let k2 = sha1_hex(&k1);
+    let k3 = sha1_hex(&k2);
+    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let Opened {
+        mut bosh,
+        upstream: mut server,
+        created,
+        ..
+    } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
+    assert!(created.contains("<stream:features"), "{created}");
+
+    let replay = bosh.body(FIRST_RID, "", "");
+    let answer = post_once(gw.addr, &replay).await;
+    assert_terminate(&answer, Some("item-not-found"));
+    assert!(!answer.contains("features"), "{answer}");
+
+    // The client goes on; the answer to its request is not for the stranger either.
+    bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
+    assert_eq!(server.read_until("<presence/>").await, "<presence/>");
+    server.write("<message id='m1'/>").await;
+    let answer = bosh.response().await;
+    assert_eq!(ids(&answer), vec!["m1"], "{answer}");
+    let replay = bosh.body(bosh.rid, "", "");
+    let stolen = post_once(gw.addr, &replay).await;
+    assert_terminate(&stolen, Some("item-not-found"));
+    let again = post_once(
+        gw.addr,
+        &bosh.body(bosh.rid, &format!(" key='{k2}'"), "<presence/>"),
+    )
+    .await;
+    assert_eq!(again, answer, "the client's own repeat gets its answer");
+    bosh.send(&format!(" key='{k1}'"), "").await;
+    server.write("<message id='m2'/>").await;
+    let answer = bosh.response().await;
+    assert_eq!(ids(&answer), vec!["m2"], "{answer}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP level
 // ---------------------------------------------------------------------------------------------
@@ -1324,6 +1369,58 @@ async fn drain_still_delivers_a_request_already_on_its_way() {
     assert!(
         seen.contains("<message xmlns='jabber:client' id='raced'/>"),
         "the raced payload reached the server before the close: {seen}"
+    );
+}
+
+// docs/protocol.md §4, §6 (XEP-0124 §15): while a drain lingers for requests on their way, a
+// session with keys still answers and forwards only for its key: a replay of the held rid
+// without it is not told how the session ended, and a stranger's payload never reaches the
+// server, while the client's own does.
+#[tokio::test]
+async fn drain_linger_serves_only_the_key() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let k1 = sha1_hex("seed");
+    let k2 = sha1_hex(&k1);
+    let k3 = sha1_hex(&k2);
+    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let Opened {
+        mut bosh,
+        upstream: mut server,
+        ..
+    } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
+    bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
+    assert_eq!(server.read_until("<presence/>").await, "<presence/>");
+    // The listener takes no new connections in a drain: the stranger's is in use already.
+    let mut stranger = HttpConn::connect(gw.addr).await;
+    let created = post(&mut stranger, &bosh.body(FIRST_RID, "", "")).await;
+    assert_terminate(&created, Some("item-not-found"));
+    gw.gateway.shutdown.begin();
+    assert_terminate(&bosh.response().await, Some("system-shutdown"));
+
+    let replay = post(&mut stranger, &bosh.body(bosh.rid, "", "<presence/>")).await;
+    assert_terminate(&replay, Some("item-not-found"));
+    let injected = bosh.body(
+        bosh.rid + 1,
+        "",
+        "<message xmlns='jabber:client' id='injected'/>",
+    );
+    assert_terminate(
+        &post(&mut stranger, &injected).await,
+        Some("item-not-found"),
+    );
+    let answer = bosh
+        .request(
+            &format!(" key='{k1}'"),
+            "<message xmlns='jabber:client' id='raced'/>",
+        )
+        .await;
+    assert_terminate(&answer, Some("system-shutdown"));
+    let seen = server.read_until(STREAM_END).await;
+    assert!(seen.contains("id='raced'"), "{seen}");
+    assert!(
+        !seen.contains("injected"),
+        "a stranger's payload was forwarded: {seen}"
     );
 }
 
