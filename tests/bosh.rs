@@ -661,14 +661,16 @@ fn sha1_hex(s: &str) -> String {
 }
 
 // docs/protocol.md §4 (XEP-0124 §15): keys chain by SHA-1; a key that does not hash to the previous
-// one is item-not-found, and the session's held request learns it too.
+// one is item-not-found for that request alone: it is not processed, and the session, whose sid
+// is all its sender may know, goes on.
 #[tokio::test]
-async fn bad_key_is_item_not_found() {
+async fn bad_key_is_item_not_found_and_the_session_goes_on() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
     let k1 = sha1_hex("seed");
     let k2 = sha1_hex(&k1);
-    let attrs = format!("{DEFAULT_ATTRS} newkey='{k2}'");
+    let k3 = sha1_hex(&k2);
+    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
     let Opened {
         mut bosh,
         upstream: mut server,
@@ -676,23 +678,78 @@ async fn bad_key_is_item_not_found() {
     } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
 
     // The right key is accepted: the request is held, its payload forwarded.
-    bosh.send(&format!(" key='{k1}'"), "<presence/>").await;
+    bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
     assert_eq!(server.read_until("<presence/>").await, "<presence/>");
 
-    // A wrong one ends the session.
-    let mut second = bosh
-        .send_on_new_connection(" key='not-the-preimage'", "<presence type='unavailable'/>")
-        .await;
-    let answer = check_ok(&second.response().await);
-    assert_terminate(&answer, Some("item-not-found"));
-    let held = bosh.response().await;
-    assert_terminate(&held, Some("item-not-found"));
-    // XEP-0124 §15: the refused request is not processed, and the session is over.
-    let rest = server.read_to_eof().await;
-    assert!(
-        !rest.contains("unavailable"),
-        "the payload of the refused request was forwarded: {rest}"
+    // A wrong one is refused, alone; the rid stays free for the client.
+    let wrong = bosh.body(
+        bosh.rid + 1,
+        " key='not-the-preimage'",
+        "<presence type='unavailable'/>",
     );
+    assert_terminate(&post_once(gw.addr, &wrong).await, Some("item-not-found"));
+
+    // The client's own next request goes through and releases the held one.
+    let mut next = bosh
+        .send_on_new_connection(
+            &format!(" key='{k1}'"),
+            "<iq xmlns='jabber:client' type='get' id='after'/>",
+        )
+        .await;
+    assert_eq!(
+        server.read_until("/>").await,
+        "<iq xmlns='jabber:client' type='get' id='after'/>",
+        "the payload of the refused request was forwarded"
+    );
+    assert_alive(&bosh.response().await);
+    server.write("<message id='m1'/>").await;
+    let answer = check_ok(&next.response().await);
+    assert_eq!(ids(&answer), vec!["m1"], "{answer}");
+}
+
+// docs/protocol.md §4 (XEP-0124 §15): once a session uses keys, knowing its sid is not enough to
+// read it. Replaying the session request's rid, without a key, does not return the stream
+// features its answer carried; nor does replaying an answered rid return its stanzas.
+#[tokio::test]
+async fn replayed_rid_without_the_key_returns_nothing_of_the_session() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let k1 = sha1_hex("seed");
+    let k2 = sha1_hex(&k1);
+    let k3 = sha1_hex(&k2);
+    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let Opened {
+        mut bosh,
+        upstream: mut server,
+        created,
+        ..
+    } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
+    assert!(created.contains("<stream:features"), "{created}");
+
+    let replay = bosh.body(FIRST_RID, "", "");
+    let answer = post_once(gw.addr, &replay).await;
+    assert_terminate(&answer, Some("item-not-found"));
+    assert!(!answer.contains("features"), "{answer}");
+
+    // The client goes on; the answer to its request is not for the stranger either.
+    bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
+    assert_eq!(server.read_until("<presence/>").await, "<presence/>");
+    server.write("<message id='m1'/>").await;
+    let answer = bosh.response().await;
+    assert_eq!(ids(&answer), vec!["m1"], "{answer}");
+    let replay = bosh.body(bosh.rid, "", "");
+    let stolen = post_once(gw.addr, &replay).await;
+    assert_terminate(&stolen, Some("item-not-found"));
+    let again = post_once(
+        gw.addr,
+        &bosh.body(bosh.rid, &format!(" key='{k2}'"), "<presence/>"),
+    )
+    .await;
+    assert_eq!(again, answer, "the client's own repeat gets its answer");
+    bosh.send(&format!(" key='{k1}'"), "").await;
+    server.write("<message id='m2'/>").await;
+    let answer = bosh.response().await;
+    assert_eq!(ids(&answer), vec!["m2"], "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1312,6 +1369,58 @@ async fn drain_still_delivers_a_request_already_on_its_way() {
     assert!(
         seen.contains("<message xmlns='jabber:client' id='raced'/>"),
         "the raced payload reached the server before the close: {seen}"
+    );
+}
+
+// docs/protocol.md §4, §6 (XEP-0124 §15): while a drain lingers for requests on their way, a
+// session with keys still answers and forwards only for its key: a replay of the held rid
+// without it is not told how the session ended, and a stranger's payload never reaches the
+// server, while the client's own does.
+#[tokio::test]
+async fn drain_linger_serves_only_the_key() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let k1 = sha1_hex("seed");
+    let k2 = sha1_hex(&k1);
+    let k3 = sha1_hex(&k2);
+    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let Opened {
+        mut bosh,
+        upstream: mut server,
+        ..
+    } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
+    bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
+    assert_eq!(server.read_until("<presence/>").await, "<presence/>");
+    // The listener takes no new connections in a drain: the stranger's is in use already.
+    let mut stranger = HttpConn::connect(gw.addr).await;
+    let created = post(&mut stranger, &bosh.body(FIRST_RID, "", "")).await;
+    assert_terminate(&created, Some("item-not-found"));
+    gw.gateway.shutdown.begin();
+    assert_terminate(&bosh.response().await, Some("system-shutdown"));
+
+    let replay = post(&mut stranger, &bosh.body(bosh.rid, "", "<presence/>")).await;
+    assert_terminate(&replay, Some("item-not-found"));
+    let injected = bosh.body(
+        bosh.rid + 1,
+        "",
+        "<message xmlns='jabber:client' id='injected'/>",
+    );
+    assert_terminate(
+        &post(&mut stranger, &injected).await,
+        Some("item-not-found"),
+    );
+    let answer = bosh
+        .request(
+            &format!(" key='{k1}'"),
+            "<message xmlns='jabber:client' id='raced'/>",
+        )
+        .await;
+    assert_terminate(&answer, Some("system-shutdown"));
+    let seen = server.read_until(STREAM_END).await;
+    assert!(seen.contains("id='raced'"), "{seen}");
+    assert!(
+        !seen.contains("injected"),
+        "a stranger's payload was forwarded: {seen}"
     );
 }
 

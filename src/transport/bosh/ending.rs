@@ -12,10 +12,11 @@ impl<R> BoshState<R> {
     /// the client's next request, and the terminate body answers the one after. When a
     /// request ended the session (the client's own terminate, or one that broke the
     /// protocol), nothing pending waits for a later request: that client sends no more.
+    /// `reply` is that request: its rid, its key and where its answer goes.
     pub(super) fn terminate(
         &mut self,
         why: Terminate,
-        reply: Option<(u64, R)>,
+        reply: Option<(u64, Option<String>, R)>,
         out: &mut Vec<Action<R>>,
     ) {
         if self.ended {
@@ -33,17 +34,23 @@ impl<R> BoshState<R> {
             .filter(|_| !self.pending.is_empty());
         let mut stanzas = stanza_rid.map(|rid| self.body_with_pending(rid));
         self.stanzas_at_end = stanzas.is_some();
-        let mut open: Vec<(u64, Vec<R>)> =
-            self.held.drain(..).map(|h| (h.rid, h.replies)).collect();
-        open.extend(reply.map(|(rid, reply)| (rid, vec![reply])));
-        open.extend(
-            std::mem::take(&mut self.parked)
-                .into_iter()
-                .map(|(rid, r)| (rid, vec![r.reply])),
-        );
-        open.sort_by_key(|(rid, _)| *rid);
+        let mut open: Vec<(u64, Option<String>, Vec<R>)> = self
+            .held
+            .drain(..)
+            .map(|h| (h.rid, h.key, h.replies))
+            .collect();
+        open.extend(reply.map(|(rid, key, reply)| (rid, key, vec![reply])));
+        for (rid, parked) in std::mem::take(&mut self.parked) {
+            if parked.checked {
+                open.push((rid, parked.req.key, vec![parked.req.reply]));
+            } else {
+                // Its key never fitted: nothing of the session, not even how it ended.
+                self.refuse(parked.req.reply, out);
+            }
+        }
+        open.sort_by_key(|(rid, _, _)| *rid);
         let end = terminate_body(&why);
-        for (rid, replies) in open {
+        for (rid, key, replies) in open {
             let body = match stanzas.take_if(|_| Some(rid) == stanza_rid) {
                 Some(b) => b,
                 None => {
@@ -51,7 +58,7 @@ impl<R> BoshState<R> {
                     end.clone()
                 }
             };
-            self.remember(rid, body.clone());
+            self.remember(rid, key, body.clone());
             for reply in replies {
                 out.push(Action::Respond(reply, body.clone()));
             }
@@ -73,18 +80,19 @@ impl<R> BoshState<R> {
         out.push(Action::End(reason));
     }
 
-    /// A request after the end. A repeated rid gets its answer again; the requests that follow
-    /// are taken in rid order, as before the end, so the stanzas waiting for the client's next
-    /// request reach it ahead of the terminate body, and only with the right key.
-    pub(super) fn after_end(&mut self, req: Request<R>, out: &mut Vec<Action<R>>) {
-        if let Some((_, body)) = self.cache.iter().find(|(rid, _)| *rid == req.rid) {
-            out.push(Action::Respond(req.reply, body.clone()));
+    /// A request after the end, admitted by its key (`checked`: see [`admit`](Self::admit)).
+    /// A repeated rid gets its answer again; the requests that follow are taken in rid order,
+    /// as before the end, so the stanzas waiting for the client's next request reach it ahead
+    /// of the terminate body, and only with the right key.
+    pub(super) fn after_end(&mut self, req: Request<R>, checked: bool, out: &mut Vec<Action<R>>) {
+        if let Some(a) = self.cache.iter().find(|a| a.rid == req.rid) {
+            out.push(Action::Respond(req.reply, a.body.clone()));
             return;
         }
         if req.rid != self.last_rid + 1 {
             if req.rid > self.last_rid && req.rid <= self.last_rid + self.params.requests as u64 {
                 // Early: it waits for the gap (and is dropped, unanswered, with the session).
-                self.parked.insert(req.rid, req);
+                self.park(req, checked, out);
             } else {
                 // Stale or far ahead: it learns how the session ended, nothing more.
                 let body = self
@@ -97,18 +105,18 @@ impl<R> BoshState<R> {
         }
         self.next_after_end(req, out);
         while let Some(next) = self.parked.remove(&(self.last_rid + 1)) {
-            self.next_after_end(next, out);
+            self.next_after_end(next.req, out);
         }
     }
 
     /// The next request in rid order after the end.
     fn next_after_end(&mut self, req: Request<R>, out: &mut Vec<Action<R>>) {
-        if !self.check_key(&req) {
+        if !self.key_fits(&req) {
             // Not the client: nothing of the session, and the rid stays free for the client.
-            let body = terminate_body(&Terminate::Condition("item-not-found"));
-            out.push(Action::Respond(req.reply, body));
+            self.refuse(req.reply, out);
             return;
         }
+        self.advance_key(&req);
         self.last_rid = req.rid;
         if self.forward_after_end && !req.payload.is_empty() {
             // docs/protocol.md §6: a request sent before the client saw the drain's terminate
@@ -130,7 +138,7 @@ impl<R> BoshState<R> {
             }
             _ => terminate_body(&Terminate::Condition("item-not-found")),
         };
-        self.remember(req.rid, body.clone());
+        self.remember(req.rid, req.key, body.clone());
         out.push(Action::Respond(req.reply, body));
     }
 }

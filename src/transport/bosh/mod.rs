@@ -7,7 +7,8 @@
 //! - [`registry`]: live sessions by sid.
 //! - [`task`]: one task per session: requests, upstream batches, timers and the drain.
 //! - [`state`]: the XEP-0124 state machine (rid window, holding, cache, keys), free of I/O,
-//!   and its end (`ending.rs`, a part of `state`).
+//!   its key check ahead of every rid rule (`keys.rs`) and its end (`ending.rs`), both parts
+//!   of `state`.
 //! - [`terminate`]: how a session ends: the condition and the terminate body.
 
 pub mod body;

@@ -5,7 +5,8 @@
 //! What it keeps: the rid window (requests processed strictly in rid order, out-of-order ones
 //! parked until the gap fills), the held requests, the last `requests` responses for repeated
 //! rids, stanzas waiting for a request to carry them, the key chain, and the wait, inactivity,
-//! pause and polling clocks.
+//! pause and polling clocks. Once a session uses keys, every request is key-checked before any
+//! of its rid is looked at (`keys.rs`, a part of this module).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -87,10 +88,32 @@ pub enum Action<R> {
     End(&'static str),
 }
 
+/// Copies of one held request kept to be answered together (XEP-0124 §14.3): the newest two,
+/// so a first connection that is in fact alive still gets its answer after one repeat.
+const COPIES_HELD: usize = 2;
+
 struct Held<R> {
     rid: u64,
+    /// The key the request carried: a repeat of its rid must carry the same one.
+    key: Option<String>,
     replies: Vec<R>,
     deadline: Instant,
+}
+
+/// An answer kept for a repeat of its rid, with the key its request carried.
+struct Answered {
+    rid: u64,
+    key: Option<String>,
+    body: Bytes,
+}
+
+/// A request that arrived ahead of a gap. `checked`: its key fitted the chain on arrival (or
+/// the session uses no keys). An unchecked one may be the client's, sent after a `newkey` that
+/// has not arrived yet, so it waits too, but only in a free place, and counts for nothing
+/// until it is checked in order.
+struct Parked<R> {
+    req: Request<R>,
+    checked: bool,
 }
 
 /// The state of one BOSH session.
@@ -99,10 +122,10 @@ pub struct BoshState<R> {
     /// Highest rid processed; the next in-order rid is this plus one.
     last_rid: u64,
     /// Requests that arrived ahead of a gap.
-    parked: BTreeMap<u64, Request<R>>,
+    parked: BTreeMap<u64, Parked<R>>,
     held: VecDeque<Held<R>>,
     /// Last responses by rid, for repeated requests (XEP-0124 §14.3).
-    cache: VecDeque<(u64, Bytes)>,
+    cache: VecDeque<Answered>,
     /// Elements from upstream waiting for a request.
     pending: Vec<Bytes>,
     pending_bytes: usize,
@@ -136,7 +159,13 @@ impl<R> BoshState<R> {
         now: Instant,
     ) -> Self {
         let mut cache = VecDeque::with_capacity(params.requests);
-        cache.push_back((rid, created));
+        // The session request carries no key: once keys are in use, its answer (with the
+        // stream features) is not repeated to anyone.
+        cache.push_back(Answered {
+            rid,
+            key: None,
+            body: created,
+        });
         Self {
             params,
             last_rid: rid,
@@ -189,8 +218,13 @@ impl<R> BoshState<R> {
     /// A request arrived.
     pub fn on_request(&mut self, req: Request<R>, now: Instant) -> Vec<Action<R>> {
         let mut out = Vec::new();
+        // XEP-0124 §15: once the session uses keys, the key comes before any rid rule.
+        let Some(checked) = self.admit(&req) else {
+            self.refuse(req.reply, &mut out);
+            return out;
+        };
         if self.ended {
-            self.after_end(req, &mut out);
+            self.after_end(req, checked, &mut out);
             return out;
         }
         if req.rid <= self.last_rid {
@@ -201,7 +235,7 @@ impl<R> BoshState<R> {
         if req.rid > self.last_rid + self.params.requests as u64 {
             self.terminate(
                 Terminate::Condition("item-not-found"),
-                Some((req.rid, req.reply)),
+                Some((req.rid, req.key, req.reply)),
                 &mut out,
             );
             return out;
@@ -209,67 +243,92 @@ impl<R> BoshState<R> {
         // More simultaneous requests than allowed is overactivity (XEP-0124 §11): the held
         // ones, this one and every rid still missing before it are in flight together.
         if self.held.len() + (req.rid - self.last_rid) as usize > self.params.requests {
+            if !checked {
+                self.refuse(req.reply, &mut out);
+                return out;
+            }
             self.terminate(
                 Terminate::Condition("policy-violation"),
-                Some((req.rid, req.reply)),
+                Some((req.rid, req.key, req.reply)),
                 &mut out,
             );
             return out;
         }
         if req.rid != self.last_rid + 1 {
             // Out of order: wait for the gap (XEP-0124 §14.1).
-            if self.parked.insert(req.rid, req).is_some() {
-                // The same rid twice ahead of a gap: keep the newer connection, drop the older.
-            }
+            self.park(req, checked, &mut out);
             return out;
         }
         self.process(req, now, &mut out);
         while !self.ended {
             let next = self.last_rid + 1;
-            let Some(req) = self.parked.remove(&next) else {
+            let Some(parked) = self.parked.remove(&next) else {
                 break;
             };
-            self.process(req, now, &mut out);
+            self.process(parked.req, now, &mut out);
         }
         out
     }
 
+    /// A request for a rid already waiting takes its place only if its key fits (`admit` lets
+    /// an unchecked one wait in a free place only).
+    fn park(&mut self, req: Request<R>, checked: bool, out: &mut Vec<Action<R>>) {
+        let Some(older) = self.parked.insert(req.rid, Parked { req, checked }) else {
+            return;
+        };
+        if older.checked {
+            // The client sent it again: it gave up on the older connection.
+            out.push(Action::Respond(older.req.reply, retry_body()));
+        } else {
+            self.refuse(older.req.reply, out);
+        }
+    }
+
     fn repeated(&mut self, req: Request<R>, out: &mut Vec<Action<R>>) {
         if let Some(h) = self.held.iter_mut().find(|h| h.rid == req.rid) {
+            if h.replies.len() >= COPIES_HELD {
+                // XEP-0124 §14.3: a client repeats a request once it gave up on the connection
+                // that carried it, so the oldest copy has no reader left; should it have one,
+                // `type='error'` asks it to repeat the request (§17.3), which makes it the
+                // newest copy again.
+                let oldest = h.replies.remove(0);
+                out.push(Action::Respond(oldest, retry_body()));
+            }
             h.replies.push(req.reply);
             return;
         }
-        match self.cache.iter().find(|(rid, _)| *rid == req.rid) {
-            Some((_, body)) => out.push(Action::Respond(req.reply, body.clone())),
+        match self.cache.iter().find(|a| a.rid == req.rid) {
+            Some(a) => out.push(Action::Respond(req.reply, a.body.clone())),
+            // Too old to be kept (with keys in use, `admit` has refused it already).
             None => self.terminate(
                 Terminate::Condition("item-not-found"),
-                Some((req.rid, req.reply)),
+                Some((req.rid, req.key, req.reply)),
                 out,
             ),
         }
     }
 
     fn process(&mut self, req: Request<R>, now: Instant, out: &mut Vec<Action<R>>) {
-        self.last_rid = req.rid;
-        if !self.check_key(&req) {
-            self.terminate(
-                Terminate::Condition("item-not-found"),
-                Some((req.rid, req.reply)),
-                out,
-            );
+        // Checked again in rid order, against the chain as it is now: a request that waited
+        // for a gap may come after a `newkey`. One that fails is answered alone, and its rid
+        // stays free for the client.
+        if !self.key_fits(&req) {
+            self.refuse(req.reply, out);
             return;
         }
+        self.advance_key(&req);
+        self.last_rid = req.rid;
         if req.kind == Kind::Invalid {
             self.terminate(
                 Terminate::Condition("bad-request"),
-                Some((req.rid, req.reply)),
+                Some((req.rid, req.key, req.reply)),
                 out,
             );
             return;
         }
         if let Some(ack) = req.ack {
             // Responses the client has seen need not be kept for repeats.
-            self.cache.retain(|(rid, _)| *rid > ack);
+            self.cache.retain(|a| a.rid > ack);
         }
         self.pause = None;
         self.idle_since = now;
@@ -285,7 +344,7 @@ impl<R> BoshState<R> {
                 self.pending.clear();
                 self.pending_bytes = 0;
                 out.push(Action::CloseUpstream);
-                self.terminate(Terminate::Normal, Some((req.rid, req.reply)), out);
+                self.terminate(Terminate::Normal, Some((req.rid, req.key, req.reply)), out);
                 return;
             }
             Kind::Restart => out.push(Action::Restart),
@@ -296,7 +355,7 @@ impl<R> BoshState<R> {
                 if now.duration_since(last) < self.params.polling {
                     self.terminate(
                         Terminate::Condition("policy-violation"),
-                        Some((req.rid, req.reply)),
+                        Some((req.rid, req.key, req.reply)),
                         out,
                     );
                     return;
@@ -306,6 +365,7 @@ impl<R> BoshState<R> {
         }
         self.held.push_back(Held {
             rid: req.rid,
+            key: req.key,
             replies: vec![req.reply],
             deadline: now + self.params.wait,
         });
@@ -324,23 +384,6 @@ impl<R> BoshState<R> {
         if !self.pending.is_empty() && !self.held.is_empty() {
             self.answer_oldest(out);
         }
-    }
-
-    /// XEP-0124 §15: each key is the SHA-1 (hex) preimage of the previous one.
-    fn check_key(&mut self, req: &Request<R>) -> bool {
-        let Some(expected) = &self.key else {
-            // Keys were not in use; a client may start using them with newkey.
-            if req.newkey.is_some() {
-                self.key = req.newkey.clone();
-            }
-            return true;
-        };
-        let Some(key) = &req.key else { return false };
-        if !sha1_hex(key).eq_ignore_ascii_case(expected) {
-            return false;
-        }
-        self.key = Some(req.newkey.clone().unwrap_or_else(|| key.clone()));
-        true
     }
 
     /// An element arrived from upstream.
@@ -394,10 +437,16 @@ impl<R> BoshState<R> {
         }
         match self.held.front() {
             Some(h) => Some(h.deadline),
-            None if self.parked.is_empty() => {
-                Some(self.idle_since + self.pause.unwrap_or(self.params.inactivity))
-            }
-            None => Some(self.idle_since + self.params.inactivity),
+            None => Some(self.idle_since + self.idle_limit()),
+        }
+    }
+
+    /// How long the session lives with no request held: a granted pause, unless a request
+    /// from the client (one whose key fitted) is already waiting for a gap.
+    fn idle_limit(&self) -> Duration {
+        match self.pause {
+            Some(pause) if !self.parked.values().any(|p| p.checked) => pause,
+            _ => self.params.inactivity,
         }
     }
 
@@ -406,16 +455,13 @@ impl<R> BoshState<R> {
         while self.held.front().is_some_and(|h| h.deadline <= now) {
             self.answer_oldest(out);
         }
-        if self.held.is_empty() {
-            let limit = self.pause.unwrap_or(self.params.inactivity);
-            if now.duration_since(self.idle_since) >= limit {
-                // XEP-0124 §10: nobody is listening; let go of upstream and forget the session.
-                out.push(Action::LeaveUpstream);
-                self.ended = true;
-                self.final_delivered = true;
-                self.parked.clear();
-                out.push(Action::End("inactivity"));
-            }
+        if self.held.is_empty() && now.duration_since(self.idle_since) >= self.idle_limit() {
+            // XEP-0124 §10: nobody is listening; let go of upstream and forget the session.
+            out.push(Action::LeaveUpstream);
+            self.ended = true;
+            self.final_delivered = true;
+            self.parked.clear();
+            out.push(Action::End("inactivity"));
         }
     }
 
@@ -424,7 +470,7 @@ impl<R> BoshState<R> {
             return;
         };
         let body = self.body_with_pending(h.rid);
-        self.remember(h.rid, body.clone());
+        self.remember(h.rid, h.key, body.clone());
         if self.held.is_empty() {
             // Inactivity counts from the moment no request is held.
             self.idle_since = self.idle_since.max(Instant::now());
@@ -455,27 +501,26 @@ impl<R> BoshState<R> {
         Bytes::from(bytes)
     }
 
-    fn remember(&mut self, rid: u64, body: Bytes) {
+    fn remember(&mut self, rid: u64, key: Option<String>, body: Bytes) {
         if self.cache.len() >= self.params.requests.max(1) {
             self.cache.pop_front();
         }
-        self.cache.push_back((rid, body));
+        self.cache.push_back(Answered { rid, key, body });
     }
 }
 
-/// Lower-case hex SHA-1 of a key, as XEP-0124 §15 chains them.
-pub fn sha1_hex(key: &str) -> String {
-    use sha1::{Digest, Sha1};
-    let digest = Sha1::digest(key.as_bytes());
-    let mut hex = String::with_capacity(40);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    hex
+/// XEP-0124 §17.3: a recoverable error, for a copy of a request that a newer copy replaced;
+/// its reader, if any, repeats the request.
+fn retry_body() -> Bytes {
+    Bytes::from_static(b"<body xmlns='http://jabber.org/protocol/httpbind' type='error'/>")
 }
 
 #[path = "ending.rs"]
 mod ending;
+
+#[path = "keys.rs"]
+mod keys;
+pub use keys::sha1_hex;
 
 #[cfg(test)]
 #[path = "state_tests.rs"]

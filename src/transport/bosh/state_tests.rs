@@ -325,6 +325,7 @@ async fn bosh_key_sequence_is_checked() {
         Instant::now(),
     );
     assert!(ended(&a).is_none());
+    // A wrong key is refused alone; the session is not ended by whoever sent it (keys.rs).
     let a = s.on_request(
         Request {
             key: Some("wrong".into()),
@@ -332,8 +333,12 @@ async fn bosh_key_sequence_is_checked() {
         },
         Instant::now(),
     );
-    assert!(responses(&a).iter().any(|r| r.1.contains("item-not-found")));
-    assert_eq!(ended(&a), Some("bad_input"));
+    let r = responses(&a);
+    assert!(
+        r.len() == 1 && r[0].0 == 3 && r[0].1.contains("item-not-found"),
+        "{r:?}"
+    );
+    assert_eq!(ended(&a), None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -442,4 +447,25 @@ async fn bosh_no_loss_when_one_response_in_fifty_is_dropped() {
     let expected: Vec<String> = (0..10_000).map(|i| format!("id='{i}'")).collect();
     assert_eq!(received.len(), 10_000, "each message exactly once");
     assert_eq!(received, expected, "in order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bosh_a_request_waiting_for_a_gap_ends_a_pause() {
+    // The client is back (its next request overtook the one before it): inactivity applies
+    // again, and the deadline the task sleeps until is the one `on_tick` acts on.
+    let mut s = new_state(2);
+    let pause = Request {
+        pause: Some(120),
+        ..req(101, 1)
+    };
+    s.on_request(pause, Instant::now());
+    assert!(s.on_request(req(103, 3), Instant::now()).is_empty());
+    assert_eq!(
+        s.next_deadline(),
+        Some(Instant::now() + Duration::from_secs(60))
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let mut a = Vec::new();
+    s.on_tick(Instant::now(), &mut a);
+    assert_eq!(ended(&a), Some("inactivity"));
 }

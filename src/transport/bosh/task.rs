@@ -107,7 +107,8 @@ fn absorb(mut batch: Batch<'_>, state: &mut BoshState<Reply>, actions: &mut Vec<
 /// After the session ended: a client with no request held learns why (and gets the stanzas
 /// that were pending) from its next requests, and an answer that carried stanzas at the end
 /// can be asked for again, within [`LINGER`]; in a drain, requests that crossed the terminate
-/// body on the wire are still carried out for [`LINGER_DRAINING`].
+/// body on the wire are still carried out for [`LINGER_DRAINING`]. Each goes through the state
+/// machine, key check first, like any request: nothing is forwarded or answered here.
 async fn linger(
     session: &mut Session,
     state: &mut BoshState<Reply>,
