@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::session::Context;
 use crate::settings::{LiveSettings, Settings};
@@ -18,6 +19,8 @@ pub struct Gateway {
     pub shutdown: Shutdown,
     /// Live BOSH sessions by sid.
     pub bosh: Arc<bosh::Registry>,
+    /// The session caps (docs/protocol.md §7).
+    pub admission: Arc<Admission>,
 }
 
 impl Gateway {
@@ -27,6 +30,7 @@ impl Gateway {
             settings: LiveSettings::new(config)?,
             shutdown: Shutdown::default(),
             bosh: Arc::default(),
+            admission: Arc::default(),
         })
     }
 
@@ -40,6 +44,7 @@ impl Gateway {
         Context {
             settings: self.settings(),
             shutdown: self.shutdown.clone(),
+            admission: self.admission.clone(),
         }
     }
 

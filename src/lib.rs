@@ -25,6 +25,8 @@ pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstrea
 
 pub mod settings; // the reloadable configuration snapshot sessions start with
 
+pub mod admission; // the global and per-address session caps and rates
+
 pub mod session; // transport-neutral session core: open, relay, batch, drain, failures
 
 pub mod http; // HTTP building blocks: responses, host-meta, static files

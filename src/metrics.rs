@@ -86,6 +86,10 @@ pub const REJECTION_REASONS: &[&str] = &[
     "body_broken",
 ];
 
+/// Why a new session was refused (`sessions_refused_total{transport, reason}`); admission
+/// re-exports this list and names its refusals from it.
+pub const REFUSAL_REASONS: &[&str] = &["max_sessions", "address_sessions", "address_rate"];
+
 /// Why an upstream stream could not be opened (`upstream_connect_failures_total{kind}`).
 pub const CONNECT_FAILURE_KINDS: &[&str] = &[
     "unknown_domain",
@@ -106,6 +110,7 @@ pub struct Metrics {
     sessions_started: IntCounterVec,
     sessions_ended: IntCounterVec,
     inputs_rejected: IntCounterVec,
+    sessions_refused: IntCounterVec,
     upstream_connect_failures: IntCounterVec,
     /// WebSocket sessions closed after unanswered pings.
     pub websocket_pings_missed: IntCounter,
@@ -173,6 +178,14 @@ impl Metrics {
         let inputs_rejected = IntCounterVec::new(
             opts("inputs_rejected_total", "Client inputs refused, by reason."),
             &["reason"],
+        )
+        .expect("metric");
+        let sessions_refused = IntCounterVec::new(
+            opts(
+                "sessions_refused_total",
+                "New sessions refused by admission (caps and rates), by reason.",
+            ),
+            &["transport", "reason"],
         )
         .expect("metric");
         let upstream_connect_failures = IntCounterVec::new(
@@ -263,6 +276,7 @@ impl Metrics {
             Box::new(stanzas.clone()),
             Box::new(bytes.clone()),
             Box::new(inputs_rejected.clone()),
+            Box::new(sessions_refused.clone()),
             Box::new(upstream_connect_failures.clone()),
             Box::new(websocket_pings_missed.clone()),
         ] {
@@ -273,6 +287,9 @@ impl Metrics {
             sessions_started.with_label_values(&[t]);
             for r in END_REASONS {
                 sessions_ended.with_label_values(&[t, r]);
+            }
+            for r in REFUSAL_REASONS {
+                sessions_refused.with_label_values(&[t, r]);
             }
         }
         for r in REJECTION_REASONS {
@@ -310,6 +327,7 @@ impl Metrics {
             sessions_started,
             sessions_ended,
             inputs_rejected,
+            sessions_refused,
             upstream_connect_failures,
             websocket_pings_missed,
             stanza_counters,
@@ -367,6 +385,17 @@ impl Metrics {
         self.inputs_rejected.with_label_values(&[reason]).inc();
     }
 
+    /// A new session was refused by admission.
+    pub fn session_refused(&self, transport: Transport, reason: &'static str) {
+        debug_assert!(
+            REFUSAL_REASONS.contains(&reason),
+            "unlisted refusal reason {reason}"
+        );
+        self.sessions_refused
+            .with_label_values(&[transport.as_str(), reason])
+            .inc();
+    }
+
     /// An upstream stream could not be opened.
     pub fn connect_failed(&self, kind: &'static str) {
         debug_assert!(
@@ -417,6 +446,12 @@ mod tests {
             }
             let series = format!("xmpp_gateway_sessions_started_total{{transport=\"{t}\"}}");
             assert!(text.contains(&series), "{series} missing");
+            for r in REFUSAL_REASONS {
+                let series = format!(
+                    "xmpp_gateway_sessions_refused_total{{reason=\"{r}\",transport=\"{t}\"}}"
+                );
+                assert!(text.contains(&series), "{series} missing");
+            }
         }
         for r in REJECTION_REASONS {
             let series = format!("xmpp_gateway_inputs_rejected_total{{reason=\"{r}\"}}");

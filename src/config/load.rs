@@ -128,6 +128,15 @@ impl Config {
                     .into(),
             ));
         }
+        if l.max_sessions == 0
+            || l.max_sessions_per_address == 0
+            || l.new_sessions_per_address_per_sec == 0
+            || l.new_sessions_burst == 0
+        {
+            return Err(ConfigError::Value(
+                "limits: max_sessions, max_sessions_per_address, new_sessions_per_address_per_sec and new_sessions_burst must be at least 1".into(),
+            ));
+        }
         if l.max_upstream_stanza_bytes < 1024 {
             return Err(ConfigError::Value(
                 "limits.max_upstream_stanza_bytes must be at least 1024".into(),

@@ -215,6 +215,14 @@ pub struct LimitsConfig {
     pub max_buffered_bytes: usize,
     /// Most concurrent client connections on the public listener.
     pub max_connections: usize,
+    /// Most sessions on this node, WebSocket and BOSH together (docs/protocol.md §7).
+    pub max_sessions: usize,
+    /// Most concurrent sessions from one client address (an IPv4 address or an IPv6 /64).
+    pub max_sessions_per_address: usize,
+    /// New sessions one client address may start per second, on average (token bucket rate).
+    pub new_sessions_per_address_per_sec: u32,
+    /// New sessions one client address may start at once (token bucket size).
+    pub new_sessions_burst: u32,
     /// Seconds a client may take to send its request headers. hyper restarts this timer as
     /// soon as a response is written, so it also bounds an idle HTTP/1.1 keep-alive connection.
     pub header_read_timeout_secs: u64,
@@ -251,6 +259,10 @@ impl Default for LimitsConfig {
             max_upstream_stanza_bytes: 1024 * 1024,
             max_buffered_bytes: 1024 * 1024,
             max_connections: 100_000,
+            max_sessions: 100_000,
+            max_sessions_per_address: 500,
+            new_sessions_per_address_per_sec: 20,
+            new_sessions_burst: 100,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             http_idle_timeout_secs: 60,

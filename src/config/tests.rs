@@ -200,3 +200,22 @@ fn zero_http_deadline_or_admin_cap_is_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn admission_limits_have_documented_defaults_and_zero_is_refused() {
+    let c = Config::from_sources("", &[], &cli(&[])).unwrap();
+    assert_eq!(c.limits.max_sessions, 100_000);
+    assert_eq!(c.limits.max_sessions_per_address, 500);
+    assert_eq!(c.limits.new_sessions_per_address_per_sec, 20);
+    assert_eq!(c.limits.new_sessions_burst, 100);
+    for key in [
+        "max_sessions",
+        "max_sessions_per_address",
+        "new_sessions_per_address_per_sec",
+        "new_sessions_burst",
+    ] {
+        let err =
+            Config::from_sources(&format!("[limits]\n{key} = 0\n"), &[], &cli(&[])).unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+}

@@ -10,6 +10,7 @@
 
 mod failure;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::failure::Failure;
+use crate::admission::{Admission, Refusal, Slot};
 use crate::metrics::{Direction, Transport, METRICS};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -33,6 +35,30 @@ pub struct Context {
     pub settings: Arc<Settings>,
     /// The drain.
     pub shutdown: Shutdown,
+    /// The session caps every new session is admitted under.
+    pub admission: Arc<Admission>,
+}
+
+impl Context {
+    /// docs/protocol.md §7: a new session from `client` takes a slot under the global and the
+    /// per-address caps, before anything is dialled; the slot is given back when it is
+    /// dropped. A refusal is counted and logged here, for both transports.
+    pub fn admit(&self, client: IpAddr, transport: Transport) -> Result<Slot, Refusal> {
+        let limits = &self.settings.config.limits;
+        let admitted = self
+            .admission
+            .admit(client, limits, tokio::time::Instant::now());
+        if let Err(refusal) = &admitted {
+            METRICS.session_refused(transport, refusal.reason());
+            tracing::info!(
+                %client,
+                transport = transport.as_str(),
+                reason = refusal.reason(),
+                "new session refused"
+            );
+        }
+        admitted
+    }
 }
 
 /// What the client asked for when it opened its stream (`<open/>`, or the BOSH session request).

@@ -464,21 +464,12 @@ where
 /// than once". A few are compared directly; past that they go into a hash set, so a tag with
 /// thousands of attributes (the server relays whatever another user wrote) is checked in
 /// linear time.
+#[derive(Default)]
 struct AttributeNames<'t> {
     /// The first names, compared directly (no allocation for ordinary tags).
     few: [&'t [u8]; 8],
     len: usize,
     many: Option<HashSet<&'t [u8]>>,
-}
-
-impl Default for AttributeNames<'_> {
-    fn default() -> Self {
-        AttributeNames {
-            few: [&[]; 8],
-            len: 0,
-            many: None,
-        }
-    }
 }
 
 impl<'t> AttributeNames<'t> {

@@ -211,6 +211,18 @@ export async function startProsody({ users, websocket = false, tls12Only = false
 }
 
 /**
+ * Every client of the suites connects from 127.0.0.1, like users behind one NAT,
+ * and a test may start a thousand sessions at once: the per-address admission
+ * limits (docs/protocol.md §7) are opened up as far as the global cap, which
+ * tests/admission.rs and the unit tests check on their own.
+ */
+const LOOPBACK_ADMISSION = {
+	XMPP_GATEWAY_LIMITS__MAX_SESSIONS_PER_ADDRESS: '100000',
+	XMPP_GATEWAY_LIMITS__NEW_SESSIONS_PER_ADDRESS_PER_SEC: '100000',
+	XMPP_GATEWAY_LIMITS__NEW_SESSIONS_BURST: '100000',
+};
+
+/**
  * Starts the gateway in front of `prosody` and waits until /healthz says ok.
  * `name` names its log file (<logDir>/<name>.log), for stacks with several
  * gateways; `config` is TOML text written next to the log and passed with
@@ -239,7 +251,7 @@ export async function startGateway({ prosody, logDir, extraArgs = [], name = 'ga
 			'--upstream-ca', prosody.ca,
 			...extraArgs,
 		],
-		{ logFile, env: { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' } },
+		{ logFile, env: { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1', ...LOOPBACK_ADMISSION } },
 	);
 	const adminUrl = `http://127.0.0.1:${adminPort}`;
 	try {

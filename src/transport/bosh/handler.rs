@@ -22,6 +22,7 @@ use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshReque
 use super::task;
 use crate::http::body::read_bounded;
 use crate::http::{text, Body};
+use crate::admission::Slot;
 use crate::metrics::{Transport, METRICS};
 use crate::session::{next_session_id, Context, OpenRequest, Session};
 use crate::xml::escape_attr;
@@ -82,7 +83,10 @@ pub async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
         }
-        Ok(b) if b.sid.is_none() => create(b, &ctx, registry, peer).await,
+        Ok(b) if b.sid.is_none() => match admit(&b, &ctx, peer, &cors) {
+            Ok(slot) => create(b, &ctx, registry, peer, slot).await,
+            Err(refused) => return *refused,
+        },
         Ok(b) => {
             let kind = if b.terminate {
                 Kind::Terminate
@@ -120,8 +124,44 @@ pub async fn handle(
 }
 
 /// A session request (XEP-0124 §7.1, XEP-0206 §3).
-async fn create(b: BoshBody, ctx: &Context, registry: &Arc<Registry>, peer: SocketAddr) -> Bytes {
-    let Some(rid) = b.rid else {
+/// docs/protocol.md §7: a session request takes a slot under the caps before anything is
+/// dialled. A refusal is HTTP 503 with `Retry-After`, carrying a `policy-violation` terminate
+/// body, so a load balancer can retry elsewhere and a client reads why. A request that is no
+/// session request at all (no `rid`) is left to `create` and takes no slot.
+fn admit(
+    b: &BoshBody,
+    ctx: &Context,
+    peer: SocketAddr,
+    cors: &HeaderValue,
+) -> Result<Option<Slot>, Box<Response<Body>>> {
+    if b.rid.is_none() {
+        return Ok(None);
+    }
+    match ctx.admit(peer.ip(), Transport::Bosh) {
+        Ok(slot) => Ok(Some(slot)),
+        Err(refusal) => {
+            let mut r = respond(
+                terminate_body(&Terminate::Condition("policy-violation")),
+                false,
+                usize::MAX,
+                cors.clone(),
+            );
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+            Err(Box::new(r))
+        }
+    }
+}
+
+async fn create(
+    b: BoshBody,
+    ctx: &Context,
+    registry: &Arc<Registry>,
+    peer: SocketAddr,
+    slot: Option<Slot>,
+) -> Bytes {
+    let (Some(rid), Some(slot)) = (b.rid, slot) else {
         return terminate_body(&Terminate::Condition("bad-request"));
     };
     let cfg = &ctx.settings.config.bosh;
@@ -182,7 +222,14 @@ async fn create(b: BoshBody, ctx: &Context, registry: &Arc<Registry>, peer: Sock
         ctx.clone(),
         registry.clone(),
     );
-    ctx.shutdown.spawn(run.instrument(span));
+    ctx.shutdown.spawn(
+        async move {
+            // The session's place under the caps, given back when the task ends.
+            let _slot = slot;
+            run.await
+        }
+        .instrument(span),
+    );
     created
 }
 

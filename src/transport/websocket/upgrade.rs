@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::task;
 use crate::http::{text, Body};
-use crate::metrics::METRICS;
+use crate::metrics::{Transport, METRICS};
 use crate::session::{next_session_id, Context};
 use crate::settings::Settings;
 
@@ -89,9 +89,25 @@ pub fn upgrade<P: Send + 'static>(
     if !origin.is_empty() && allowed.is_empty() {
         tracing::debug!(%peer, origin, "WebSocket session from origin");
     }
+    // docs/protocol.md §7: refused before the upgrade, so the refusal costs no upstream
+    // connection and a load balancer can send the client elsewhere.
+    let slot = match ctx.admit(peer.ip(), Transport::WebSocket) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sessions; try again later\n",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+            return r;
+        }
+    };
     let accept = derive_accept_key(key.as_bytes());
     let tracker = ctx.shutdown.clone();
     tracker.spawn(async move {
+        // The session's place under the caps, given back when the task ends.
+        let _slot = slot;
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(

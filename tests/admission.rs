@@ -1,0 +1,186 @@
+//! Admission through real sockets (docs/protocol.md §7): one global cap on sessions across
+//! WebSocket and BOSH, over HTTP/1.1 and HTTP/2 alike, and per-address caps on concurrent and
+//! new sessions. A refused session gets HTTP 503 with `Retry-After` and costs no upstream
+//! connection.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use xmpp_gateway::config::Config;
+
+const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
+const XML: (&str, &str) = ("Content-Type", "text/xml; charset=utf-8");
+
+fn session_request(rid: u64) -> String {
+    format!(
+        "<body xmlns='{NS_HTTPBIND}' content='text/xml; charset=utf-8' to='{DOMAIN}' rid='{rid}' \
+         wait='10' hold='1' xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>"
+    )
+}
+
+/// An upstream that opens every stream, keeps it open, and answers the gateway's closing tag.
+async fn patient_upstream() -> (SocketAddr, UpstreamHandle<()>) {
+    ScriptedUpstream::start(|mut conn, _| async move {
+        conn.answer_stream("s-1", FEATURES_SASL).await;
+        let closed = conn
+            .try_read_until(STREAM_END, Duration::from_secs(60))
+            .await;
+        if closed.is_ok() {
+            conn.write(STREAM_END).await;
+        }
+    })
+    .await
+}
+
+fn created(reply: &HttpReply) -> bool {
+    reply.status == 200 && reply.text().contains(" sid='")
+}
+
+/// A refusal as docs/protocol.md §7 has it for BOSH: 503, `Retry-After`, and a terminate body
+/// saying `policy-violation`.
+fn assert_bosh_refused(reply: &HttpReply) {
+    assert_eq!(reply.status, 503, "{reply:?}");
+    let retry: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(retry >= 1, "{reply:?}");
+    let text = reply.text();
+    assert!(
+        text.contains("type='terminate'") && text.contains("condition='policy-violation'"),
+        "{text}"
+    );
+}
+
+async fn wait_for_sessions(gw: &TestGateway, n: usize) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while gw.gateway.admission.sessions() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "admission holds {} sessions, expected {n}",
+            gw.gateway.admission.sessions()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// Issue 9, bug 2: every request without a sid dialled the server and added a session, so one
+// keep-alive connection could create thousands. With the default limits one address gets its
+// burst and then new sessions at the configured rate; the rest are refused without dialling.
+#[tokio::test]
+async fn one_address_cannot_create_sessions_without_bound_over_one_connection() {
+    let (up, handle) = patient_upstream().await;
+    let config = plain_config(up);
+    let burst = config.limits.new_sessions_burst as f64;
+    let rate = config.limits.new_sessions_per_address_per_sec as f64;
+    let gw = start_gateway(config).await;
+    let mut conn = HttpConn::connect(gw.addr).await;
+    let started = Instant::now();
+    let (mut admitted, mut refused) = (0usize, 0usize);
+    for i in 0..300 {
+        let body = session_request(1000 + i);
+        let reply = conn
+            .request("POST", "/http-bind", &[XML], body.as_bytes())
+            .await;
+        if created(&reply) {
+            admitted += 1;
+        } else {
+            assert_bosh_refused(&reply);
+            refused += 1;
+        }
+    }
+    let allowed = burst + rate * started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        admitted as f64 <= allowed,
+        "{admitted} sessions admitted, at most {allowed:.0} allowed"
+    );
+    assert!(admitted >= burst as usize, "the burst is admitted: {admitted}");
+    assert_eq!(admitted + refused, 300);
+    // A refused session cost no upstream connection.
+    assert_eq!(handle.connections(), admitted);
+}
+
+fn capped(up: SocketAddr, max_sessions: usize, per_address: usize) -> Config {
+    let mut c = plain_config(up);
+    c.limits.max_sessions = max_sessions;
+    c.limits.max_sessions_per_address = per_address;
+    c
+}
+
+// docs/protocol.md §7: one address holds at most max_sessions_per_address sessions, counted
+// across both transports; a WebSocket refused gets 503 with Retry-After before the upgrade.
+#[tokio::test]
+async fn concurrent_sessions_per_address_are_capped_across_transports() {
+    let (up, handle) = patient_upstream().await;
+    let gw = start_gateway(capped(up, 100, 2)).await;
+    let (_ws, _, _) = gw.open_session().await;
+    let mut conn = HttpConn::connect(gw.addr).await;
+    let body = session_request(7);
+    let first = conn.request("POST", "/http-bind", &[XML], body.as_bytes()).await;
+    assert!(created(&first), "{first:?}");
+    let third = conn.request("POST", "/http-bind", &[XML], session_request(9).as_bytes()).await;
+    assert_bosh_refused(&third);
+    match WsClient::try_connect(gw.addr, &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a third session from one address was upgraded"),
+    }
+    assert_eq!(handle.connections(), 2);
+}
+
+// docs/protocol.md §7: the global cap counts WebSocket and BOSH sessions together, over HTTP/2
+// as over HTTP/1.1, and a slot is given back when its session ends.
+#[tokio::test]
+async fn the_global_cap_holds_across_transports_and_http_versions_and_frees_on_end() {
+    let (up, handle) = patient_upstream().await;
+    let gw = start_gateway(capped(up, 2, 100)).await;
+    let (mut ws, _, _) = gw.open_session().await;
+    let mut conn = HttpConn::connect(gw.addr).await;
+    let bosh = conn.request("POST", "/http-bind", &[XML], session_request(7).as_bytes()).await;
+    assert!(created(&bosh), "{bosh:?}");
+    wait_for_sessions(&gw, 2).await;
+
+    // Over HTTP/2 the session request is refused the same way.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, h2) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(h2);
+    let req = http::Request::post("http://gateway/http-bind")
+        .header("content-type", "text/xml; charset=utf-8")
+        .body(Full::new(Bytes::from(session_request(20))))
+        .unwrap();
+    let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&text).contains("policy-violation"));
+
+    assert!(matches!(
+        WsClient::try_connect(gw.addr, &[]).await,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 503
+    ));
+    assert_eq!(handle.connections(), 2);
+
+    // The WebSocket session ends; its slot is free for a new session.
+    ws.send(CLOSE_FRAME).await;
+    wait_for_sessions(&gw, 1).await;
+    let again = conn.request("POST", "/http-bind", &[XML], session_request(30).as_bytes()).await;
+    assert!(created(&again), "{again:?}");
+    assert_eq!(handle.connections(), 3);
+}
