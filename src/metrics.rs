@@ -49,6 +49,8 @@ pub const END_REASONS: &[&str] = &[
     "slow_reader",
     // WebSocket pings went unanswered.
     "ping_timeout",
+    // The browser sent faster than its rate limits, in `close` mode.
+    "rate_limited",
     // No BOSH request arrived within `inactivity` (or the granted pause).
     "inactivity",
     // The upstream stream broke (I/O, malformed XML, protocol).
@@ -84,6 +86,8 @@ pub const REJECTION_REASONS: &[&str] = &[
     // A request body that did not arrive within limits.body_read_timeout_secs, or broke off.
     "body_timeout",
     "body_broken",
+    // A stanza over the session's rate limits, in `close` mode.
+    "rate_limited",
 ];
 
 /// Why a new session was refused (`sessions_refused_total{transport, reason}`); admission

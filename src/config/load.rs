@@ -137,6 +137,15 @@ impl Config {
                 "limits: max_sessions, max_sessions_per_address, new_sessions_per_address_per_sec and new_sessions_burst must be at least 1".into(),
             ));
         }
+        if l.session_stanzas_per_sec == 0
+            || l.session_stanzas_burst == 0
+            || l.session_bytes_per_sec == 0
+            || l.session_bytes_burst < l.max_stanza_bytes as u64
+        {
+            return Err(ConfigError::Value(
+                "limits: session_stanzas_per_sec, session_stanzas_burst and session_bytes_per_sec must be at least 1, session_bytes_burst at least max_stanza_bytes".into(),
+            ));
+        }
         if l.max_upstream_stanza_bytes < 1024 {
             return Err(ConfigError::Value(
                 "limits.max_upstream_stanza_bytes must be at least 1024".into(),

@@ -95,6 +95,18 @@ pub enum TlsPolicy {
     Disabled,
 }
 
+/// What happens to a session whose browser sends faster than its rate limits
+/// (docs/protocol.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateExceeded {
+    /// Stop reading the browser until the buckets have refilled (TCP pushes back).
+    #[default]
+    Throttle,
+    /// End the session with `policy-violation`.
+    Close,
+}
+
 /// One served domain and how to reach its XMPP server.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +235,16 @@ pub struct LimitsConfig {
     pub new_sessions_per_address_per_sec: u32,
     /// New sessions one client address may start at once (token bucket size).
     pub new_sessions_burst: u32,
+    /// Stanzas one session's browser may send per second, on average.
+    pub session_stanzas_per_sec: u32,
+    /// Stanzas one session's browser may send at once.
+    pub session_stanzas_burst: u32,
+    /// Bytes one session's browser may send per second, on average.
+    pub session_bytes_per_sec: u64,
+    /// Bytes one session's browser may send at once; at least `max_stanza_bytes`.
+    pub session_bytes_burst: u64,
+    /// Over those rates: throttle reading, or end the session with `policy-violation`.
+    pub session_rate_exceeded: RateExceeded,
     /// Seconds a client may take to send its request headers. hyper restarts this timer as
     /// soon as a response is written, so it also bounds an idle HTTP/1.1 keep-alive connection.
     pub header_read_timeout_secs: u64,
@@ -263,6 +285,11 @@ impl Default for LimitsConfig {
             max_sessions_per_address: 500,
             new_sessions_per_address_per_sec: 20,
             new_sessions_burst: 100,
+            session_stanzas_per_sec: 50,
+            session_stanzas_burst: 200,
+            session_bytes_per_sec: 64 * 1024,
+            session_bytes_burst: 512 * 1024,
+            session_rate_exceeded: RateExceeded::Throttle,
             header_read_timeout_secs: 10,
             body_read_timeout_secs: 30,
             http_idle_timeout_secs: 60,

@@ -219,3 +219,15 @@ fn admission_limits_have_documented_defaults_and_zero_is_refused() {
         assert!(err.to_string().contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn session_rates_default_to_throttle_and_the_byte_burst_holds_a_stanza() {
+    let c = Config::from_sources("", &[], &cli(&[])).unwrap();
+    assert_eq!(c.limits.session_rate_exceeded, RateExceeded::Throttle);
+    let c = Config::from_sources("[limits]\nsession_rate_exceeded = \"close\"\n", &[], &cli(&[]))
+        .unwrap();
+    assert_eq!(c.limits.session_rate_exceeded, RateExceeded::Close);
+    let err = Config::from_sources("[limits]\nsession_bytes_burst = 1000\n", &[], &cli(&[]))
+        .unwrap_err();
+    assert!(err.to_string().contains("session_bytes_burst"), "{err}");
+}

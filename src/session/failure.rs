@@ -15,6 +15,10 @@ pub enum Failure {
     /// A stream restart named another domain than the session serves.
     #[error("restart names another domain")]
     WrongDomain,
+    /// The browser sent faster than its rate limits allow, in `close` mode (docs/protocol.md
+    /// §7).
+    #[error("the browser sent faster than its rate limits")]
+    RateExceeded,
     /// Opening, reading or writing the upstream stream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -27,6 +31,7 @@ impl Failure {
     pub fn condition(&self) -> &'static str {
         match self {
             Failure::NoDomain | Failure::WrongDomain => "host-unknown",
+            Failure::RateExceeded => "policy-violation",
             Failure::Upstream(UpstreamError::UnknownDomain) => "host-unknown",
             Failure::Upstream(_) => "remote-connection-failed",
         }
@@ -45,6 +50,7 @@ impl Failure {
     pub fn end_reason(&self) -> &'static str {
         match self {
             Failure::NoDomain | Failure::WrongDomain => "bad_input",
+            Failure::RateExceeded => "rate_limited",
             Failure::Upstream(UpstreamError::StreamError(_)) => "upstream_stream_error",
             Failure::Upstream(_) => "upstream_error",
         }

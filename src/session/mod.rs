@@ -9,6 +9,7 @@
 //! A stanza toward the browser: upstream stream -> [`Session::next_batch`] -> transport adapter.
 
 mod failure;
+mod rate;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use self::failure::Failure;
+use self::rate::{Charge, ClientRate};
 use crate::admission::{Admission, Refusal, Slot};
 use crate::metrics::{Direction, Transport, METRICS};
 use crate::settings::Settings;
@@ -191,6 +193,8 @@ pub struct Session {
     resumable: bool,
     /// Reading or writing the upstream stream failed: it is dropped, never closed.
     broken: bool,
+    /// What the browser may still send (docs/protocol.md §7).
+    rate: ClientRate,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -256,6 +260,7 @@ impl Session {
                 started: std::time::Instant::now(),
                 resumable: false,
                 broken: false,
+                rate: ClientRate::new(&settings.config.limits, tokio::time::Instant::now()),
             },
             header: opened.header,
             features,
@@ -311,10 +316,22 @@ impl Session {
 
     /// Forwards one validated client element verbatim.
     pub async fn send(&mut self, element: &[u8]) -> Result<(), Failure> {
+        if self.rate.charge(element.len(), tokio::time::Instant::now()) == Charge::Exceeded {
+            METRICS.input_rejected("rate_limited");
+            tracing::info!("browser sent faster than its rate limits; ending the session");
+            return Err(Failure::RateExceeded);
+        }
         METRICS.relayed(self.transport, Direction::ToUpstream, element.len());
         let sent = self.upstream.send(element).await;
         self.broken |= sent.is_err();
         Ok(sent?)
+    }
+
+    /// docs/protocol.md §7, `throttle` mode: the browser has sent more than its rates allow,
+    /// and its transport reads nothing more from it until this instant. `None` while within
+    /// the rates.
+    pub fn paused_until(&self) -> Option<tokio::time::Instant> {
+        self.rate.paused_until(tokio::time::Instant::now())
     }
 
     /// Restarts the upstream stream after the client's new stream header (RFC 6120 §4.3.3).

@@ -42,8 +42,18 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        // docs/protocol.md §7: a browser over its rate limits has its next requests wait until
+        // the limits allow them; held requests are still answered on their timers.
+        let paused = session.paused_until();
+        let resume = async {
+            match paused {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            req = rx.recv() => match req {
+            _ = resume => {}
+            req = rx.recv(), if paused.is_none() => match req {
                 Some(req) => actions = state.on_request(req, Instant::now()),
                 None => break "closed",
             },

@@ -144,8 +144,18 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
                 None => std::future::pending().await,
             }
         };
+        // docs/protocol.md §7: a browser over its rate limits is not read until they allow it
+        // again; everything else (the server's stanzas, pings, the drain) goes on.
+        let paused = session.paused_until();
+        let resume = async {
+            match paused {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            msg = ws.next() => {
+            _ = resume => {}
+            msg = ws.next(), if paused.is_none() => {
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
                     // tungstenite refuses a frame over max_stanza_bytes before the XML layer
