@@ -28,6 +28,8 @@ const SHARDS: usize = 16;
 pub enum Refusal {
     /// `limits.max_sessions` sessions are open on this node.
     Full,
+    /// The sessions of this node buffer more than `limits.max_buffered_bytes_total`.
+    Memory,
     /// The client address holds `limits.max_sessions_per_address` sessions.
     AddressFull,
     /// The client address has used its burst of new sessions and must wait for a token.
@@ -42,6 +44,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::Full => "max_sessions",
+            Refusal::Memory => "memory",
             Refusal::AddressFull => "address_sessions",
             Refusal::AddressRate { .. } => "address_rate",
         }
@@ -51,7 +54,7 @@ impl Refusal {
     pub fn retry_after_secs(&self) -> u64 {
         match self {
             // Sessions end at their own pace; a few seconds spreads the retries.
-            Refusal::Full | Refusal::AddressFull => 5,
+            Refusal::Full | Refusal::Memory | Refusal::AddressFull => 5,
             Refusal::AddressRate { retry_after } => retry_after.as_secs_f64().ceil().max(1.0) as u64,
         }
     }
@@ -96,6 +99,8 @@ struct Shard {
 /// The admission state of the process.
 pub struct Admission {
     total: AtomicUsize,
+    /// Bytes the sessions buffer now, as their slots report them.
+    buffered: AtomicUsize,
     hasher: RandomState,
     shards: [Mutex<Shard>; SHARDS],
 }
@@ -104,17 +109,48 @@ impl Default for Admission {
     fn default() -> Self {
         Admission {
             total: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
             hasher: RandomState::new(),
             shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
         }
     }
 }
 
-/// A session's place under the caps; dropping it gives the place back.
+/// A session's place under the caps; dropping it gives the place back, and the bytes it
+/// reported buffered.
 #[must_use = "the slot is given back when dropped"]
 pub struct Slot {
     admission: Arc<Admission>,
     key: Key,
+    buffered: usize,
+}
+
+/// The process buffers more than its ceiling and this session holds more than its share: it
+/// is one of the slowest readers, and is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverCeiling;
+
+impl Slot {
+    /// Reports the bytes the session buffers now (toward either side). While the process
+    /// buffers more than `limits.max_buffered_bytes_total`, a session that buffers more than
+    /// an equal share of that ceiling is told to end: the sessions that hold the most are the
+    /// ones whose readers are slowest, and cutting them frees the most.
+    pub fn set_buffered(&mut self, bytes: usize, limits: &LimitsConfig) -> Result<(), OverCeiling> {
+        let total = if bytes >= self.buffered {
+            let grown = bytes - self.buffered;
+            self.admission.buffered.fetch_add(grown, Ordering::AcqRel) + grown
+        } else {
+            let shrunk = self.buffered - bytes;
+            self.admission.buffered.fetch_sub(shrunk, Ordering::AcqRel) - shrunk
+        };
+        self.buffered = bytes;
+        let ceiling = limits.max_buffered_bytes_total;
+        let share = ceiling / self.admission.sessions().max(1);
+        if total > ceiling && bytes > share {
+            return Err(OverCeiling);
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -125,6 +161,9 @@ impl std::fmt::Debug for Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.admission
+            .buffered
+            .fetch_sub(self.buffered, Ordering::AcqRel);
         self.admission.release(self.key);
     }
 }
@@ -135,6 +174,11 @@ impl Admission {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Bytes the sessions report buffered now.
+    pub fn buffered(&self) -> usize {
+        self.buffered.load(Ordering::Relaxed)
+    }
+
     /// Takes a slot for a new session from `ip` under `limits`, or says why not. A refused
     /// session takes nothing: no slot, and no token unless one was available.
     pub fn admit(
@@ -143,6 +187,10 @@ impl Admission {
         limits: &LimitsConfig,
         now: Instant,
     ) -> Result<Slot, Refusal> {
+        // docs/protocol.md §7: past the memory ceiling no session is added.
+        if self.buffered() > limits.max_buffered_bytes_total {
+            return Err(Refusal::Memory);
+        }
         // The global cap first: it needs no lock.
         let total = self.total.fetch_add(1, Ordering::AcqRel);
         if total >= limits.max_sessions {
@@ -176,6 +224,7 @@ impl Admission {
             Ok(()) => Ok(Slot {
                 admission: self.clone(),
                 key,
+                buffered: 0,
             }),
             Err(refusal) => {
                 self.total.fetch_sub(1, Ordering::AcqRel);

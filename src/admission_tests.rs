@@ -135,3 +135,26 @@ fn refusals_say_when_to_retry() {
         assert!(REFUSAL_REASONS.contains(&r.reason()));
     }
 }
+
+#[test]
+fn past_the_ceiling_new_sessions_wait_and_the_biggest_holder_is_told() {
+    let admission = Arc::new(Admission::default());
+    let l = LimitsConfig {
+        max_buffered_bytes_total: 1000,
+        ..limits(100, 100, 100, 100)
+    };
+    let now = Instant::now();
+    let mut big = admission.admit(v4(1), &l, now).unwrap();
+    let mut small = admission.admit(v4(2), &l, now).unwrap();
+    assert_eq!(big.set_buffered(900, &l), Ok(()));
+    // Over the ceiling: the small holder (under its share of 500) goes on, the big one not.
+    assert_eq!(small.set_buffered(200, &l), Ok(()));
+    assert_eq!(admission.buffered(), 1100);
+    assert_eq!(admission.admit(v4(3), &l, now).unwrap_err(), Refusal::Memory);
+    assert_eq!(big.set_buffered(950, &l), Err(OverCeiling));
+    // Giving bytes back, or ending, brings the process under its ceiling again.
+    assert_eq!(big.set_buffered(100, &l), Ok(()));
+    drop(small);
+    assert_eq!(admission.buffered(), 100);
+    assert!(admission.admit(v4(3), &l, now).is_ok());
+}

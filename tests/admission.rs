@@ -184,3 +184,95 @@ async fn the_global_cap_holds_across_transports_and_http_versions_and_frees_on_e
     assert!(created(&again), "{again:?}");
     assert_eq!(handle.connections(), 3);
 }
+
+fn stanza_of(id: &str, size: usize) -> String {
+    let head = format!("<message id='{id}'><body>");
+    let tail = "</body></message>";
+    format!("{head}{}{tail}", "x".repeat(size - head.len() - tail.len()))
+}
+
+async fn wait_for_buffered(gw: &TestGateway, at_least: usize) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while gw.gateway.admission.buffered() < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions buffer {} bytes, expected at least {at_least}",
+            gw.gateway.admission.buffered()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn sid_of(text: &str) -> String {
+    let at = text.find(" sid='").expect("a sid") + 6;
+    text[at..at + text[at..].find('\'').unwrap()].to_string()
+}
+
+// docs/protocol.md §7: past limits.max_buffered_bytes_total new sessions are refused, and the
+// session holding more than its share (the slowest reader) is cut; the others go on.
+#[tokio::test]
+async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder_is_cut() {
+    const KIB: usize = 1024;
+    let more = std::sync::Arc::new(tokio::sync::Notify::new());
+    let trigger = more.clone();
+    let (up, _handle) = ScriptedUpstream::start(move |mut conn, n| {
+        let more = more.clone();
+        async move {
+            conn.answer_stream("s-1", FEATURES_SASL).await;
+            // The first session's client reads nothing: 55 KiB wait for it, then 5 more.
+            let (count, size) = if n == 0 { (55, KIB) } else { (12, KIB) };
+            for i in 0..count {
+                conn.write(&stanza_of(&format!("s{n}-{i}"), size)).await;
+            }
+            if n == 0 {
+                more.notified().await;
+                for i in 0..5 {
+                    conn.write(&stanza_of(&format!("late-{i}"), KIB)).await;
+                }
+            }
+            let _ = conn.try_read_until(STREAM_END, Duration::from_secs(60)).await;
+        }
+    })
+    .await;
+    let mut config = plain_config(up);
+    config.limits.max_stanza_bytes = 16 * KIB;
+    config.limits.max_buffered_bytes = 64 * KIB;
+    config.limits.max_buffered_bytes_total = 64 * KIB;
+    let gw = start_gateway(config).await;
+    let mut http = HttpConn::connect(gw.addr).await;
+
+    let a = http.request("POST", "/http-bind", &[XML], session_request(100).as_bytes()).await;
+    assert!(created(&a), "{a:?}");
+    wait_for_buffered(&gw, 55 * KIB).await;
+    let b = http.request("POST", "/http-bind", &[XML], session_request(200).as_bytes()).await;
+    assert!(created(&b), "{b:?}");
+    wait_for_buffered(&gw, 67 * KIB).await;
+
+    // Over the ceiling: a new session is refused, and dials nothing.
+    let c = http.request("POST", "/http-bind", &[XML], session_request(300).as_bytes()).await;
+    assert_bosh_refused(&c);
+
+    // The first session grows again: it holds far more than its share and is cut. Its client
+    // gets what was pending, then the terminate body.
+    trigger.notify_one();
+    let sid_a = sid_of(&a.text());
+    let mut ended = false;
+    for rid in 101..104 {
+        let body = format!("<body xmlns='{NS_HTTPBIND}' sid='{sid_a}' rid='{rid}'/>");
+        let reply = http.request("POST", "/http-bind", &[XML], body.as_bytes()).await;
+        let text = reply.text();
+        if text.contains("type='terminate'") {
+            assert!(text.contains("condition='policy-violation'"), "{text}");
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the session holding the most was not cut");
+
+    // The other session goes on and gets its stanzas.
+    let sid_b = sid_of(&b.text());
+    let body = format!("<body xmlns='{NS_HTTPBIND}' sid='{sid_b}' rid='201'/>");
+    let reply = http.request("POST", "/http-bind", &[XML], body.as_bytes()).await.text();
+    assert!(!reply.contains("type='terminate'"), "{reply}");
+    assert!(reply.contains("id='s1-0'"), "{reply}");
+}

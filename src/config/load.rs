@@ -151,6 +151,11 @@ impl Config {
                 "limits.max_upstream_stanza_bytes must be at least 1024".into(),
             ));
         }
+        if l.max_buffered_bytes_total < l.max_buffered_bytes {
+            return Err(ConfigError::Value(
+                "limits.max_buffered_bytes_total must be at least limits.max_buffered_bytes".into(),
+            ));
+        }
         if l.max_buffered_bytes < l.max_stanza_bytes {
             return Err(ConfigError::Value(
                 "limits.max_buffered_bytes must be at least limits.max_stanza_bytes".into(),

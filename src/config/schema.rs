@@ -227,6 +227,10 @@ pub struct LimitsConfig {
     pub max_buffered_bytes: usize,
     /// Most concurrent client connections on the public listener.
     pub max_connections: usize,
+    /// Bytes all sessions together may buffer (stanzas waiting for a BOSH request, partial
+    /// elements from the server): past it new sessions are refused and the sessions holding
+    /// more than an equal share are cut (docs/protocol.md §7).
+    pub max_buffered_bytes_total: usize,
     /// Most sessions on this node, WebSocket and BOSH together (docs/protocol.md §7).
     pub max_sessions: usize,
     /// Most concurrent sessions from one client address (an IPv4 address or an IPv6 /64).
@@ -281,6 +285,7 @@ impl Default for LimitsConfig {
             max_upstream_stanza_bytes: 1024 * 1024,
             max_buffered_bytes: 1024 * 1024,
             max_connections: 100_000,
+            max_buffered_bytes_total: 1024 * 1024 * 1024,
             max_sessions: 100_000,
             max_sessions_per_address: 500,
             new_sessions_per_address_per_sec: 20,

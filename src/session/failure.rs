@@ -19,6 +19,10 @@ pub enum Failure {
     /// §7).
     #[error("the browser sent faster than its rate limits")]
     RateExceeded,
+    /// The process buffers more than `limits.max_buffered_bytes_total` and this session holds
+    /// more than its share: one of the slowest readers, cut (docs/protocol.md §7).
+    #[error("the gateway's buffers are full and this session holds more than its share")]
+    OverCeiling,
     /// Opening, reading or writing the upstream stream failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -31,7 +35,7 @@ impl Failure {
     pub fn condition(&self) -> &'static str {
         match self {
             Failure::NoDomain | Failure::WrongDomain => "host-unknown",
-            Failure::RateExceeded => "policy-violation",
+            Failure::RateExceeded | Failure::OverCeiling => "policy-violation",
             Failure::Upstream(UpstreamError::UnknownDomain) => "host-unknown",
             Failure::Upstream(_) => "remote-connection-failed",
         }
@@ -51,6 +55,7 @@ impl Failure {
         match self {
             Failure::NoDomain | Failure::WrongDomain => "bad_input",
             Failure::RateExceeded => "rate_limited",
+            Failure::OverCeiling => "slow_reader",
             Failure::Upstream(UpstreamError::StreamError(_)) => "upstream_stream_error",
             Failure::Upstream(_) => "upstream_error",
         }

@@ -272,6 +272,11 @@ impl Session {
         &self.params.to
     }
 
+    /// Bytes received from the server and not yet handed out (a partial element).
+    pub fn buffered(&self) -> usize {
+        self.upstream.buffered()
+    }
+
     /// Waits for the server to say something; the batch then yields that and everything already
     /// buffered behind it, so a transport writes a burst with one flush (or one BOSH response).
     /// Cancel-safe: nothing is taken from the stream before the first item is complete.

@@ -216,20 +216,14 @@ async fn create(
     registry.insert(sid.clone(), tx);
     let run = task::run(
         sid,
+        slot,
         opened.session,
         state,
         rx,
         ctx.clone(),
         registry.clone(),
     );
-    ctx.shutdown.spawn(
-        async move {
-            // The session's place under the caps, given back when the task ends.
-            let _slot = slot;
-            run.await
-        }
-        .instrument(span),
-    );
+    ctx.shutdown.spawn(run.instrument(span));
     created
 }
 

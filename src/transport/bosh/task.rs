@@ -11,7 +11,9 @@ use tokio::time::Instant;
 
 use super::registry::{Registry, Reply};
 use super::state::{terminate_body, Action, BoshState, Request, Terminate};
-use crate::session::{Batch, Context, Outbound, Session};
+use crate::admission::Slot;
+use crate::metrics::METRICS;
+use crate::session::{Batch, Context, Failure, Outbound, Session};
 
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: Duration = Duration::from_secs(10);
@@ -23,6 +25,7 @@ pub const LINGER_DRAINING: Duration = Duration::from_secs(2);
 /// Runs the session until it ends, then removes its sid.
 pub async fn run(
     sid: Arc<str>,
+    mut slot: Slot,
     mut session: Session,
     mut state: BoshState<Reply>,
     mut rx: mpsc::Receiver<Request<Reply>>,
@@ -33,6 +36,8 @@ pub async fn run(
     let limit = settings.config.limits.max_buffered_bytes;
     let redirect = settings.config.drain.bosh_redirect.as_deref();
     let mut told_shutdown = false;
+    // Set when the task itself ends the session for a reason the state machine cannot name.
+    let mut cut: Option<&'static str> = None;
     let reason = loop {
         let mut actions = Vec::new();
         let deadline = state.next_deadline();
@@ -61,6 +66,14 @@ pub async fn run(
             // and let TCP push back on the server.
             batch = session.next_batch(limit.saturating_sub(state.pending_bytes())), if state.pending_bytes() < limit => {
                 absorb(batch, &mut state, &mut actions);
+                // docs/protocol.md §7: past the process's ceiling, the sessions holding the
+                // most are cut.
+                let held = state.pending_bytes() + session.buffered();
+                if slot.set_buffered(held, &settings.config.limits).is_err() {
+                    METRICS.input_rejected("slow_reader");
+                    state.on_upstream_end(Terminate::from_failure(&Failure::OverCeiling), &mut actions);
+                    cut = Some(Failure::OverCeiling.end_reason());
+                }
             }
             _ = tick => state.on_tick(Instant::now(), &mut actions),
             _ = ctx.shutdown.cancelled(), if !told_shutdown => {
@@ -74,7 +87,7 @@ pub async fn run(
             }
         }
         if let Some(reason) = perform(&mut session, &mut state, actions).await {
-            break reason;
+            break cut.unwrap_or(reason);
         }
     };
     if told_shutdown || !state.settled() {
@@ -192,6 +205,8 @@ async fn perform(
             }
         };
         if let Some(e) = failed {
+            // The failure names the reason better than the terminate condition does.
+            end = end.or(Some(e.end_reason()));
             let mut more = Vec::new();
             state.on_upstream_end(Terminate::from_failure(&e), &mut more);
             queue.extend(more);

@@ -18,7 +18,8 @@ use super::framing::{
 };
 use crate::deadline::is_timed_out;
 use crate::metrics::{Transport, METRICS};
-use crate::session::{Batch, Context, Drain, OpenRequest, Outbound, Session, StreamEnd};
+use crate::admission::Slot;
+use crate::session::{Batch, Context, Drain, Failure, OpenRequest, Outbound, Session, StreamEnd};
 use crate::settings::Settings;
 use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};
 use crate::xml::XmlError;
@@ -30,7 +31,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 type Reason = &'static str;
 
 /// The session from the first `<open/>` to the closing handshake.
-pub async fn run(mut ws: Ws, ctx: Context) {
+pub async fn run(mut ws: Ws, ctx: Context, mut slot: Slot) {
     let settings = &ctx.settings;
     let open_timeout = Duration::from_secs(settings.config.limits.open_timeout_secs);
     let open = tokio::select! {
@@ -76,7 +77,7 @@ pub async fn run(mut ws: Ws, ctx: Context) {
         send_text(&mut ws, opened.features).await
     };
     let reason = match first.await {
-        Ok(()) => relay(&mut ws, &mut session, &ctx).await,
+        Ok(()) => relay(&mut ws, &mut session, &ctx, &mut slot).await,
         Err(_) => {
             session.leave().await;
             "client_gone"
@@ -126,7 +127,7 @@ async fn first_open(ws: &mut Ws, settings: &Settings) -> Option<OpenFrame> {
 }
 
 /// The relay loop: client frames, upstream batches, keepalive and drain in one `select!`.
-async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
+async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slot) -> Reason {
     let settings = &ctx.settings;
     let interval = settings.config.ping_interval();
     let max_missed = settings.config.websocket.max_missed_pongs;
@@ -237,6 +238,14 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context) -> Reason {
                     Forwarded::Continue => {}
                     Forwarded::End(reason) => return reason,
                     Forwarded::WriteFailed(e) => return write_failed(session, &e).await,
+                }
+                // docs/protocol.md §7: past the process's ceiling, the sessions holding the
+                // most are cut.
+                if slot.set_buffered(session.buffered(), &settings.config.limits).is_err() {
+                    METRICS.input_rejected("slow_reader");
+                    session.leave().await;
+                    failure(ws, &Failure::OverCeiling, None).await;
+                    return "slow_reader";
                 }
             }
             _ = ping.tick() => {

@@ -106,8 +106,7 @@ pub fn upgrade<P: Send + 'static>(
     let accept = derive_accept_key(key.as_bytes());
     let tracker = ctx.shutdown.clone();
     tracker.spawn(async move {
-        // The session's place under the caps, given back when the task ends.
-        let _slot = slot;
+        // The session's place under the caps is given back when the task ends.
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -118,7 +117,7 @@ pub fn upgrade<P: Send + 'static>(
                 .await;
                 let id = next_session_id();
                 let span = tracing::info_span!("session", id, transport = "websocket", %peer);
-                task::run(ws, ctx).instrument(span).await;
+                task::run(ws, ctx, slot).instrument(span).await;
             }
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
