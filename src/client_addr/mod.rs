@@ -11,6 +11,7 @@
 //!   peer is the client, whose headers prove nothing.
 
 pub mod forwarded;
+pub mod proxy_protocol;
 
 use std::fmt;
 use std::net::IpAddr;
