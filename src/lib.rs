@@ -21,6 +21,8 @@ pub mod shutdown; // drain/cancellation primitive shared by all tasks
 
 pub mod deadline; // the write deadline every socket is wrapped in
 
+pub mod client_addr; // the client's address: trusted proxies, PROXY protocol, Forwarded headers
+
 pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
 
 pub mod settings; // the reloadable configuration snapshot sessions start with

@@ -9,26 +9,39 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::client_addr::ClientAddr;
 use crate::gateway::Gateway;
 use crate::http::{hostmeta, static_files, text, Body};
 use crate::metrics::METRICS;
 use crate::transport::{bosh, websocket};
 
-/// Routes one request of the public listener. `permit` is the connection's slot, held by a
+/// Routes one request of the public listener. `http_peer` sent it: the socket's peer, or the
+/// client a trusted proxy's PROXY header named. `permit` is the connection's slot, held by a
 /// WebSocket session for as long as it lives.
 pub async fn public<P: Send + 'static>(
     req: Request<Incoming>,
     gw: &Gateway,
-    peer: SocketAddr,
+    http_peer: SocketAddr,
     permit: P,
 ) -> Response<Body> {
     // One snapshot of the settings serves the whole request, even across a reload.
     let ctx = gw.context();
     let settings = ctx.settings.clone();
+    // docs/protocol.md §7: what sessions are admitted and logged by.
+    let client = |req: &Request<Incoming>| {
+        let trusted = &settings.config.limits.trusted_proxies;
+        ClientAddr::of_request(req.headers(), http_peer.ip(), trusted)
+    };
     let path = req.uri().path();
     match (req.method(), path) {
-        (_, "/xmpp-websocket") => websocket::upgrade(req, ctx, peer, permit),
-        (_, "/http-bind" | "/http-bind/") => bosh::handle(req, ctx, &gw.bosh, peer).await,
+        (_, "/xmpp-websocket") => {
+            let peer = client(&req);
+            websocket::upgrade(req, ctx, peer, permit)
+        }
+        (_, "/http-bind" | "/http-bind/") => {
+            let peer = client(&req);
+            bosh::handle(req, ctx, &gw.bosh, peer).await
+        }
         (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &settings),
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => {

@@ -10,9 +10,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::client_addr::proxy_protocol::{self, Prefixed};
 use crate::config::Config;
 use crate::deadline::Deadline;
 use crate::gateway::Gateway;
@@ -109,18 +111,52 @@ async fn public_loop(listener: TcpListener, gw: Arc<Gateway>) {
 
 async fn serve_public(
     tcp: TcpStream,
-    peer: SocketAddr,
+    socket_peer: SocketAddr,
     gw: Arc<Gateway>,
     permit: ConnectionPermit,
 ) {
     let _ = tcp.set_nodelay(true);
+    let Some((io, http_peer)) = read_proxy_header(tcp, socket_peer, &gw).await else {
+        return;
+    };
     let svc_gw = gw.clone();
     let svc = service_fn(move |req| {
         let gw = svc_gw.clone();
         let permit = permit.clone();
-        async move { Ok::<_, Infallible>(crate::router::public(req, &gw, peer, permit).await) }
+        async move { Ok::<_, Infallible>(crate::router::public(req, &gw, http_peer, permit).await) }
     });
-    serve_http(tcp, svc, &gw, true).await;
+    serve_http(io, svc, &gw, true).await;
+}
+
+/// docs/protocol.md §7: a trusted proxy may name its client in a PROXY header, which is looked
+/// for on its connections only. Returns the stream to serve and the peer that speaks HTTP on
+/// it (the named client, else the socket's peer); `None` when the connection was closed.
+async fn read_proxy_header(
+    tcp: TcpStream,
+    socket_peer: SocketAddr,
+    gw: &Gateway,
+) -> Option<(Prefixed<TcpStream>, SocketAddr)> {
+    let settings = gw.settings();
+    let limits = &settings.config.limits;
+    if !limits.trusted_proxies.contains(socket_peer.ip()) {
+        return Some((Prefixed::new(tcp, None), socket_peer));
+    }
+    let deadline = Duration::from_secs(limits.header_read_timeout_secs);
+    match proxy_protocol::accept(tcp, deadline).await {
+        Ok((io, Some(client))) => {
+            tracing::debug!(proxy = %socket_peer, %client, "PROXY header");
+            Some((io, client))
+        }
+        Ok((io, None)) => Some((io, socket_peer)),
+        Err(e) if e.is_protocol_error() => {
+            tracing::warn!(proxy = %socket_peer, error = %e, "PROXY header refused; connection closed");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(proxy = %socket_peer, error = %e, "connection closed");
+            None
+        }
+    }
 }
 
 async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
@@ -157,8 +193,9 @@ async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
     }
 }
 
-async fn serve_http<S>(tcp: TcpStream, svc: S, gw: &Gateway, stop_on_drain: bool)
+async fn serve_http<T, S>(tcp: T, svc: S, gw: &Gateway, stop_on_drain: bool)
 where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = hyper::Response<crate::http::Body>,
@@ -167,7 +204,8 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let limits = gw.settings().config.limits.clone();
+    let settings = gw.settings();
+    let limits = &settings.config.limits;
     let secs = Duration::from_secs;
     let header_timeout = secs(limits.header_read_timeout_secs);
     let idle_timeout = secs(limits.http_idle_timeout_secs);
@@ -198,6 +236,8 @@ where
     // docs/protocol.md §7: every write to the browser, from hyper or from a WebSocket on the
     // upgraded connection, gives up when the browser takes no bytes for the write timeout.
     let io = TokioIo::new(Deadline::new(tcp, secs(limits.write_timeout_secs)));
+    // The connection keeps no snapshot of the settings: a reload frees the old one.
+    drop(settings);
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let drain = async {

@@ -1,12 +1,13 @@
 //! The configuration schema: the types every part of the gateway reads, with their defaults
 //! and the command-line flags.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use serde::Deserialize;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
 
 /// Command-line flags. Every option can also be set in the file or the environment; the flags
 /// listed here are the contract scripts rely on.
@@ -274,6 +275,10 @@ pub struct LimitsConfig {
     pub write_timeout_secs: u64,
     /// Seconds a WebSocket client may take to send its `<open/>`.
     pub open_timeout_secs: u64,
+    /// Proxies whose word on the client's address is believed: a PROXY protocol header on
+    /// their connections, `Forwarded`/`X-Forwarded-For` on their requests (docs/protocol.md
+    /// §7). Empty (the default): the client's address is always the socket's peer.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for LimitsConfig {
@@ -304,7 +309,67 @@ impl Default for LimitsConfig {
             connect_timeout_secs: 10,
             write_timeout_secs: 20,
             open_timeout_secs: 30,
+            trusted_proxies: TrustedProxies::default(),
         }
+    }
+}
+
+/// The address ranges of trusted proxies, written as CIDR ranges (`10.0.0.0/8`, `::1/128`) or
+/// single addresses (`192.0.2.7`, meaning `/32` or `/128`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Parses the configured entries; the error names the first one that is neither a range
+    /// nor an address.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|e| parse_range(e.as_ref()))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// Whether `ip` lies in one of the ranges. An IPv4 address seen as IPv4-mapped IPv6 (a
+    /// dual-stack listener reports `::ffff:10.0.0.1`) is matched as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether no proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn parse_range(entry: &str) -> Result<IpNet, String> {
+    let text = entry.trim();
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            format!(
+                "limits.trusted_proxies: {entry:?} is neither an address nor a CIDR range \
+                 (ADDRESS/PREFIX, e.g. \"10.0.0.0/8\" or \"::1/128\")"
+            )
+        })?,
+    };
+    // A range of IPv4-mapped IPv6 addresses is the IPv4 range it maps, as addresses are
+    // compared in their canonical form.
+    let net = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    };
+    Ok(net.trunc())
+}
+
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(d)?;
+        Self::parse(&entries).map_err(serde::de::Error::custom)
     }
 }
 

@@ -221,6 +221,26 @@ fn admission_limits_have_documented_defaults_and_zero_is_refused() {
 }
 
 #[test]
+fn trusted_proxies_default_to_nobody() {
+    let c = Config::from_sources("", &[], &cli(&[])).unwrap();
+    assert!(c.limits.trusted_proxies.is_empty());
+    assert!(!c.limits.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn trusted_proxies_take_ipv4_and_ipv6_ranges_and_single_addresses() {
+    let file = "[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1/128\", \"192.0.2.7\", \"2001:db8:1::/48\"]\n";
+    let c = Config::from_sources(file, &[], &cli(&[])).unwrap();
+    let t = &c.limits.trusted_proxies;
+    for yes in ["10.1.2.3", "::1", "192.0.2.7", "2001:db8:1:ffff::9", "::ffff:10.9.9.9"] {
+        assert!(t.contains(yes.parse().unwrap()), "{yes}");
+    }
+    for no in ["11.0.0.1", "::2", "192.0.2.8", "2001:db8:2::1", "127.0.0.1"] {
+        assert!(!t.contains(no.parse().unwrap()), "{no}");
+    }
+}
+
+#[test]
 fn session_rates_default_to_throttle_and_the_byte_burst_holds_a_stanza() {
     let c = Config::from_sources("", &[], &cli(&[])).unwrap();
     assert_eq!(c.limits.session_rate_exceeded, RateExceeded::Throttle);
@@ -230,4 +250,43 @@ fn session_rates_default_to_throttle_and_the_byte_burst_holds_a_stanza() {
     let err = Config::from_sources("[limits]\nsession_bytes_burst = 1000\n", &[], &cli(&[]))
         .unwrap_err();
     assert!(err.to_string().contains("session_bytes_burst"), "{err}");
+}
+
+#[test]
+fn trusted_proxies_can_be_set_from_the_environment() {
+    let e = env(&[(
+        "XMPP_GATEWAY_LIMITS__TRUSTED_PROXIES",
+        "[\"172.16.0.0/12\", \"fd00::/8\"]",
+    )]);
+    let c = Config::from_sources("", &e, &cli(&[])).unwrap();
+    assert!(c.limits.trusted_proxies.contains("172.20.0.5".parse().unwrap()));
+    assert!(c.limits.trusted_proxies.contains("fd12::1".parse().unwrap()));
+}
+
+#[test]
+fn a_range_of_ipv4_mapped_addresses_is_the_ipv4_range() {
+    let c = Config::from_sources(
+        "[limits]\ntrusted_proxies = [\"::ffff:10.0.0.0/104\"]\n",
+        &[],
+        &cli(&[]),
+    )
+    .unwrap();
+    assert!(c.limits.trusted_proxies.contains("10.4.5.6".parse().unwrap()));
+    assert!(!c.limits.trusted_proxies.contains("11.4.5.6".parse().unwrap()));
+}
+
+#[test]
+fn bad_trusted_proxy_entry_is_refused_by_name() {
+    for bad in ["10.0.0.0/33", "10.0.0/8", "::1/129", "proxy.example", "", "10.0.0.0/"] {
+        let file = format!("[limits]\ntrusted_proxies = [\"10.0.0.0/8\", {bad:?}]\n");
+        let err = Config::from_sources(&file, &[], &cli(&[])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("trusted_proxies") && msg.contains(&format!("{bad:?}")),
+            "{bad}: {msg}"
+        );
+    }
+    let err = Config::from_sources("[limits]\ntrusted_proxies = \"10.0.0.0/8\"\n", &[], &cli(&[]))
+        .unwrap_err();
+    assert!(err.to_string().contains("sequence"), "{err}");
 }

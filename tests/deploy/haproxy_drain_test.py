@@ -8,7 +8,8 @@ port (HTTP, and a 101 upgrade for /xmpp-websocket that then echoes bytes) and ad
 (/readyz), and checks the behaviour the comments in haproxy.cfg promise:
 
 - plain HTTP is redirected to https;
-- the backend sees X-Forwarded-Proto https and a X-Forwarded-For the client cannot forge;
+- the backend sees X-Forwarded-Proto https and a X-Forwarded-For the client cannot forge, and
+  no Forwarded header of the client's;
 - BOSH requests stick by the inserted cookie, which wins over the source-address table, and
   fall back to the source address without a cookie; the cookie never reaches the gateway;
 - a WebSocket tunnel is established through the TLS frontend;
@@ -163,6 +164,7 @@ class FakeGateway:
                 "node": self.name,
                 "path": line.split()[1],
                 "xff": headers.get("x-forwarded-for", []),
+                "forwarded": headers.get("forwarded", []),
                 "xfp": headers.get("x-forwarded-proto", []),
                 "cookie": headers.get("cookie", []),
             }
@@ -200,6 +202,7 @@ class Client:
             headers["Cookie"] = cookie
         if xff:
             headers["X-Forwarded-For"] = xff
+            headers["Forwarded"] = f"for={xff}"
         conn.request("POST", "/http-bind", body=b"<body rid='1' xmlns='http://jabber.org/protocol/httpbind'/>",
                      headers=headers)
         resp = conn.getresponse()
@@ -313,6 +316,8 @@ def run(nodes: dict, tmp: Path, http_port: int, https_port: int) -> None:
     check("X-Forwarded-Proto is https", seen.get("xfp") == ["https"], str(seen.get("xfp")))
     check("X-Forwarded-For is the real peer, a forged one is dropped",
           seen.get("xff") == ["127.0.0.1"], str(seen.get("xff")))
+    check("a Forwarded header from the browser is dropped (the gateway reads it first)",
+          seen.get("forwarded") == [], str(seen.get("forwarded")))
     check("a node cookie is inserted", cookie_value(set_cookie) == first, str(set_cookie))
     other = "gw2" if first == "gw1" else "gw1"
 

@@ -85,6 +85,10 @@ async function startServices() {
 		'[drain]',
 		`websocket_redirect = "${wsRedirect}"`,
 		`bosh_redirect = "${boshRedirect}"`,
+		// As deploy/xmpp-gateway.toml: HAProxy on this host names each browser in
+		// X-Forwarded-For (docs/protocol.md §7).
+		'[limits]',
+		'trusted_proxies = ["127.0.0.1/32", "::1/128"]',
 		'',
 	].join('\n');
 	for (const name of ['gw1', 'gw2']) {

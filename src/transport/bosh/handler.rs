@@ -4,7 +4,6 @@
 //! `<body/>` the task sends back (XEP-0124 §7–§8, docs/protocol.md §4).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use super::body::{self, Body as BoshBody, BodyError};
 use super::registry::{new_sid, Registry};
 use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
 use super::task;
+use crate::client_addr::ClientAddr;
 use crate::http::body::read_bounded;
 use crate::http::{text, Body};
 use crate::admission::Slot;
@@ -27,12 +27,12 @@ use crate::metrics::{Transport, METRICS};
 use crate::session::{next_session_id, Context, OpenRequest, Session};
 use crate::xml::escape_attr;
 
-/// Handles one request to `/http-bind`.
+/// Handles one request to `/http-bind` from the client at `peer` (docs/protocol.md §7).
 pub async fn handle(
     req: Request<Incoming>,
     ctx: Context,
     registry: &Arc<Registry>,
-    peer: SocketAddr,
+    peer: ClientAddr,
 ) -> Response<Body> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let cors = match cors_origin(&ctx, origin.as_ref()) {
@@ -131,7 +131,7 @@ pub async fn handle(
 fn admit(
     b: &BoshBody,
     ctx: &Context,
-    peer: SocketAddr,
+    peer: ClientAddr,
     cors: &HeaderValue,
 ) -> Result<Option<Slot>, Box<Response<Body>>> {
     if b.rid.is_none() {
@@ -158,7 +158,7 @@ async fn create(
     b: BoshBody,
     ctx: &Context,
     registry: &Arc<Registry>,
-    peer: SocketAddr,
+    peer: ClientAddr,
     slot: Option<Slot>,
 ) -> Bytes {
     let (Some(rid), Some(slot)) = (b.rid, slot) else {

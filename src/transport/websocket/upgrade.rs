@@ -3,8 +3,6 @@
 //! Anything else is an HTTP error with a plain-text reason; an accepted upgrade starts the
 //! session task.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -16,17 +14,18 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use super::task;
+use crate::client_addr::ClientAddr;
 use crate::http::{text, Body};
 use crate::metrics::{Transport, METRICS};
 use crate::session::{next_session_id, Context};
 use crate::settings::Settings;
 
-/// Answers the upgrade request and starts the session task. `permit` (the connection's slot)
-/// is held until the session ends.
+/// Answers the upgrade request and starts the session task. `peer` is the client's address
+/// (docs/protocol.md §7); `permit` (the connection's slot) is held until the session ends.
 pub fn upgrade<P: Send + 'static>(
     req: Request<Incoming>,
     ctx: Context,
-    peer: SocketAddr,
+    peer: ClientAddr,
     permit: P,
 ) -> Response<Body> {
     let headers = req.headers();
