@@ -25,6 +25,8 @@ pub mod client_addr; // the client's address: trusted proxies, PROXY protocol, F
 
 pub mod upstream; // routes, SRV resolution, TCP/TLS/STARTTLS connector, upstream stream
 
+pub mod listener_tls; // TLS on the public listener, reread on SIGHUP
+
 pub mod settings; // the reloadable configuration snapshot sessions start with
 
 pub mod admission; // the global and per-address session caps and rates

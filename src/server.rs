@@ -119,13 +119,29 @@ async fn serve_public(
     let Some((io, http_peer)) = read_proxy_header(tcp, socket_peer, &gw).await else {
         return;
     };
+    let tls = gw.settings().listener_tls.clone();
+    let secure = tls.is_some();
     let svc_gw = gw.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if secure {
+            req.extensions_mut().insert(crate::http::Secure);
+        }
         let gw = svc_gw.clone();
         let permit = permit.clone();
         async move { Ok::<_, Infallible>(crate::router::public(req, &gw, http_peer, permit).await) }
     });
-    serve_http(io, svc, &gw, true).await;
+    let Some(acceptor) = tls else {
+        serve_http(io, svc, &gw, true).await;
+        return;
+    };
+    // docs/protocol.md §7: the handshake is a wait on the peer like the request headers, and
+    // has the same deadline.
+    let deadline = Duration::from_secs(gw.settings().config.limits.header_read_timeout_secs);
+    match tokio::time::timeout(deadline, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => serve_http(tls, svc, &gw, true).await,
+        Ok(Err(e)) => tracing::debug!(peer = %http_peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %http_peer, "TLS handshake timed out"),
+    }
 }
 
 /// docs/protocol.md §7: a trusted proxy may name its client in a PROXY header, which is looked

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::upstream::{UpstreamError, Upstreams};
@@ -21,6 +22,8 @@ pub struct Settings {
     pub xml_limits: Limits,
     /// XML limits for what the server sends: its size limit only (docs/protocol.md §2).
     pub upstream_limits: Limits,
+    /// TLS for new connections to the public listener; `None` for plain HTTP.
+    pub listener_tls: Option<TlsAcceptor>,
 }
 
 impl Settings {
@@ -33,11 +36,13 @@ impl Settings {
             max_attributes: config.limits.max_attributes,
         };
         let upstream_limits = Limits::size_only(config.limits.max_upstream_stanza_bytes);
+        let listener_tls = crate::listener_tls::acceptor(&config.tls)?;
         Ok(Self {
             config,
             upstreams,
             xml_limits,
             upstream_limits,
+            listener_tls,
         })
     }
 }
@@ -56,7 +61,8 @@ impl LiveSettings {
         self.0.load_full()
     }
 
-    /// Replaces routes, limits and TLS material for sessions that start from now on. Returns
+    /// Replaces routes, limits and TLS material (the listener's certificate included) for
+    /// sessions and connections that start from now on. Returns
     /// the names of changed options that only a restart applies (listener addresses, the
     /// connection limit, logging). On error nothing changes.
     pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, UpstreamError> {

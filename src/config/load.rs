@@ -116,6 +116,11 @@ impl Config {
                 )));
             }
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Value(
+                "tls.cert_file and tls.key_file go together: set both or neither".into(),
+            ));
+        }
         let l = &self.limits;
         if l.max_stanza_bytes < 1024 || l.max_depth == 0 || l.max_attributes == 0 {
             return Err(ConfigError::Value(
@@ -278,6 +283,7 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "route",
     "upstream_ca",
     "static_dir",
+    "tls",
     "log",
     "websocket",
     "bosh",

@@ -385,6 +385,17 @@ pub struct DrainConfig {
     pub bosh_redirect: Option<String>,
 }
 
+/// TLS on the public listener, for deployments without a TLS-terminating load balancer
+/// (docs/protocol.md §7). Both files or neither; reread on SIGHUP.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerTlsConfig {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
 /// Public URLs announced by XEP-0156 discovery (docs/protocol.md §5).
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -410,6 +421,8 @@ pub struct Config {
     pub upstream_ca: Option<PathBuf>,
     /// Directory served at `/`.
     pub static_dir: Option<PathBuf>,
+    /// TLS on the public listener (`https://`, `wss://`); plain HTTP when unset.
+    pub tls: ListenerTlsConfig,
     /// Logging.
     pub log: LogConfig,
     /// WebSocket transport.
@@ -442,6 +455,7 @@ impl Default for Config {
             routes: Vec::new(),
             upstream_ca: None,
             static_dir: None,
+            tls: ListenerTlsConfig::default(),
             log: LogConfig::default(),
             websocket: WebSocketConfig::default(),
             bosh: BoshConfig::default(),

@@ -47,11 +47,12 @@ fn derived_url<B>(req: &Request<B>, scheme: &str, path: &str) -> Option<String> 
     if !valid {
         return None;
     }
-    let secure = req
-        .headers()
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let secure = req.extensions().get::<super::Secure>().is_some()
+        || req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let scheme = if secure {
         format!("{scheme}s")
     } else {

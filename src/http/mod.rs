@@ -10,6 +10,11 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 
+/// Marks a request that arrived over the public listener's own TLS (a request extension), so
+/// that what it is told (host-meta's URLs) says `https://` and `wss://`.
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
+
 /// Response body used by every endpoint.
 pub type Body = Full<Bytes>;
 

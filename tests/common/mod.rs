@@ -466,6 +466,18 @@ fn acceptor_signed_by(ca: &Ca, domain: &str) -> TlsAcceptor {
     TlsAcceptor::from(Arc::new(config))
 }
 
+/// PEM texts of a new CA and of a certificate for `name` it signed, with that certificate's
+/// key: what an operator gives the gateway's own listener (`tls.cert_file`, `tls.key_file`).
+pub fn listener_certificate(name: &str) -> (String, String, String) {
+    let ca = new_ca("xmpp-gateway listener test CA");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("server params");
+    let cert = params
+        .signed_by(&key, &ca.cert, &ca.key)
+        .expect("server certificate");
+    (ca.cert.pem(), cert.pem(), key.serialize_pem())
+}
+
 impl TestPki {
     /// A CA and a server certificate for `domain` signed by it.
     pub fn new(domain: &str) -> Self {
