@@ -8,8 +8,12 @@
 #            converse.js screenshots show non-ASCII text), procps, iproute2 (ss),
 #            curl, ca-certificates
 #   npm:     tests/interop and demo, exactly as pinned in their package-lock.json
+#   cargo:   cargo-deny and cargo-fuzz at the versions pinned in scripts/lib/common.sh, and
+#            the nightly toolchain that cargo-fuzz builds with
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/common.sh
+source scripts/lib/common.sh
 
 APT_PACKAGES=(prosody openssl chromium fonts-liberation fonts-noto-color-emoji fonts-droid-fallback procps iproute2 curl ca-certificates prometheus haproxy python3-venv)
 
@@ -60,3 +64,11 @@ npm_ci() {
 }
 npm_ci tests/interop
 npm_ci demo
+
+# scripts/fuzz.sh builds with libFuzzer's instrumentation, which needs nightly rustc.
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+	echo "install-deps: rustup toolchain install nightly"
+	rustup toolchain install nightly --profile minimal
+fi
+install_cargo_tool cargo-deny "$CARGO_DENY_VERSION"
+install_cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (also what CI runs): dependencies, build, the Rust
-# tests, then the interop tests (real clients -> gateway -> real Prosody).
+# tests, the dependency policy and a short fuzz run, then the interop tests
+# (real clients -> gateway -> real Prosody).
 # Exits non-zero as soon as a phase fails.
 #
 # Environment: XMPP_INTEROP_TARGET=prosody runs the interop scenarios against
@@ -24,6 +25,15 @@ cargo test --workspace
 # broken intra-doc links fail the suite.
 phase "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
+
+# deny.toml: allowed licenses, no wildcard versions, crates.io only. --offline: no advisory
+# database is fetched.
+phase "dependency policy (cargo deny check licenses bans sources)"
+cargo deny --offline --workspace check licenses bans sources
+
+# The parsers that read what strangers send, 30 s per target (scripts/fuzz.sh runs longer).
+phase "fuzz targets, 30 s each (scripts/fuzz.sh 30)"
+scripts/fuzz.sh 30
 
 # The Node tests use the debug binary that the build phase just made.
 export XMPP_GATEWAY_BIN=${XMPP_GATEWAY_BIN:-$PWD/target/debug/xmpp-gateway}

@@ -52,3 +52,19 @@ stop_pid() {
 	done
 	wait "$pid" 2>/dev/null || true
 }
+
+# Cargo subcommands the suite uses, pinned (scripts/install-deps.sh, scripts/fuzz.sh).
+CARGO_DENY_VERSION=0.20.2
+CARGO_FUZZ_VERSION=0.13.2
+
+# Installs cargo subcommand crate $1 at version $2 unless that version is installed already.
+# cargo install compiles it: cargo-deny takes about six minutes on two cores.
+install_cargo_tool() {
+	local crate=$1 version=$2
+	if [[ "$(cargo "${crate#cargo-}" --version 2>/dev/null)" == "$crate $version" ]]; then
+		echo "${0##*/}: $crate $version present"
+		return
+	fi
+	echo "${0##*/}: cargo install $crate $version"
+	cargo install "$crate" --locked --version "$version"
+}

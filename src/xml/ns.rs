@@ -58,14 +58,31 @@ impl OuterScope for NoScope {
     }
 }
 
-/// Namespaces in XML §3: `xmlns:p=''` cannot undeclare, `xmlns` cannot be declared, and `xml`
-/// can only be bound to its own namespace.
+/// The namespace of `xmlns` attributes themselves (Namespaces in XML §3).
+const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
+
+/// Namespaces in XML §3: `xmlns:p=''` cannot undeclare, `xmlns` cannot be declared, `xml`
+/// can only be bound to its own namespace, and no other prefix to that namespace or to the
+/// xmlns one. `value` is the raw attribute value: `xml` must be bound to its namespace spelled
+/// plainly, and another prefix is refused for any spelling of a reserved namespace.
 pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<(), XmlError> {
     if value.is_empty() {
         return Err(XmlError::syntax("empty namespace for a prefix"));
     }
     if prefix == b"xmlns" || (prefix == b"xml" && value != XML_NS) {
         return Err(XmlError::syntax("reserved namespace prefix redeclared"));
+    }
+    if prefix != b"xml" {
+        let mut decoded = Vec::new();
+        let uri = if value.contains(&b'&') {
+            decode_attr_value(value, &mut decoded)?;
+            decoded.as_slice()
+        } else {
+            value
+        };
+        if uri == XML_NS || uri == XMLNS_NS {
+            return Err(XmlError::syntax("prefix bound to a reserved namespace"));
+        }
     }
     Ok(())
 }

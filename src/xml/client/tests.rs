@@ -339,6 +339,24 @@ fn client_rejects_bad_attribute_syntax() {
     }
 }
 
+// Namespaces in XML §3: no prefix but `xml` may be bound to the XML namespace, none to the
+// xmlns namespace; the server's parser refuses such a binding and ends the stream. Found by
+// the client_frame fuzz target (the first message is its minimized input).
+#[test]
+fn client_rejects_prefix_bound_to_a_reserved_namespace() {
+    for msg in [
+        "<message>m<op xmlns:f='http://www.w3.org/XML/1998/namespace'/>'></message>",
+        "<message xmlns:f='http://www.w3.org/2000/xmlns/'/>",
+        "<message xmlns:f='http://www.w3.org/XML/1998/namespac&#x65;'/>",
+    ] {
+        assert_not_well_formed(msg);
+    }
+    assert!(matches!(
+        parse("<message xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>"),
+        Ok(ClientFrame::Element(_))
+    ));
+}
+
 #[test]
 fn client_rejects_over_deep_nesting() {
     let limits = Limits {

@@ -142,6 +142,25 @@ fn splitter_rejects_bad_syntax_and_characters() {
     ));
 }
 
+// Namespaces in XML §3: only `xml` may be bound to the XML namespace and no prefix to the
+// xmlns namespace, in an element or in the stream header (the same rule the client_frame fuzz
+// target found missing in browser messages).
+#[test]
+fn splitter_rejects_prefix_bound_to_a_reserved_namespace() {
+    for body in [
+        "<message><op xmlns:f='http://www.w3.org/XML/1998/namespace'/></message>",
+        "<message xmlns:f='http://www.w3.org/2000/xmlns/'/>",
+    ] {
+        let err = after_header(body).unwrap_err();
+        assert!(matches!(err, XmlError::NotWellFormed(_)), "{body}: {err:?}");
+    }
+    let header = "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns:f='http://www.w3.org/XML/1998/namespace'>";
+    assert!(matches!(
+        split_all(header.as_bytes()),
+        Err(XmlError::NotWellFormed(_))
+    ));
+}
+
 #[test]
 fn splitter_rejects_over_deep_nesting() {
     let limits = Limits {
