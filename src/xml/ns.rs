@@ -87,6 +87,22 @@ pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<()
     Ok(())
 }
 
+/// Namespaces in XML §3: neither the XML namespace nor the xmlns one may be the default
+/// namespace, whatever its spelling.
+pub(crate) fn check_default_declaration(value: &[u8]) -> Result<(), XmlError> {
+    let mut decoded = Vec::new();
+    let uri = if value.contains(&b'&') {
+        decode_attr_value(value, &mut decoded)?;
+        decoded.as_slice()
+    } else {
+        value
+    };
+    if uri == XML_NS || uri == XMLNS_NS {
+        return Err(XmlError::syntax("default namespace set to a reserved namespace"));
+    }
+    Ok(())
+}
+
 /// Namespace declarations of the open elements, innermost last. URIs are stored decoded, so
 /// `http://etherx.jabber.org/stream&#x73;` compares equal to the streams namespace.
 ///

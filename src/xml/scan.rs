@@ -21,7 +21,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{PrefixDeclaration, QName};
 
 use super::ns::{
-    check_prefix_declaration, lookup_prefix, resolve_default, resolve_prefix, step, NsStack,
+    check_default_declaration, check_prefix_declaration, lookup_prefix, resolve_default, resolve_prefix, step, NsStack,
     OuterScope,
 };
 use super::text::{
@@ -334,6 +334,7 @@ impl ElementScanner {
             match attr.key.as_namespace_binding() {
                 Some(PrefixDeclaration::Default) => {
                     declares_default = true;
+                    check_default_declaration(&attr.value)?;
                     ns_stack.push(depth, None, &attr.value)
                 }
                 Some(PrefixDeclaration::Named(prefix)) => {

@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::PrefixDeclaration;
 
-use super::ns::{check_prefix_declaration, step, OuterScope};
+use super::ns::{check_default_declaration, check_prefix_declaration, step, OuterScope};
 use super::scan::{
     for_each_attribute, non_element_markup, ElementScanner, Observer, Scan, StartTag,
 };
@@ -504,6 +504,7 @@ fn parse_header(
     for_each_attribute(tag, max_attributes, |attr| {
         match attr.key.as_namespace_binding() {
             Some(PrefixDeclaration::Default) => {
+                check_default_declaration(&attr.value)?;
                 let ns = attr_string(&attr.value)?;
                 scope.default_ns = (!ns.is_empty()).then(|| ns.clone());
                 header.default_ns = (!ns.is_empty()).then_some(ns);

@@ -348,6 +348,9 @@ fn client_rejects_prefix_bound_to_a_reserved_namespace() {
         "<message>m<op xmlns:f='http://www.w3.org/XML/1998/namespace'/>'></message>",
         "<message xmlns:f='http://www.w3.org/2000/xmlns/'/>",
         "<message xmlns:f='http://www.w3.org/XML/1998/namespac&#x65;'/>",
+        // Neither may be the default namespace either.
+        "<message><x xmlns='http://www.w3.org/XML/1998/namespace'/></message>",
+        "<message><x xmlns='http://www.w3.org/2000/xmln&#x73;/'/></message>",
     ] {
         assert_not_well_formed(msg);
     }
