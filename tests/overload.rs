@@ -17,12 +17,12 @@ use tokio::sync::Barrier;
 const CAP: usize = 50;
 
 enum Client {
-    Ws(WsClient),
+    Ws(Box<WsClient>),
     Bosh(BoshClient),
 }
 
 enum Outcome {
-    Admitted(Client),
+    Admitted(Box<Client>),
     Refused,
 }
 
@@ -50,7 +50,7 @@ async fn try_ws(addr: std::net::SocketAddr) -> Outcome {
     match WsClient::try_connect(addr, &[]).await {
         Ok(mut ws) => {
             ws.open(DOMAIN).await;
-            Outcome::Admitted(Client::Ws(ws))
+            Outcome::Admitted(Box::new(Client::Ws(Box::new(ws))))
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503);
@@ -71,7 +71,9 @@ async fn try_bosh(addr: std::net::SocketAddr) -> Outcome {
     let mut conn = BoshClient::send_session_request(addr, BOSH_ATTRS).await;
     let reply = conn.response().await;
     if reply.status == 200 {
-        return Outcome::Admitted(Client::Bosh(BoshClient::created(addr, conn, &reply)));
+        return Outcome::Admitted(Box::new(Client::Bosh(BoshClient::created(
+            addr, conn, &reply,
+        ))));
     }
     assert_eq!(reply.status, 503, "{reply:?}");
     let retry: u64 = reply
@@ -108,7 +110,7 @@ async fn crowd(gw: &TestGateway, n: usize) -> (Vec<Client>, usize) {
     let (mut admitted, mut refused) = (Vec::new(), 0);
     for attempt in attempts {
         match attempt.await.expect("attempt") {
-            Outcome::Admitted(c) => admitted.push(c),
+            Outcome::Admitted(c) => admitted.push(*c),
             Outcome::Refused => refused += 1,
         }
     }
