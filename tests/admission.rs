@@ -255,6 +255,9 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
     // The first session grows again: it holds far more than its share and is cut. Its client
     // gets what was pending, then the terminate body.
     trigger.notify_one();
+    // The client asks only once the gateway has read the late stanzas; asking earlier races
+    // with them, and a session emptied first is rightly not cut.
+    wait_for_buffered(&gw, 72 * KIB).await;
     let sid_a = sid_of(&a.text());
     let mut ended = false;
     for rid in 101..104 {
