@@ -185,8 +185,12 @@ async function main() {
 				timeout: 30_000,
 			});
 		}
-		// A duplicate would arrive after the last one: give it a moment to show.
-		await new Promise((resolve) => setTimeout(resolve, 1000));
+		// A duplicate would come after the last message: the server delivers everything before
+		// its </stream:stream>, so once the receivers are closed nothing more can arrive.
+		for (const pair of pairs) {
+			await pair.sender.close();
+			await pair.receiver.close();
+		}
 		let sent = 0;
 		let lost = 0;
 		let duplicated = 0;
@@ -202,18 +206,15 @@ async function main() {
 				problems.push(`pair ${pair.i} (${pair.transports}): ${pair.received.length} of ${pair.sent}, first out of order at ${at}`);
 			}
 		}
-		for (const pair of pairs) {
-			await pair.sender.close();
-			await pair.receiver.close();
-		}
 		await waitForQuiet(gateway, 'at the end');
 		const started = (await gateway.metricValue('xmpp_gateway_sessions_started_total')) - startedBefore;
 		const startedAll = await gateway.metricValue('xmpp_gateway_sessions_started_total');
 		const endedAll = await gateway.metricValue('xmpp_gateway_sessions_ended_total');
-		// Let the allocator return what the last sessions freed before the final reading.
-		await new Promise((resolve) => setTimeout(resolve, 2000));
-		const endKb = rssKb(gateway.pid);
+		// The allocator may return what the last sessions freed a little later: wait for RSS
+		// to come within the tolerance, for at most 10 s.
 		const allowedKb = baselineKb + Math.max(RSS_SLACK_KB, baselineKb * RSS_TOLERANCE);
+		await waitFor(() => rssKb(gateway.pid) <= allowedKb, { timeout: 10_000, what: 'RSS back near the baseline' }).catch(() => {});
+		const endKb = rssKb(gateway.pid);
 
 		console.log(
 			[
