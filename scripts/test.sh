@@ -47,6 +47,11 @@ node --test --test-concurrency=1 tests/ops/
 phase "scale-out: two gateways behind HAProxy, one drained (tests/scaleout)"
 node --test tests/scaleout/
 
+# A minute of steady traffic with churn against a real Prosody (the long run is
+# `scripts/soak.sh`, 600 s by default); SOAK_SECONDS changes it.
+phase "bounded soak (scripts/soak.sh ${SOAK_SECONDS:-60})"
+bash scripts/soak.sh "${SOAK_SECONDS:-60}"
+
 phase "interop tests (node --test, tests/interop)"
 cd tests/interop
 # One file at a time: each starts its own Prosody and gateway, and the

@@ -8,6 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod bosh;
+pub mod peers;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -281,6 +284,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
         }
     }
 
+    /// As [`try_read_until`](Self::try_read_until), stopping at whichever of `needles` ends
+    /// first in the received bytes; returns its index and everything up to it.
+    pub async fn try_read_until_any(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<(usize, Vec<u8>), ReadEnd> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let first = needles
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| find(&self.buf, n.as_bytes()).map(|at| (at + n.len(), i)))
+                .min();
+            if let Some((end, i)) = first {
+                let rest = self.buf.split_off(end);
+                return Ok((i, std::mem::replace(&mut self.buf, rest)));
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Err(ReadEnd::Timeout),
+                Ok(Ok(0)) => return Err(ReadEnd::Eof),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(ReadEnd::Error(e)),
+            }
+        }
+    }
+
     /// [`try_read_until`](Self::try_read_until) within [`TIMEOUT`], as text; panics with what
     /// was received when `needle` does not arrive.
     pub async fn read_until(&mut self, needle: &str) -> String {
@@ -349,6 +380,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
 }
 
 impl UpstreamConn<TcpStream> {
+    /// Resets the connection (SO_LINGER 0, then close: an RST), as when a server process is
+    /// killed or a middlebox cuts the connection.
+    pub fn reset(self) {
+        let _ = self.stream.set_zero_linger();
+        drop(self);
+    }
+
+    /// Writes raw bytes (not necessarily UTF-8) and flushes.
+    pub async fn write_bytes(&mut self, data: &[u8]) {
+        self.try_write_bytes(data).await.expect("upstream write");
+    }
+
+    /// As [`write_bytes`](Self::write_bytes), for a peer that may have closed.
+    pub async fn try_write_bytes(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data).await?;
+        self.stream.flush().await
+    }
+
     /// Runs the server side of the TLS handshake after `<proceed/>` (RFC 6120 §5.4.3.3).
     pub async fn start_tls(
         self,

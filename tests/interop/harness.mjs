@@ -178,23 +178,27 @@ export async function startProsody({ users, websocket = false, tls12Only = false
 		throw err;
 	}
 
-	const child = spawnTracked(path.join(REPO, 'scripts', 'prosody.sh'), ['run', dir], {
-		logFile: path.join(logDir, 'prosody.out'),
-	});
+	const run = () =>
+		spawnTracked(path.join(REPO, 'scripts', 'prosody.sh'), ['run', dir], {
+			logFile: path.join(logDir, 'prosody.out'),
+		});
+	let child = run();
 	const prosodyLog = path.join(dir, 'prosody.log');
 	const stop = async () => {
 		await stopChild(child);
 		await fsp.copyFile(prosodyLog, path.join(logDir, 'prosody.log')).catch(() => {});
 		await removeDir();
 	};
-	try {
-		await waitFor(
+	const serving = () =>
+		waitFor(
 			async () => {
 				if (!children.has(child)) throw new GiveUp(`Prosody exited early:\n${tail(prosodyLog)}`);
 				return canConnect(c2sPort);
 			},
 			{ timeout: 20_000, what: `Prosody c2s port ${c2sPort}` },
 		);
+	try {
+		await serving();
 	} catch (err) {
 		await stop();
 		throw err;
@@ -205,7 +209,19 @@ export async function startProsody({ users, websocket = false, tls12Only = false
 		c2sPort,
 		wsPort,
 		ca: path.join(dir, 'certs', 'ca.pem'),
-		pid: child.pid,
+		get pid() {
+			return child.pid;
+		},
+		/** Kills the running Prosody (SIGKILL: no goodbye to anyone) and waits for it to exit. */
+		async kill(signal = 'SIGKILL') {
+			child.kill(signal);
+			await child.exited;
+		},
+		/** Starts Prosody again on the same directory and port, after kill(). */
+		async restart() {
+			child = run();
+			await serving();
+		},
 		stop,
 	};
 }

@@ -198,6 +198,18 @@ impl<R> BoshState<R> {
         self.held.len()
     }
 
+    /// The ways of answering the oldest held request, to watch whether anyone still waits.
+    pub fn oldest_held_replies(&mut self) -> Option<&mut [R]> {
+        self.held.front_mut().map(|h| h.replies.as_mut_slice())
+    }
+
+    /// Nobody waits for the oldest held request any more (its HTTP connection closed): answer
+    /// it now, as its `wait` would, so inactivity counts from the moment the browser went
+    /// (XEP-0124 §10) and a repeat of its rid still gets the answer.
+    pub fn on_abandoned(&mut self, out: &mut Vec<Action<R>>) {
+        self.answer_oldest(out);
+    }
+
     /// Whether the session has ended.
     pub fn is_ended(&self) -> bool {
         self.ended

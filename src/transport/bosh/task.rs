@@ -76,6 +76,8 @@ pub async fn run(
                 }
             }
             _ = tick => state.on_tick(Instant::now(), &mut actions),
+            // Last: the future borrows the state, after the other branches have read it.
+            _ = abandoned(&mut state) => state.on_abandoned(&mut actions),
             _ = ctx.shutdown.cancelled(), if !told_shutdown => {
                 told_shutdown = true;
                 // docs/protocol.md §6: a resumable stream is left to the server at once. Any
@@ -110,6 +112,19 @@ pub async fn run(
             .send(terminate_body(&Terminate::Condition("item-not-found")));
     }
     session.finish(reason).await;
+}
+
+/// Resolves once every connection the oldest held request could be answered on has closed
+/// (hyper drops a request whose HTTP connection closes, and with it its receiver).
+async fn abandoned(state: &mut BoshState<Reply>) {
+    match state.oldest_held_replies() {
+        Some(replies) => {
+            for reply in replies {
+                reply.closed().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Hands one upstream batch to the state machine, then lets it answer a held request with it.
