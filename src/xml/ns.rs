@@ -72,17 +72,8 @@ pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<()
     if prefix == b"xmlns" || (prefix == b"xml" && value != XML_NS) {
         return Err(XmlError::syntax("reserved namespace prefix redeclared"));
     }
-    if prefix != b"xml" {
-        let mut decoded = Vec::new();
-        let uri = if value.contains(&b'&') {
-            decode_attr_value(value, &mut decoded)?;
-            decoded.as_slice()
-        } else {
-            value
-        };
-        if uri == XML_NS || uri == XMLNS_NS {
-            return Err(XmlError::syntax("prefix bound to a reserved namespace"));
-        }
+    if prefix != b"xml" && is_reserved_namespace(value)? {
+        return Err(XmlError::syntax("prefix bound to a reserved namespace"));
     }
     Ok(())
 }
@@ -90,6 +81,14 @@ pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<()
 /// Namespaces in XML §3: neither the XML namespace nor the xmlns one may be the default
 /// namespace, whatever its spelling.
 pub(crate) fn check_default_declaration(value: &[u8]) -> Result<(), XmlError> {
+    if is_reserved_namespace(value)? {
+        return Err(XmlError::syntax("default namespace set to a reserved namespace"));
+    }
+    Ok(())
+}
+
+/// Whether a raw attribute value, once decoded, is the XML or the xmlns namespace.
+fn is_reserved_namespace(value: &[u8]) -> Result<bool, XmlError> {
     let mut decoded = Vec::new();
     let uri = if value.contains(&b'&') {
         decode_attr_value(value, &mut decoded)?;
@@ -97,10 +96,7 @@ pub(crate) fn check_default_declaration(value: &[u8]) -> Result<(), XmlError> {
     } else {
         value
     };
-    if uri == XML_NS || uri == XMLNS_NS {
-        return Err(XmlError::syntax("default namespace set to a reserved namespace"));
-    }
-    Ok(())
+    Ok(uri == XML_NS || uri == XMLNS_NS)
 }
 
 /// Namespace declarations of the open elements, innermost last. URIs are stored decoded, so
