@@ -55,7 +55,9 @@ impl Refusal {
         match self {
             // Sessions end at their own pace; a few seconds spreads the retries.
             Refusal::Full | Refusal::Memory | Refusal::AddressFull => 5,
-            Refusal::AddressRate { retry_after } => retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            Refusal::AddressRate { retry_after } => {
+                retry_after.as_secs_f64().ceil().max(1.0) as u64
+            }
         }
     }
 }

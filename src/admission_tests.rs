@@ -40,7 +40,10 @@ fn one_address_holds_at_most_its_share_and_others_are_unaffected() {
     let now = Instant::now();
     let first = admission.admit(v4(1), &l, now).unwrap();
     let _second = admission.admit(v4(1), &l, now).unwrap();
-    assert_eq!(admission.admit(v4(1), &l, now).unwrap_err(), Refusal::AddressFull);
+    assert_eq!(
+        admission.admit(v4(1), &l, now).unwrap_err(),
+        Refusal::AddressFull
+    );
     assert!(admission.admit(v4(2), &l, now).is_ok());
     drop(first);
     assert!(admission.admit(v4(1), &l, now).is_ok());
@@ -91,14 +94,20 @@ fn an_ipv6_client_network_is_one_address() {
     let ip = |host: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, host));
     let _a = admission.admit(ip(1), &l, now).unwrap();
     let _b = admission.admit(ip(2), &l, now).unwrap();
-    assert_eq!(admission.admit(ip(3), &l, now).unwrap_err(), Refusal::AddressFull);
+    assert_eq!(
+        admission.admit(ip(3), &l, now).unwrap_err(),
+        Refusal::AddressFull
+    );
     // Another /64 is another client; an IPv4-mapped address counts as the IPv4 address.
     let other = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1));
     assert!(admission.admit(other, &l, now).is_ok());
     let _c = admission.admit(v4(9), &l, now).unwrap();
     let _d = admission.admit(v4(9), &l, now).unwrap();
     let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped());
-    assert_eq!(admission.admit(mapped, &l, now).unwrap_err(), Refusal::AddressFull);
+    assert_eq!(
+        admission.admit(mapped, &l, now).unwrap_err(),
+        Refusal::AddressFull
+    );
 }
 
 #[test]
@@ -150,7 +159,10 @@ fn past_the_ceiling_new_sessions_wait_and_the_biggest_holder_is_told() {
     // Over the ceiling: the small holder (under its share of 500) goes on, the big one not.
     assert_eq!(small.set_buffered(200, &l), Ok(()));
     assert_eq!(admission.buffered(), 1100);
-    assert_eq!(admission.admit(v4(3), &l, now).unwrap_err(), Refusal::Memory);
+    assert_eq!(
+        admission.admit(v4(3), &l, now).unwrap_err(),
+        Refusal::Memory
+    );
     assert_eq!(big.set_buffered(950, &l), Err(OverCeiling));
     // Giving bytes back, or ending, brings the process under its ceiling again.
     assert_eq!(big.set_buffered(100, &l), Ok(()));

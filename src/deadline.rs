@@ -48,7 +48,11 @@ impl<T> Deadline<T> {
 
     /// Passes on the outcome of a write attempt: progress clears the deadline, waiting starts
     /// it (or finds it passed).
-    fn track<R>(&mut self, cx: &mut Context<'_>, attempt: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn track<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        attempt: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         if attempt.is_ready() {
             self.stalled = None;
             return attempt;
@@ -69,7 +73,10 @@ impl<T> Deadline<T> {
 
 /// The error of a write that waited too long.
 pub fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "peer took no bytes within the write deadline")
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "peer took no bytes within the write deadline",
+    )
 }
 
 /// Whether an error is a write deadline passing (see [`timed_out`]).
@@ -159,7 +166,9 @@ mod tests {
             }
         });
         let data = vec![b'y'; 256];
-        ours.write_all(&data).await.expect("progress keeps the write alive");
+        ours.write_all(&data)
+            .await
+            .expect("progress keeps the write alive");
         ours.shutdown().await.unwrap();
         drop(ours);
         assert_eq!(reader.await.unwrap(), data);

@@ -92,7 +92,8 @@ pub const REJECTION_REASONS: &[&str] = &[
 
 /// Why a new session was refused (`sessions_refused_total{transport, reason}`); admission
 /// re-exports this list and names its refusals from it.
-pub const REFUSAL_REASONS: &[&str] = &["max_sessions", "memory", "address_sessions", "address_rate"];
+pub const REFUSAL_REASONS: &[&str] =
+    &["max_sessions", "memory", "address_sessions", "address_rate"];
 
 /// Why an upstream stream could not be opened (`upstream_connect_failures_total{kind}`).
 pub const CONNECT_FAILURE_KINDS: &[&str] = &[

@@ -103,7 +103,10 @@ async fn one_address_cannot_create_sessions_without_bound_over_one_connection() 
         admitted as f64 <= allowed,
         "{admitted} sessions admitted, at most {allowed:.0} allowed"
     );
-    assert!(admitted >= burst as usize, "the burst is admitted: {admitted}");
+    assert!(
+        admitted >= burst as usize,
+        "the burst is admitted: {admitted}"
+    );
     assert_eq!(admitted + refused, 300);
     // A refused session cost no upstream connection.
     assert_eq!(handle.connections(), admitted);
@@ -125,9 +128,13 @@ async fn concurrent_sessions_per_address_are_capped_across_transports() {
     let (_ws, _, _) = gw.open_session().await;
     let mut conn = HttpConn::connect(gw.addr).await;
     let body = session_request(7);
-    let first = conn.request("POST", "/http-bind", &[XML], body.as_bytes()).await;
+    let first = conn
+        .request("POST", "/http-bind", &[XML], body.as_bytes())
+        .await;
     assert!(created(&first), "{first:?}");
-    let third = conn.request("POST", "/http-bind", &[XML], session_request(9).as_bytes()).await;
+    let third = conn
+        .request("POST", "/http-bind", &[XML], session_request(9).as_bytes())
+        .await;
     assert_bosh_refused(&third);
     match WsClient::try_connect(gw.addr, &[]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -148,15 +155,18 @@ async fn the_global_cap_holds_across_transports_and_http_versions_and_frees_on_e
     let gw = start_gateway(capped(up, 2, 100)).await;
     let (mut ws, _, _) = gw.open_session().await;
     let mut conn = HttpConn::connect(gw.addr).await;
-    let bosh = conn.request("POST", "/http-bind", &[XML], session_request(7).as_bytes()).await;
+    let bosh = conn
+        .request("POST", "/http-bind", &[XML], session_request(7).as_bytes())
+        .await;
     assert!(created(&bosh), "{bosh:?}");
     wait_for_sessions(&gw, 2).await;
 
     // Over HTTP/2 the session request is refused the same way.
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut send, h2) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
+    let (mut send, h2) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(h2);
     let req = http::Request::post("http://gateway/http-bind")
         .header("content-type", "text/xml; charset=utf-8")
@@ -180,7 +190,9 @@ async fn the_global_cap_holds_across_transports_and_http_versions_and_frees_on_e
     // The WebSocket session ends; its slot is free for a new session.
     ws.send(CLOSE_FRAME).await;
     wait_for_sessions(&gw, 1).await;
-    let again = conn.request("POST", "/http-bind", &[XML], session_request(30).as_bytes()).await;
+    let again = conn
+        .request("POST", "/http-bind", &[XML], session_request(30).as_bytes())
+        .await;
     assert!(created(&again), "{again:?}");
     assert_eq!(handle.connections(), 3);
 }
@@ -230,7 +242,9 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
                     conn.write(&stanza_of(&format!("late-{i}"), KIB)).await;
                 }
             }
-            let _ = conn.try_read_until(STREAM_END, Duration::from_secs(60)).await;
+            let _ = conn
+                .try_read_until(STREAM_END, Duration::from_secs(60))
+                .await;
         }
     })
     .await;
@@ -241,15 +255,36 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
     let gw = start_gateway(config).await;
     let mut http = HttpConn::connect(gw.addr).await;
 
-    let a = http.request("POST", "/http-bind", &[XML], session_request(100).as_bytes()).await;
+    let a = http
+        .request(
+            "POST",
+            "/http-bind",
+            &[XML],
+            session_request(100).as_bytes(),
+        )
+        .await;
     assert!(created(&a), "{a:?}");
     wait_for_buffered(&gw, 55 * KIB).await;
-    let b = http.request("POST", "/http-bind", &[XML], session_request(200).as_bytes()).await;
+    let b = http
+        .request(
+            "POST",
+            "/http-bind",
+            &[XML],
+            session_request(200).as_bytes(),
+        )
+        .await;
     assert!(created(&b), "{b:?}");
     wait_for_buffered(&gw, 67 * KIB).await;
 
     // Over the ceiling: a new session is refused, and dials nothing.
-    let c = http.request("POST", "/http-bind", &[XML], session_request(300).as_bytes()).await;
+    let c = http
+        .request(
+            "POST",
+            "/http-bind",
+            &[XML],
+            session_request(300).as_bytes(),
+        )
+        .await;
     assert_bosh_refused(&c);
 
     // The first session grows again: it holds far more than its share and is cut. Its client
@@ -262,7 +297,9 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
     let mut ended = false;
     for rid in 101..104 {
         let body = format!("<body xmlns='{NS_HTTPBIND}' sid='{sid_a}' rid='{rid}'/>");
-        let reply = http.request("POST", "/http-bind", &[XML], body.as_bytes()).await;
+        let reply = http
+            .request("POST", "/http-bind", &[XML], body.as_bytes())
+            .await;
         let text = reply.text();
         if text.contains("type='terminate'") {
             assert!(text.contains("condition='policy-violation'"), "{text}");
@@ -275,7 +312,10 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
     // The other session goes on and gets its stanzas.
     let sid_b = sid_of(&b.text());
     let body = format!("<body xmlns='{NS_HTTPBIND}' sid='{sid_b}' rid='201'/>");
-    let reply = http.request("POST", "/http-bind", &[XML], body.as_bytes()).await.text();
+    let reply = http
+        .request("POST", "/http-bind", &[XML], body.as_bytes())
+        .await
+        .text();
     assert!(!reply.contains("type='terminate'"), "{reply}");
     assert!(reply.contains("id='s1-0'"), "{reply}");
 }

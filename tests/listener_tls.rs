@@ -61,9 +61,12 @@ async fn connect_tls(
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(TIMEOUT, TlsConnector::from(Arc::new(config)).connect(name, tcp))
-        .await
-        .expect("handshake in time")
+    tokio::time::timeout(
+        TIMEOUT,
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake in time")
 }
 
 async fn echo_upstream() -> (std::net::SocketAddr, UpstreamHandle<String>) {
@@ -144,11 +147,19 @@ async fn bosh_and_host_meta_over_the_listeners_tls() {
         "GET /.well-known/host-meta HTTP/1.1\r\nHost: chat.example.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(meta.contains("wss://chat.example.test/xmpp-websocket"), "{meta}");
-    assert!(meta.contains("https://chat.example.test/http-bind"), "{meta}");
+    assert!(
+        meta.contains("wss://chat.example.test/xmpp-websocket"),
+        "{meta}"
+    );
+    assert!(
+        meta.contains("https://chat.example.test/http-bind"),
+        "{meta}"
+    );
 
     // HTTP/2 is offered to clients that ask for it.
-    let tls = connect_tls(gw.addr, &pki.ca, &[b"h2", b"http/1.1"]).await.unwrap();
+    let tls = connect_tls(gw.addr, &pki.ca, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 }
 
@@ -159,11 +170,15 @@ async fn a_reload_serves_the_new_certificate_to_new_connections() {
     let (up, _handle) = echo_upstream().await;
     let old = listener_pki();
     let gw = start_gateway(tls_config(up, &old)).await;
-    connect_tls(gw.addr, &old.ca, &[]).await.expect("the first certificate");
+    connect_tls(gw.addr, &old.ca, &[])
+        .await
+        .expect("the first certificate");
 
     let new = listener_pki();
     gw.gateway.reload(tls_config(up, &new)).expect("reload");
-    connect_tls(gw.addr, &new.ca, &[]).await.expect("the renewed certificate");
+    connect_tls(gw.addr, &new.ca, &[])
+        .await
+        .expect("the renewed certificate");
     assert!(
         connect_tls(gw.addr, &old.ca, &[]).await.is_err(),
         "the old certificate is still served"
@@ -172,8 +187,13 @@ async fn a_reload_serves_the_new_certificate_to_new_connections() {
     let broken = TempFile::new("pem", "not a certificate");
     let mut bad = tls_config(up, &new);
     bad.tls.cert_file = Some(broken.0.clone());
-    assert!(gw.gateway.reload(bad).is_err(), "a broken certificate is refused");
-    connect_tls(gw.addr, &new.ca, &[]).await.expect("the running certificate stays");
+    assert!(
+        gw.gateway.reload(bad).is_err(),
+        "a broken certificate is refused"
+    );
+    connect_tls(gw.addr, &new.ca, &[])
+        .await
+        .expect("the running certificate stays");
 }
 
 // docs/protocol.md §7: the handshake has the header deadline; plain HTTP is not served.
@@ -185,7 +205,10 @@ async fn a_client_that_never_completes_the_handshake_is_cut() {
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(4), silent.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "still open: {closed:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open: {closed:?}"
+    );
 
     let mut plain = TcpStream::connect(gw.addr).await.unwrap();
     plain

@@ -18,7 +18,9 @@ fn rated(up: std::net::SocketAddr, mode: RateExceeded) -> Config {
 }
 
 fn message(i: usize) -> String {
-    format!("<message xmlns='jabber:client' to='bob@example.test' id='m{i}'><body>{i}</body></message>")
+    format!(
+        "<message xmlns='jabber:client' to='bob@example.test' id='m{i}'><body>{i}</body></message>"
+    )
 }
 
 // docs/protocol.md §7, `close`: past the burst the session ends with policy-violation, and
@@ -53,7 +55,8 @@ async fn websocket_client_over_its_rate_is_throttled_without_loss() {
         conn.answer_stream("s-1", FEATURES_SASL).await;
         // While the client is throttled, a stanza from the server still reaches it.
         let first = conn.read_until("id='m5'").await;
-        conn.write("<message from='bob@example.test' id='while-throttled'/>").await;
+        conn.write("<message from='bob@example.test' id='while-throttled'/>")
+            .await;
         let rest = conn.read_until(&format!("id='m{}'", N - 1)).await;
         let _ = conn.read_until("</message>").await;
         first + &rest
@@ -76,14 +79,21 @@ async fn websocket_client_over_its_rate_is_throttled_without_loss() {
             rest[..rest.find('\'').unwrap()].parse().unwrap()
         })
         .collect();
-    assert_eq!(ids, (0..N).collect::<Vec<_>>(), "every stanza, once, in order");
+    assert_eq!(
+        ids,
+        (0..N).collect::<Vec<_>>(),
+        "every stanza, once, in order"
+    );
     // 5 at once, then 20 a second: the last one cannot have been read before ~1 s.
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(900),
         "{N} stanzas read in {took:?} at 20/s after a burst of 5"
     );
-    assert!(received_while_throttled < took, "the server's stanza waited for the throttle");
+    assert!(
+        received_while_throttled < took,
+        "the server's stanza waited for the throttle"
+    );
 }
 
 // The same limits hold over BOSH: a request carrying more stanzas than the burst ends the
@@ -103,12 +113,18 @@ async fn bosh_client_over_its_rate_is_ended_with_policy_violation() {
         "<body xmlns='{NS_HTTPBIND}' to='{DOMAIN}' rid='100' wait='5' hold='1' \
          xmpp:version='1.0' xmlns:xmpp='urn:xmpp:xbosh'/>"
     );
-    let created = http.request("POST", "/http-bind", &[XML], create.as_bytes()).await.text();
+    let created = http
+        .request("POST", "/http-bind", &[XML], create.as_bytes())
+        .await
+        .text();
     let sid_at = created.find(" sid='").expect("a sid") + 6;
     let sid = &created[sid_at..sid_at + created[sid_at..].find('\'').unwrap()];
     let payload: String = (0..10).map(message).collect();
     let flood = format!("<body xmlns='{NS_HTTPBIND}' sid='{sid}' rid='101'>{payload}</body>");
-    let answer = http.request("POST", "/http-bind", &[XML], flood.as_bytes()).await.text();
+    let answer = http
+        .request("POST", "/http-bind", &[XML], flood.as_bytes())
+        .await
+        .text();
     assert!(
         answer.contains("type='terminate'") && answer.contains("condition='policy-violation'"),
         "{answer}"

@@ -157,7 +157,10 @@ fn upstream_stanza_limit_defaults_to_a_mebibyte_and_has_a_floor() {
     assert_eq!(c.limits.max_upstream_stanza_bytes, 1024 * 1024);
     let err = Config::from_sources("[limits]\nmax_upstream_stanza_bytes = 100", &[], &cli(&[]))
         .unwrap_err();
-    assert!(err.to_string().contains("max_upstream_stanza_bytes"), "{err}");
+    assert!(
+        err.to_string().contains("max_upstream_stanza_bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -224,7 +227,10 @@ fn admission_limits_have_documented_defaults_and_zero_is_refused() {
 fn trusted_proxies_default_to_nobody() {
     let c = Config::from_sources("", &[], &cli(&[])).unwrap();
     assert!(c.limits.trusted_proxies.is_empty());
-    assert!(!c.limits.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+    assert!(!c
+        .limits
+        .trusted_proxies
+        .contains("127.0.0.1".parse().unwrap()));
 }
 
 #[test]
@@ -232,7 +238,13 @@ fn trusted_proxies_take_ipv4_and_ipv6_ranges_and_single_addresses() {
     let file = "[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1/128\", \"192.0.2.7\", \"2001:db8:1::/48\"]\n";
     let c = Config::from_sources(file, &[], &cli(&[])).unwrap();
     let t = &c.limits.trusted_proxies;
-    for yes in ["10.1.2.3", "::1", "192.0.2.7", "2001:db8:1:ffff::9", "::ffff:10.9.9.9"] {
+    for yes in [
+        "10.1.2.3",
+        "::1",
+        "192.0.2.7",
+        "2001:db8:1:ffff::9",
+        "::ffff:10.9.9.9",
+    ] {
         assert!(t.contains(yes.parse().unwrap()), "{yes}");
     }
     for no in ["11.0.0.1", "::2", "192.0.2.8", "2001:db8:2::1", "127.0.0.1"] {
@@ -244,11 +256,15 @@ fn trusted_proxies_take_ipv4_and_ipv6_ranges_and_single_addresses() {
 fn session_rates_default_to_throttle_and_the_byte_burst_holds_a_stanza() {
     let c = Config::from_sources("", &[], &cli(&[])).unwrap();
     assert_eq!(c.limits.session_rate_exceeded, RateExceeded::Throttle);
-    let c = Config::from_sources("[limits]\nsession_rate_exceeded = \"close\"\n", &[], &cli(&[]))
-        .unwrap();
+    let c = Config::from_sources(
+        "[limits]\nsession_rate_exceeded = \"close\"\n",
+        &[],
+        &cli(&[]),
+    )
+    .unwrap();
     assert_eq!(c.limits.session_rate_exceeded, RateExceeded::Close);
-    let err = Config::from_sources("[limits]\nsession_bytes_burst = 1000\n", &[], &cli(&[]))
-        .unwrap_err();
+    let err =
+        Config::from_sources("[limits]\nsession_bytes_burst = 1000\n", &[], &cli(&[])).unwrap_err();
     assert!(err.to_string().contains("session_bytes_burst"), "{err}");
 }
 
@@ -259,8 +275,14 @@ fn trusted_proxies_can_be_set_from_the_environment() {
         "[\"172.16.0.0/12\", \"fd00::/8\"]",
     )]);
     let c = Config::from_sources("", &e, &cli(&[])).unwrap();
-    assert!(c.limits.trusted_proxies.contains("172.20.0.5".parse().unwrap()));
-    assert!(c.limits.trusted_proxies.contains("fd12::1".parse().unwrap()));
+    assert!(c
+        .limits
+        .trusted_proxies
+        .contains("172.20.0.5".parse().unwrap()));
+    assert!(c
+        .limits
+        .trusted_proxies
+        .contains("fd12::1".parse().unwrap()));
 }
 
 #[test]
@@ -271,13 +293,26 @@ fn a_range_of_ipv4_mapped_addresses_is_the_ipv4_range() {
         &cli(&[]),
     )
     .unwrap();
-    assert!(c.limits.trusted_proxies.contains("10.4.5.6".parse().unwrap()));
-    assert!(!c.limits.trusted_proxies.contains("11.4.5.6".parse().unwrap()));
+    assert!(c
+        .limits
+        .trusted_proxies
+        .contains("10.4.5.6".parse().unwrap()));
+    assert!(!c
+        .limits
+        .trusted_proxies
+        .contains("11.4.5.6".parse().unwrap()));
 }
 
 #[test]
 fn bad_trusted_proxy_entry_is_refused_by_name() {
-    for bad in ["10.0.0.0/33", "10.0.0/8", "::1/129", "proxy.example", "", "10.0.0.0/"] {
+    for bad in [
+        "10.0.0.0/33",
+        "10.0.0/8",
+        "::1/129",
+        "proxy.example",
+        "",
+        "10.0.0.0/",
+    ] {
         let file = format!("[limits]\ntrusted_proxies = [\"10.0.0.0/8\", {bad:?}]\n");
         let err = Config::from_sources(&file, &[], &cli(&[])).unwrap_err();
         let msg = err.to_string();
@@ -286,7 +321,11 @@ fn bad_trusted_proxy_entry_is_refused_by_name() {
             "{bad}: {msg}"
         );
     }
-    let err = Config::from_sources("[limits]\ntrusted_proxies = \"10.0.0.0/8\"\n", &[], &cli(&[]))
-        .unwrap_err();
+    let err = Config::from_sources(
+        "[limits]\ntrusted_proxies = \"10.0.0.0/8\"\n",
+        &[],
+        &cli(&[]),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("sequence"), "{err}");
 }

@@ -244,9 +244,13 @@ impl Session {
             .upstreams
             .route(&params.to)
             .ok_or(UpstreamError::UnknownDomain)?;
-        let (upstream, opened) =
-            UpstreamStream::establish(&settings.upstreams, &route, &params, &settings.upstream_limits)
-                .await?;
+        let (upstream, opened) = UpstreamStream::establish(
+            &settings.upstreams,
+            &route,
+            &params,
+            &settings.upstream_limits,
+        )
+        .await?;
         let features = filter_features_for_client(&opened.features.bytes)?;
         tracing::info!(domain = %params.to, tls = upstream.is_tls(), "session open");
         METRICS.session_started(transport);

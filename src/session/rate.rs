@@ -80,7 +80,8 @@ impl ClientRate {
     pub(crate) fn charge(&mut self, len: usize, now: Instant) -> Charge {
         self.refill(now);
         let len = len as f64;
-        if self.mode == RateExceeded::Close && (self.stanzas.tokens < 1.0 || self.bytes.tokens < len)
+        if self.mode == RateExceeded::Close
+            && (self.stanzas.tokens < 1.0 || self.bytes.tokens < len)
         {
             return Charge::Exceeded;
         }
@@ -128,7 +129,10 @@ mod tests {
         }
         // The sixth stanza is sent, and puts the stanza bucket one token in debt: 0.1 s.
         assert_eq!(rate.charge(10, start), Charge::Within);
-        assert_eq!(rate.paused_until(start), Some(start + Duration::from_millis(100)));
+        assert_eq!(
+            rate.paused_until(start),
+            Some(start + Duration::from_millis(100))
+        );
         // Bytes too: 6,000 bytes past a 4,000 burst at 1,000/s is 2 s of debt.
         let later = start + Duration::from_millis(100);
         assert_eq!(rate.charge(6000 - 60, later), Charge::Within);

@@ -96,7 +96,8 @@ impl Upstreams {
             return true;
         }
         for route in self.routes.values() {
-            let resolved = tokio::time::timeout(self.connect_timeout, self.resolver.endpoints(route));
+            let resolved =
+                tokio::time::timeout(self.connect_timeout, self.resolver.endpoints(route));
             let Ok(Ok(endpoints)) = resolved.await else {
                 continue;
             };

@@ -8,11 +8,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::connect::UpstreamIo;
-use crate::deadline::Deadline;
 use super::error::UpstreamError;
 use super::resolve::{Endpoint, Route};
 use super::routes::Upstreams;
 use crate::config::TlsPolicy;
+use crate::deadline::Deadline;
 use crate::metrics::METRICS;
 use crate::xml::features::summarize_features;
 use crate::xml::split::{Element, ElementKind, StreamHeader, StreamItem, StreamSplitter};
@@ -62,12 +62,15 @@ impl UpstreamStream {
     ) -> Result<(Self, Opened), UpstreamError> {
         let t = std::time::Instant::now();
         // docs/protocol.md §7: resolving the route is a wait on a peer too.
-        let endpoints = tokio::time::timeout(upstreams.connect_timeout, upstreams.resolver.endpoints(route))
-            .await
-            .map_err(|_| {
-                tracing::warn!(domain = %route.config.domain, "DNS resolution timed out");
-                UpstreamError::Timeout
-            })??;
+        let endpoints = tokio::time::timeout(
+            upstreams.connect_timeout,
+            upstreams.resolver.endpoints(route),
+        )
+        .await
+        .map_err(|_| {
+            tracing::warn!(domain = %route.config.domain, "DNS resolution timed out");
+            UpstreamError::Timeout
+        })??;
         METRICS.connect_phase("dns", t.elapsed());
         let mut last = UpstreamError::Resolve("no endpoints".into());
         for endpoint in &endpoints {
@@ -313,7 +316,11 @@ mod tests {
         let started = tokio::time::Instant::now();
         let outcome =
             UpstreamStream::establish(&upstreams, &route, &params, &Limits::default()).await;
-        assert!(matches!(outcome, Err(UpstreamError::Timeout)), "{:?}", outcome.err());
+        assert!(
+            matches!(outcome, Err(UpstreamError::Timeout)),
+            "{:?}",
+            outcome.err()
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 }

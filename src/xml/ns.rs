@@ -82,7 +82,9 @@ pub(crate) fn check_prefix_declaration(prefix: &[u8], value: &[u8]) -> Result<()
 /// namespace, whatever its spelling.
 pub(crate) fn check_default_declaration(value: &[u8]) -> Result<(), XmlError> {
     if is_reserved_namespace(value)? {
-        return Err(XmlError::syntax("default namespace set to a reserved namespace"));
+        return Err(XmlError::syntax(
+            "default namespace set to a reserved namespace",
+        ));
     }
     Ok(())
 }

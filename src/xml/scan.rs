@@ -21,8 +21,8 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{PrefixDeclaration, QName};
 
 use super::ns::{
-    check_default_declaration, check_prefix_declaration, lookup_prefix, resolve_default, resolve_prefix, step, NsStack,
-    OuterScope,
+    check_default_declaration, check_prefix_declaration, lookup_prefix, resolve_default,
+    resolve_prefix, step, NsStack, OuterScope,
 };
 use super::text::{
     check_attr_value, check_name, check_text, check_text_prefix, find_byte, is_space,

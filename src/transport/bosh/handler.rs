@@ -19,10 +19,10 @@ use super::body::{self, Body as BoshBody, BodyError};
 use super::registry::{new_sid, Registry};
 use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
 use super::task;
+use crate::admission::Slot;
 use crate::client_addr::ClientAddr;
 use crate::http::body::read_bounded;
 use crate::http::{text, Body};
-use crate::admission::Slot;
 use crate::metrics::{Transport, METRICS};
 use crate::session::{next_session_id, Context, OpenRequest, Session};
 use crate::xml::escape_attr;
@@ -147,8 +147,10 @@ fn admit(
                 cors.clone(),
             );
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_secs()),
+            );
             Err(Box::new(r))
         }
     }

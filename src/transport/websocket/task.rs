@@ -16,9 +16,9 @@ use super::framing::{
     binary_refused, failure, finish, open_element, reject, send_error_element, send_text,
     stream_error, text_message, Ending, Ws,
 };
+use crate::admission::Slot;
 use crate::deadline::is_timed_out;
 use crate::metrics::{Transport, METRICS};
-use crate::admission::Slot;
 use crate::session::{Batch, Context, Drain, Failure, OpenRequest, Outbound, Session, StreamEnd};
 use crate::settings::Settings;
 use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};

@@ -97,8 +97,10 @@ pub fn upgrade<P: Send + 'static>(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many sessions; try again later\n",
             );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(refusal.retry_after_secs()),
+            );
             return r;
         }
     };
@@ -142,7 +144,10 @@ fn ws_config(settings: &Settings) -> WebSocketConfig {
     // Room for the largest element the server may send (with the declarations it gains and
     // its frame header) even behind a full batch: tungstenite refuses a message that would
     // not fit.
-    let max_write = limits.max_buffered_bytes.max(limits.max_upstream_stanza_bytes) + 64 * 1024;
+    let max_write = limits
+        .max_buffered_bytes
+        .max(limits.max_upstream_stanza_bytes)
+        + 64 * 1024;
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)

@@ -41,7 +41,12 @@ fn wide_message(attributes: usize) -> String {
 
 #[test]
 fn relayed_deep_and_wide_stanzas_pass_intact() {
-    for message in [deep_message(40), deep_message(5_000), wide_message(100), wide_message(5_000)] {
+    for message in [
+        deep_message(40),
+        deep_message(5_000),
+        wide_message(100),
+        wide_message(5_000),
+    ] {
         let items = split_relayed(&message).expect("the server's stream is only size-limited");
         assert_eq!(items.len(), 1);
         // The stanza gains the stream's default namespace and is otherwise byte for byte.
@@ -50,16 +55,25 @@ fn relayed_deep_and_wide_stanzas_pass_intact() {
     }
     // The limits meant for browsers refuse the same stanzas.
     assert_eq!(after_header(&deep_message(40)), Err(XmlError::TooDeep));
-    assert_eq!(after_header(&wide_message(100)), Err(XmlError::TooManyAttributes));
+    assert_eq!(
+        after_header(&wide_message(100)),
+        Err(XmlError::TooManyAttributes)
+    );
 }
 
 #[test]
 fn relayed_stanzas_are_still_size_limited_and_well_formed() {
     let limits = Limits::size_only(4096);
-    let big = format!("{HEADER}<message><body>{}</body></message>", "x".repeat(5000));
+    let big = format!(
+        "{HEADER}<message><body>{}</body></message>",
+        "x".repeat(5000)
+    );
     assert_eq!(split_with(limits, big.as_bytes()), Err(XmlError::TooLarge));
     let broken = deep_message(40).replace("</n7>", "</n8>");
-    assert!(matches!(split_relayed(&broken), Err(XmlError::NotWellFormed(_))));
+    assert!(matches!(
+        split_relayed(&broken),
+        Err(XmlError::NotWellFormed(_))
+    ));
 }
 
 #[test]
