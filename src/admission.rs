@@ -138,7 +138,11 @@ impl Slot {
     /// an equal share of that ceiling is told to end: the sessions that hold the most are the
     /// ones whose readers are slowest, and cutting them frees the most.
     pub fn set_buffered(&mut self, bytes: usize, limits: &LimitsConfig) -> Result<(), OverCeiling> {
-        let total = if bytes >= self.buffered {
+        // Most reports repeat the last one (an idle WebSocket reports 0 after every batch):
+        // they read the shared total without writing it.
+        let total = if bytes == self.buffered {
+            self.admission.buffered()
+        } else if bytes > self.buffered {
             let grown = bytes - self.buffered;
             self.admission.buffered.fetch_add(grown, Ordering::AcqRel) + grown
         } else {
@@ -147,8 +151,7 @@ impl Slot {
         };
         self.buffered = bytes;
         let ceiling = limits.max_buffered_bytes_total;
-        let share = ceiling / self.admission.sessions().max(1);
-        if total > ceiling && bytes > share {
+        if total > ceiling && bytes > ceiling / self.admission.sessions().max(1) {
             return Err(OverCeiling);
         }
         Ok(())

@@ -63,6 +63,15 @@ impl Context {
     }
 }
 
+/// Sleeps until `at`, or for ever when there is none: one arm of a session task's `select!`
+/// for a timer that may be unset (a deadline, the end of a throttle).
+pub async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the client asked for when it opened its stream (`<open/>`, or the BOSH session request).
 #[derive(Debug, Clone, Default)]
 pub struct OpenRequest {

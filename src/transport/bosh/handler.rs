@@ -70,15 +70,7 @@ pub async fn handle(
             // docs/protocol.md §6: no new sessions on a draining node. HTTP 503 (with the BOSH
             // answer in the body) lets a load balancer retry the request on another node,
             // even when a cookie still points here.
-            let mut r = respond(
-                terminate_body(&Terminate::Condition("system-shutdown")),
-                false,
-                usize::MAX,
-                cors,
-            );
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let mut r = unavailable("system-shutdown", 1, cors);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
@@ -139,21 +131,31 @@ fn admit(
     }
     match ctx.admit(peer.ip(), Transport::Bosh) {
         Ok(slot) => Ok(Some(slot)),
-        Err(refusal) => {
-            let mut r = respond(
-                terminate_body(&Terminate::Condition("policy-violation")),
-                false,
-                usize::MAX,
-                cors.clone(),
-            );
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(refusal.retry_after_secs()),
-            );
-            Err(Box::new(r))
-        }
+        Err(refusal) => Err(Box::new(unavailable(
+            "policy-violation",
+            refusal.retry_after_secs(),
+            cors.clone(),
+        ))),
     }
+}
+
+/// A new session this node does not take: HTTP 503 with `Retry-After`, so a load balancer can
+/// retry elsewhere, and the terminate body with `condition` for a client that reads it.
+fn unavailable(
+    condition: &'static str,
+    retry_after_secs: u64,
+    cors: HeaderValue,
+) -> Response<Body> {
+    let mut r = respond(
+        terminate_body(&Terminate::Condition(condition)),
+        false,
+        usize::MAX,
+        cors,
+    );
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
 }
 
 async fn create(

@@ -13,7 +13,7 @@ use super::registry::{Registry, Reply};
 use super::state::{terminate_body, Action, BoshState, Request, Terminate};
 use crate::admission::Slot;
 use crate::metrics::METRICS;
-use crate::session::{Batch, Context, Failure, Outbound, Session};
+use crate::session::{sleep_until_some, Batch, Context, Failure, Outbound, Session};
 
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: Duration = Duration::from_secs(10);
@@ -41,21 +41,11 @@ pub async fn run(
     let reason = loop {
         let mut actions = Vec::new();
         let deadline = state.next_deadline();
-        let tick = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let tick = sleep_until_some(deadline);
         // docs/protocol.md §7: a browser over its rate limits has its next requests wait until
         // the limits allow them; held requests are still answered on their timers.
         let paused = session.paused_until();
-        let resume = async {
-            match paused {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let resume = sleep_until_some(paused);
         tokio::select! {
             _ = resume => {}
             req = rx.recv(), if paused.is_none() => match req {

@@ -19,7 +19,9 @@ use super::framing::{
 use crate::admission::Slot;
 use crate::deadline::is_timed_out;
 use crate::metrics::{Transport, METRICS};
-use crate::session::{Batch, Context, Drain, Failure, OpenRequest, Outbound, Session, StreamEnd};
+use crate::session::{
+    sleep_until_some, Batch, Context, Drain, Failure, OpenRequest, Outbound, Session, StreamEnd,
+};
 use crate::settings::Settings;
 use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};
 use crate::xml::XmlError;
@@ -139,21 +141,11 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
     let mut closing: Option<(Instant, Ending)> = None;
     let batch_bytes = settings.config.limits.max_buffered_bytes;
     loop {
-        let close_deadline = async {
-            match closing {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let close_deadline = sleep_until_some(closing.map(|(at, _)| at));
         // docs/protocol.md §7: a browser over its rate limits is not read until they allow it
         // again; everything else (the server's stanzas, pings, the drain) goes on.
         let paused = session.paused_until();
-        let resume = async {
-            match paused {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let resume = sleep_until_some(paused);
         tokio::select! {
             _ = resume => {}
             msg = ws.next(), if paused.is_none() => {
