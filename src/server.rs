@@ -20,8 +20,9 @@ use crate::deadline::Deadline;
 use crate::gateway::Gateway;
 use crate::upstream::UpstreamError;
 
-/// How long a connection keeps being served after the drain tells sessions to leave: as long
-/// as a draining BOSH session waits for requests already on their way.
+/// How long the public listener and each connection keep being served after the drain tells
+/// sessions to leave: as long as a draining BOSH session waits for requests already on their
+/// way.
 const DRAIN_KEEP_SERVING: Duration = crate::transport::bosh::task::LINGER_DRAINING;
 
 /// A connection slot, held for as long as the connection or a session it upgraded lives.
@@ -72,8 +73,9 @@ impl Server {
         self.gateway.clone()
     }
 
-    /// Serves until the drain begins, then stops accepting. Sessions keep running until they
-    /// end; wait for them with [`crate::shutdown::Shutdown::wait`].
+    /// Serves until the drain begins, then stops accepting once requests on their way have had
+    /// time to arrive. Sessions keep running until they end; wait for them with
+    /// [`crate::shutdown::Shutdown::wait`].
     pub async fn run(self) {
         // The admin listener outlives the drain (/readyz answers 503 meanwhile); it ends when
         // the runtime does.
@@ -84,9 +86,18 @@ impl Server {
 
 async fn public_loop(listener: TcpListener, gw: Arc<Gateway>) {
     let slots = Arc::new(Semaphore::new(gw.settings().config.limits.max_connections));
+    // docs/protocol.md §6: a request already on its way when the drain tells sessions to leave
+    // may need a connection of its own (a load balancer with no idle one to this node). It is
+    // still taken while the sessions linger for such requests; new sessions are refused with
+    // 503 meanwhile, which a balancer retries on another node.
+    let closed = async {
+        gw.shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_KEEP_SERVING).await;
+    };
+    tokio::pin!(closed);
     loop {
         let accepted = tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
+            _ = &mut closed => break,
             a = listener.accept() => a,
         };
         let (tcp, peer) = match accepted {

@@ -1375,6 +1375,44 @@ async fn drain_still_delivers_a_request_already_on_its_way() {
     );
 }
 
+// docs/protocol.md §6: a request on its way may need a connection of its own (a load balancer
+// with no idle connection to this node opens one, a browser whose other connection is busy). The
+// listener keeps taking connections while the drain lingers, so such a request still reaches
+// its session and has its payload delivered, and a new session on such a connection is refused
+// with 503 for the balancer to retry elsewhere. (Refused at the socket, a balancer retried the
+// request on another node, which answered item-not-found.)
+#[tokio::test]
+async fn drain_still_delivers_a_request_on_a_new_connection() {
+    let mut up = Upstream::start().await;
+    let gw = start_gateway(bosh_config(up.addr)).await;
+    let Opened {
+        mut bosh,
+        upstream: mut server,
+        ..
+    } = Bosh::open(&gw, &mut up, DEFAULT_ATTRS, "s-1", FEATURES_SASL).await;
+    bosh.send("", "<presence/>").await;
+    assert_eq!(server.read_until("<presence/>").await, "<presence/>");
+    gw.gateway.shutdown.begin();
+    assert_terminate(&bosh.response().await, Some("system-shutdown"));
+
+    let raced = bosh.body(
+        bosh.rid + 1,
+        "",
+        "<message xmlns='jabber:client' id='raced'/>",
+    );
+    assert_terminate(&post_once(gw.addr, &raced).await, Some("system-shutdown"));
+    let mut fresh = HttpConn::connect(gw.addr).await;
+    let body = session_request(FIRST_RID, DEFAULT_ATTRS);
+    let reply = fresh
+        .request("POST", "/http-bind", &[XML], body.as_bytes())
+        .await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    // The session closes its stream once the linger is over.
+    let seen = server.read_until(STREAM_END).await;
+    assert!(seen.contains("id='raced'"), "{seen}");
+    assert_eq!(up.connections(), 1);
+}
+
 // docs/protocol.md §4, §6 (XEP-0124 §15): while a drain lingers for requests on their way, a
 // session with keys still answers and forwards only for its key: a replay of the held rid
 // without it is not told how the session ended, and a stranger's payload never reaches the
@@ -1394,7 +1432,7 @@ async fn drain_linger_serves_only_the_key() {
     } = Bosh::open(&gw, &mut up, &attrs, "s-1", FEATURES_SASL).await;
     bosh.send(&format!(" key='{k2}'"), "<presence/>").await;
     assert_eq!(server.read_until("<presence/>").await, "<presence/>");
-    // The listener takes no new connections in a drain: the stranger's is in use already.
+    // The stranger's connection is open before the drain, as a balancer's would be.
     let mut stranger = HttpConn::connect(gw.addr).await;
     let created = post(&mut stranger, &bosh.body(FIRST_RID, "", "")).await;
     assert_terminate(&created, Some("item-not-found"));
