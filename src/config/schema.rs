@@ -223,13 +223,14 @@ pub struct LimitsConfig {
     /// on the network sends, so only well-formedness and this size are checked on its stream
     /// (docs/protocol.md §2); it should be at least the server's own limit on what it sends.
     pub max_upstream_stanza_bytes: usize,
-    /// Bytes queued toward one side of one session before the session is cut off as a slow
-    /// reader.
+    /// Bytes one session holds each way (docs/protocol.md §7): stanzas waiting for the browser,
+    /// past which the server is not read, and what the browser sent waiting for the server,
+    /// past which the browser is not read.
     pub max_buffered_bytes: usize,
     /// Most concurrent client connections on the public listener.
     pub max_connections: usize,
     /// Bytes all sessions together may buffer (stanzas waiting for a BOSH request, partial
-    /// elements from the server): past it new sessions are refused and the sessions holding
+    /// elements from the server, what browsers sent waiting for a server): past it new sessions are refused and the sessions holding
     /// more than an equal share are cut (docs/protocol.md §7).
     pub max_buffered_bytes_total: usize,
     /// Most sessions on this node, WebSocket and BOSH together (docs/protocol.md §7).

@@ -11,9 +11,11 @@
 mod failure;
 mod rate;
 
+use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -171,6 +173,14 @@ impl Iterator for Batch<'_> {
     }
 }
 
+/// What [`Session::next_event`] brought.
+pub enum Event<'s> {
+    /// What the server said.
+    Batch(Batch<'s>),
+    /// What was queued for the server has been written, or writing it failed.
+    Written(Result<(), Failure>),
+}
+
 /// What the drain does to a session (docs/protocol.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -204,6 +214,8 @@ pub struct Session {
     broken: bool,
     /// What the browser may still send (docs/protocol.md §7).
     rate: ClientRate,
+    /// Bytes queued toward the server past which the transport stops reading the browser.
+    max_queued: usize,
 }
 
 /// A freshly opened session with what the client is told first.
@@ -274,6 +286,7 @@ impl Session {
                 resumable: false,
                 broken: false,
                 rate: ClientRate::new(&settings.config.limits, tokio::time::Instant::now()),
+                max_queued: settings.config.limits.max_buffered_bytes,
             },
             header: opened.header,
             features,
@@ -285,22 +298,51 @@ impl Session {
         &self.params.to
     }
 
-    /// Bytes received from the server and not yet handed out (a partial element).
+    /// Bytes the session holds for either side: received from the server and not yet handed
+    /// out (a partial element), and queued for the server.
     pub fn buffered(&self) -> usize {
-        self.upstream.buffered()
+        self.upstream.buffered() + self.upstream.queued()
     }
 
-    /// Waits for the server to say something; the batch then yields that and everything already
-    /// buffered behind it, so a transport writes a burst with one flush (or one BOSH response).
-    /// Cancel-safe: nothing is taken from the stream before the first item is complete.
+    /// Waits for the server to say something, writing what is queued for it meanwhile; the
+    /// batch then yields that and everything already buffered behind it, so a transport writes
+    /// a burst with one flush (or one BOSH response). Cancel-safe: nothing is taken from the
+    /// stream before the first item is complete. A failed write ends the stream.
+    ///
+    /// While the browser is not read because the queue toward the server is full (see
+    /// [`accepts_input`](Self::accepts_input)), the batch also comes, empty, once the queue has
+    /// been written: the transport then reads the browser again.
     pub async fn next_batch(&mut self, max_bytes: usize) -> Batch<'_> {
-        let first = self.upstream.next_item().await;
+        let wake_when_written = !self.accepts_input();
+        let first = poll_fn(|cx| {
+            if wake_when_written {
+                match self.upstream.poll_write_queued(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(None),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                    Poll::Pending => {}
+                }
+            }
+            self.upstream.poll_next_item(cx).map(Some)
+        })
+        .await;
         Batch {
             session: self,
-            first: Some(first),
+            first,
             bytes: 0,
             max_bytes,
             end: None,
+        }
+    }
+
+    /// One wait on the server for a transport's `select!`: with `read` (the transport has room
+    /// for what the server says), [`next_batch`](Self::next_batch); without, only the writing
+    /// of what is queued for the server ([`flush`](Self::flush)), so the browser's stanzas
+    /// still go out while the browser is slow to take the server's.
+    pub async fn next_event(&mut self, read: bool, max_bytes: usize) -> Event<'_> {
+        if read {
+            Event::Batch(self.next_batch(max_bytes).await)
+        } else {
+            Event::Written(self.flush().await)
         }
     }
 
@@ -332,17 +374,44 @@ impl Session {
         })
     }
 
-    /// Forwards one validated client element verbatim.
-    pub async fn send(&mut self, element: &[u8]) -> Result<(), Failure> {
+    /// Queues one validated client element, verbatim, for the server. Never waits: the bytes
+    /// are written while the transport waits in [`next_batch`](Self::next_batch) or
+    /// [`flush`](Self::flush), and a transport reads the browser only while
+    /// [`accepts_input`](Self::accepts_input).
+    pub fn send(&mut self, element: &[u8]) -> Result<(), Failure> {
         if self.rate.charge(element.len(), tokio::time::Instant::now()) == Charge::Exceeded {
             METRICS.input_rejected("rate_limited");
             tracing::info!("browser sent faster than its rate limits; ending the session");
             return Err(Failure::RateExceeded);
         }
         METRICS.relayed(self.transport, Direction::ToUpstream, element.len());
-        let sent = self.upstream.send(element).await;
-        self.broken |= sent.is_err();
-        Ok(sent?)
+        self.upstream.queue(element);
+        Ok(())
+    }
+
+    /// docs/protocol.md §7: whether the transport may read more from the browser. Past
+    /// `limits.max_buffered_bytes` queued for a server that does not take them, the browser is
+    /// not read (TCP pushes back on it) until the server catches up or the write deadline ends
+    /// the session; the session's timers go on meanwhile.
+    pub fn accepts_input(&self) -> bool {
+        self.upstream.queued() < self.max_queued
+    }
+
+    /// Whether bytes queued for the server are still to be written.
+    pub fn has_output(&self) -> bool {
+        !self.broken && self.upstream.has_output()
+    }
+
+    /// Writes what is queued for the server, for a transport that is not waiting in
+    /// [`next_batch`](Self::next_batch) (it holds enough for the browser already).
+    /// Cancel-safe. A failure ends the stream, as a failed read does.
+    pub async fn flush(&mut self) -> Result<(), Failure> {
+        let flushed = self.upstream.flush().await;
+        if let Err(e) = &flushed {
+            tracing::info!(error = %e, "upstream stream failed");
+            self.broken = true;
+        }
+        Ok(flushed?)
     }
 
     /// docs/protocol.md §7, `throttle` mode: the browser has sent more than its rates allow,
@@ -354,8 +423,8 @@ impl Session {
 
     /// Restarts the upstream stream after the client's new stream header (RFC 6120 §4.3.3).
     /// A restart may not move the session to another domain. The server's new header and
-    /// features arrive through [`next_batch`](Self::next_batch).
-    pub async fn restart(&mut self, request: OpenRequest) -> Result<(), Failure> {
+    /// features arrive through [`next_batch`](Self::next_batch). The new header is queued.
+    pub fn restart(&mut self, request: OpenRequest) -> Result<(), Failure> {
         if let Some(to) = &request.to {
             if !same_domain(to, &self.params.to) {
                 METRICS.input_rejected("restart_domain");
@@ -368,38 +437,41 @@ impl Session {
         if request.lang.is_some() {
             self.params.lang = request.lang;
         }
-        let restarted = self.upstream.restart(&self.params).await;
-        self.broken |= restarted.is_err();
-        Ok(restarted?)
+        self.upstream.restart(&self.params);
+        Ok(())
     }
 
-    /// Sends `</stream:stream>` upstream (at most once, and within 2 s): the client closed its
-    /// stream, or the gateway ends it. A stream that failed is not closed but dropped, as a
-    /// lost connection would be: the server keeps an XEP-0198 session for resumption.
-    pub async fn close_stream(&mut self) {
-        if self.broken {
-            return;
+    /// Queues `</stream:stream>` for the server (at most once): the client closed its stream,
+    /// or the gateway ends it. A stream that failed is not closed but dropped, as a lost
+    /// connection would be: the server keeps an XEP-0198 session for resumption.
+    pub fn close_stream(&mut self) {
+        if !self.broken {
+            self.upstream.close_stream();
         }
-        let _ = tokio::time::timeout(FINISH_DEADLINE, self.upstream.close_stream()).await;
     }
 
     /// The client went away without closing (tab closed, network lost, too slow). A stream the
     /// server allows to be resumed (XEP-0198) is left open for the client to resume, through
     /// any node: the socket is dropped without `</stream:stream>`, which the server would take
-    /// as a logout. Any other stream is closed cleanly (docs/protocol.md §3).
+    /// as a logout. Any other stream is closed cleanly (docs/protocol.md §3). What the browser
+    /// sent before is still written first, within 2 s.
     pub async fn leave(&mut self) {
         if self.resumable {
-            self.upstream.shutdown().await;
+            self.shutdown().await;
         } else {
-            self.close_stream().await;
+            self.close_stream();
         }
+    }
+
+    async fn shutdown(&mut self) {
+        self.upstream.shutdown(FINISH_DEADLINE, !self.broken).await;
     }
 
     /// The node drains: a resumable stream is left at once; any other is closed by the
     /// transport once what is in flight has been delivered.
     pub async fn drain(&mut self) -> Drain {
         if self.resumable {
-            self.upstream.shutdown().await;
+            self.shutdown().await;
             Drain::Left
         } else {
             Drain::Close
@@ -411,9 +483,9 @@ impl Session {
     /// it was left for resumption or failed; then the socket is shut down. Bounded in time.
     pub async fn finish(mut self, reason: &'static str) {
         if !self.upstream.is_shut_down() {
-            self.close_stream().await;
+            self.close_stream();
         }
-        self.upstream.shutdown().await;
+        self.shutdown().await;
         self.ended = Some(reason);
     }
 }

@@ -4,10 +4,10 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -36,15 +36,19 @@ impl UpstreamIo {
     }
 
     /// Reads what is available into `buf`, returning the byte count (0 at end of stream).
-    /// Cancel-safe. A plain socket waits for readability before any buffer space is reserved,
-    /// so an idle session holds no read buffer.
-    pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// A plain socket waits for readability before any buffer space is reserved, so an idle
+    /// session holds no read buffer.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         match self {
             UpstreamIo::Plain(tcp) => loop {
-                tcp.get_ref().readable().await?;
+                ready!(tcp.get_ref().poll_read_ready(cx))?;
                 reserve(buf);
                 match tcp.get_mut().try_read_buf(buf) {
-                    Ok(n) => return Ok(n),
+                    Ok(n) => return Poll::Ready(Ok(n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Readiness after the last read was stale: give the buffer back
                         // before waiting again, or every idle session keeps 4 KiB.
@@ -53,14 +57,14 @@ impl UpstreamIo {
                         }
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             },
             UpstreamIo::Tls(tls) => {
                 reserve(buf);
-                tls.read_buf(buf).await
+                tokio_util::io::poll_read_buf(Pin::new(tls.as_mut()), cx, buf)
             }
-            UpstreamIo::Closed => Err(closed()),
+            UpstreamIo::Closed => Poll::Ready(Err(closed())),
         }
     }
 }

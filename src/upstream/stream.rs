@@ -1,10 +1,19 @@
 //! One client-to-server XMPP stream to the upstream server (RFC 6120 §4): dial the endpoints in
 //! order, open the stream, do STARTTLS when the route wants it, and then carry elements both
 //! ways. Reading is cancel-safe so a session can wait on it inside `select!`.
+//!
+//! Writing never blocks the session (docs/protocol.md §7): what the browser sends is queued
+//! here, and the queue is written in the same poll that reads, so a server that stops reading
+//! stalls neither what it sends nor the session's timers. The session bounds the queue.
 
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::connect::UpstreamIo;
@@ -46,6 +55,10 @@ pub struct UpstreamStream {
     close_sent: bool,
     /// The socket has been shut down; nothing more is written.
     shut_down: bool,
+    /// Bytes for the server not yet taken by its socket; allocated only while there are some.
+    out: BytesMut,
+    /// Bytes went into the socket (into TLS, for an encrypted stream) since the last flush.
+    unflushed: bool,
 }
 
 const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -133,6 +146,8 @@ impl UpstreamStream {
             splitter: StreamSplitter::new(limits.clone()),
             close_sent: false,
             shut_down: false,
+            out: BytesMut::new(),
+            unflushed: false,
         };
         let t = std::time::Instant::now();
         let mut opened = stream.open(params).await?;
@@ -200,18 +215,31 @@ impl UpstreamStream {
         Ok(())
     }
 
-    /// The next item from the server. Cancel-safe: an item is either returned or stays
-    /// buffered. The end of the TCP stream without `</stream:stream>` is an I/O error.
+    /// The next item from the server, writing what is queued for it meanwhile. Cancel-safe: an
+    /// item is either returned or stays buffered, and queued bytes stay queued. The end of the
+    /// TCP stream without `</stream:stream>` is an I/O error, and so is a failed write.
     pub async fn next_item(&mut self) -> Result<StreamItem, UpstreamError> {
+        poll_fn(|cx| self.poll_next_item(cx)).await
+    }
+
+    /// [`next_item`](Self::next_item), for a caller that polls more than one thing at once.
+    pub fn poll_next_item(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<StreamItem, UpstreamError>> {
+        // A write that cannot go on yet leaves the read to run; one that failed ends the stream.
+        if let Poll::Ready(Err(e)) = self.poll_write_queued(cx) {
+            return Poll::Ready(Err(e.into()));
+        }
         loop {
             if let Some(item) = self.splitter.next_item()? {
-                return Ok(item);
+                return Poll::Ready(Ok(item));
             }
             // Nothing partial is buffered: give the read buffer back while idle.
             self.splitter.release_idle_memory();
-            let n = self.io.read_into(self.splitter.buffer_mut()).await?;
+            let n = ready!(self.io.poll_read_into(cx, self.splitter.buffer_mut()))?;
             if n == 0 {
-                return Err(UpstreamError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                return Poll::Ready(Err(UpstreamError::Io(io::ErrorKind::UnexpectedEof.into())));
             }
         }
     }
@@ -221,40 +249,92 @@ impl UpstreamStream {
         Ok(self.splitter.next_item()?)
     }
 
-    /// Writes bytes to the server.
-    pub async fn send(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
-        self.io.write_all(data).await?;
-        if self.io.is_tls() {
-            self.io.flush().await?;
+    /// Queues bytes for the server; they are written while the session waits for the server
+    /// ([`next_item`](Self::next_item)) or [`flush`](Self::flush)es. Never waits.
+    pub fn queue(&mut self, data: &[u8]) {
+        if !self.shut_down {
+            self.out.extend_from_slice(data);
         }
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether anything queued has still to be written or flushed.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.unflushed
+    }
+
+    /// Writes everything queued; each write is under the socket's write deadline.
+    pub async fn flush(&mut self) -> Result<(), UpstreamError> {
+        poll_fn(|cx| self.poll_write_queued(cx)).await?;
         Ok(())
     }
 
+    /// [`flush`](Self::flush), for a caller that polls more than one thing at once.
+    pub fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        // All written: an idle session holds no write buffer.
+        if self.out.capacity() != 0 {
+            self.out = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes bytes to the server and waits until they are written (while the stream is set
+    /// up, before a session relays on it).
+    async fn send(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+        self.queue(data);
+        self.flush().await
+    }
+
     /// Stream restart after SASL success (RFC 6120 §6.4.6): a new header; the server answers
-    /// with a new header and features, read through [`next_item`](Self::next_item).
-    pub async fn restart(&mut self, params: &StreamParams) -> Result<(), UpstreamError> {
+    /// with a new header and features, read through [`next_item`](Self::next_item). The header
+    /// is queued behind what was sent before it.
+    pub fn restart(&mut self, params: &StreamParams) {
         self.splitter.reset();
-        self.send(header(params).as_bytes()).await
+        self.queue(header(params).as_bytes());
     }
 
     /// Closes the XMPP stream (`</stream:stream>`); the server answers with its own close.
     /// Sent at most once: after the client's close, the server's answering close must not be
-    /// answered again (RFC 6120 §4.4: nothing may follow the closing tag).
-    pub async fn close_stream(&mut self) -> Result<(), UpstreamError> {
+    /// answered again (RFC 6120 §4.4: nothing may follow the closing tag). Queued.
+    pub fn close_stream(&mut self) {
         if self.close_sent || self.shut_down {
-            return Ok(());
+            return;
         }
         self.close_sent = true;
-        self.send(STREAM_END).await
+        self.queue(STREAM_END);
     }
 
-    /// Shuts the socket down (TLS close_notify, then FIN), bounded in time.
-    pub async fn shutdown(&mut self) {
+    /// Writes what is queued, then shuts the socket down (TLS close_notify, then FIN); all of
+    /// it within `deadline`. A stream whose writes failed is not written to again.
+    pub async fn shutdown(&mut self, deadline: Duration, writable: bool) {
         if self.shut_down {
             return;
         }
         self.shut_down = true;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+        let _ = tokio::time::timeout(deadline, async {
+            if writable && self.flush().await.is_err() {
+                return;
+            }
+            let _ = self.io.shutdown().await;
+        })
+        .await;
+        self.out = BytesMut::new();
     }
 
     /// Whether [`shutdown`](Self::shutdown) has run.

@@ -380,6 +380,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
 }
 
 impl UpstreamConn<TcpStream> {
+    /// The socket and what was read past the last `read_until`, for a script that reads and
+    /// writes at once.
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// Resets the connection (SO_LINGER 0, then close: an RST), as when a server process is
     /// killed or a middlebox cuts the connection.
     pub fn reset(self) {

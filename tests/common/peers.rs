@@ -215,3 +215,29 @@ impl Bystander {
         (rounds, slowest)
     }
 }
+
+/// A WebSocket to the gateway over a socket with a small receive buffer, so that a client that
+/// does not read fills it quickly. Returns the socket once its stream is open.
+pub async fn open_small_window_ws(
+    gw: &TestGateway,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gw.addr).await.unwrap();
+    let mut req = gw.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "xmpp".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    ws.send(Message::text(open_frame(DOMAIN))).await.unwrap();
+    let mut frames = 0;
+    while frames < 2 {
+        match tokio::time::timeout(TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+            other => panic!("no <open/> and features: {other:?}"),
+        }
+    }
+    ws
+}

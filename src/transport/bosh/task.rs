@@ -13,7 +13,7 @@ use super::registry::{Registry, Reply};
 use super::state::{terminate_body, Action, BoshState, Request, Terminate};
 use crate::admission::Slot;
 use crate::metrics::METRICS;
-use crate::session::{sleep_until_some, Batch, Context, Failure, Outbound, Session};
+use crate::session::{sleep_until_some, Batch, Context, Event, Failure, Outbound, Session};
 
 /// How long an ended session waits for the client's next request to tell it why.
 const LINGER: Duration = Duration::from_secs(10);
@@ -46,15 +46,23 @@ pub async fn run(
         // the limits allow them; held requests are still answered on their timers.
         let paused = session.paused_until();
         let resume = sleep_until_some(paused);
+        // docs/protocol.md §7: with as much queued for a server that does not take it as a
+        // session may hold, requests wait until the server catches up; the timers go on.
+        let reading = paused.is_none() && session.accepts_input();
+        let from_server = state.pending_bytes() < limit;
+        let flushing = !from_server && session.has_output();
+        let room = limit.saturating_sub(state.pending_bytes());
         tokio::select! {
             _ = resume => {}
-            req = rx.recv(), if paused.is_none() => match req {
+            req = rx.recv(), if reading => match req {
                 Some(req) => actions = state.on_request(req, Instant::now()),
                 None => break "closed",
             },
             // Stanzas wait in the session for a request; past the limit, stop reading upstream
             // and let TCP push back on the server.
-            batch = session.next_batch(limit.saturating_sub(state.pending_bytes())), if state.pending_bytes() < limit => {
+            // What the browser sent still goes out while the server's stanzas wait.
+            next = session.next_event(from_server, room), if from_server || flushing => match next {
+                Event::Batch(batch) => {
                 absorb(batch, &mut state, &mut actions);
                 // docs/protocol.md §7: past the process's ceiling, the sessions holding the
                 // most are cut.
@@ -64,7 +72,13 @@ pub async fn run(
                     state.on_upstream_end(Terminate::from_failure(&Failure::OverCeiling), &mut actions);
                     cut = Some(Failure::OverCeiling.end_reason());
                 }
-            }
+                }
+                Event::Written(Err(e)) => {
+                    state.on_upstream_end(Terminate::from_failure(&e), &mut actions);
+                    cut = Some(e.end_reason());
+                }
+                Event::Written(Ok(())) => {}
+            },
             _ = tick => state.on_tick(Instant::now(), &mut actions),
             // Last: the future borrows the state, after the other branches have read it.
             _ = abandoned(&mut state) => state.on_abandoned(&mut actions),
@@ -80,6 +94,19 @@ pub async fn run(
         }
         if let Some(reason) = perform(&mut session, &mut state, actions).await {
             break cut.unwrap_or(reason);
+        }
+        // A queue that filled up counts toward the process's ceiling at once.
+        if !session.accepts_input() && cut.is_none() {
+            let held = state.pending_bytes() + session.buffered();
+            if slot.set_buffered(held, &settings.config.limits).is_err() {
+                METRICS.input_rejected("slow_reader");
+                let mut actions = Vec::new();
+                state.on_upstream_end(Terminate::from_failure(&Failure::OverCeiling), &mut actions);
+                cut = Some(Failure::OverCeiling.end_reason());
+                if let Some(reason) = perform(&mut session, &mut state, actions).await {
+                    break cut.unwrap_or(reason);
+                }
+            }
         }
     };
     if told_shutdown || !state.settled() {
@@ -161,6 +188,8 @@ async fn linger(
                 }
             }
             _ = &mut timer => return,
+            // Payload forwarded meanwhile goes out now, not only when the session finishes.
+            _ = session.flush(), if session.has_output() => {}
             // A drain that starts while lingering must not wait the full period.
             _ = ctx.shutdown.cancelled(), if !draining => {
                 draining = true;
@@ -180,19 +209,10 @@ async fn perform(
     let mut queue: VecDeque<_> = actions.into();
     while let Some(action) = queue.pop_front() {
         let failed = match action {
-            Action::Forward(elements) => {
-                let mut failed = None;
-                for el in elements {
-                    if let Err(e) = session.send(&el).await {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-                failed
-            }
-            Action::Restart => session.restart(Default::default()).await.err(),
+            Action::Forward(elements) => elements.iter().find_map(|el| session.send(el).err()),
+            Action::Restart => session.restart(Default::default()).err(),
             Action::CloseUpstream => {
-                session.close_stream().await;
+                session.close_stream();
                 None
             }
             Action::LeaveUpstream => {

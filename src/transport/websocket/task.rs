@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::task::Poll;
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -20,7 +22,8 @@ use crate::admission::Slot;
 use crate::deadline::is_timed_out;
 use crate::metrics::{Transport, METRICS};
 use crate::session::{
-    sleep_until_some, Batch, Context, Drain, Failure, OpenRequest, Outbound, Session, StreamEnd,
+    sleep_until_some, Batch, Context, Drain, Event, Failure, OpenRequest, Outbound, Session,
+    StreamEnd,
 };
 use crate::settings::Settings;
 use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};
@@ -129,6 +132,12 @@ async fn first_open(ws: &mut Ws, settings: &Settings) -> Option<OpenFrame> {
 }
 
 /// The relay loop: client frames, upstream batches, keepalive and drain in one `select!`.
+///
+/// docs/protocol.md §7: no branch waits on a peer. Frames for the browser are handed to the
+/// WebSocket and written by the same poll that reads from it ([`browser`]); what the browser
+/// sends is queued for the server and written while the loop waits on the server. So a peer
+/// that stops reading holds up nothing but what is meant for it: pings, the closing deadline
+/// and the drain fire meanwhile, and the write deadline cuts it.
 async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slot) -> Reason {
     let settings = &ctx.settings;
     let interval = settings.config.ping_interval();
@@ -140,15 +149,31 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
     // for the server's answer, and what the client is told at the end.
     let mut closing: Option<(Instant, Ending)> = None;
     let batch_bytes = settings.config.limits.max_buffered_bytes;
+    // Frames handed to the WebSocket and not yet written to the browser: until they are, the
+    // server's next batch waits (TCP pushes back on the server), but what the browser sent
+    // still goes out to it.
+    let mut unflushed = false;
     loop {
         let close_deadline = sleep_until_some(closing.map(|(at, _)| at));
-        // docs/protocol.md §7: a browser over its rate limits is not read until they allow it
-        // again; everything else (the server's stanzas, pings, the drain) goes on.
+        // docs/protocol.md §7: a browser over its rate limits, or with as much queued for a
+        // server that does not take it as a session may hold, is not read until that changes;
+        // everything else (the server's stanzas, pings, the drain) goes on.
         let paused = session.paused_until();
         let resume = sleep_until_some(paused);
+        let reading = paused.is_none() && session.accepts_input();
+        let from_server = !unflushed;
+        let to_server = unflushed && session.has_output();
         tokio::select! {
             _ = resume => {}
-            msg = ws.next(), if paused.is_none() => {
+            event = browser(ws, reading, unflushed), if reading || unflushed => {
+                let msg = match event {
+                    Browser::Flushed(Ok(())) => {
+                        unflushed = false;
+                        continue;
+                    }
+                    Browser::Flushed(Err(e)) => return write_failed(session, &e).await,
+                    Browser::Read(msg) => msg,
+                };
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
                     // tungstenite refuses a frame over max_stanza_bytes before the XML layer
@@ -157,6 +182,9 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                         reject(ws, &XmlError::TooLarge).await;
                         return "bad_input";
                     }
+                    // A read also writes (the pong tungstenite owes): the write deadline can
+                    // end it, as it ends a flush.
+                    Some(Err(e @ WsError::Io(_))) => return write_failed(session, &e).await,
                     _ => {
                         // The browser vanished (docs/protocol.md §3 and §4's note on reloads).
                         session.leave().await;
@@ -169,16 +197,20 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                             // After </stream:stream> went upstream the server reads no more.
                             Ok(ClientFrame::Element(_)) if closing.is_some() => {}
                             Ok(ClientFrame::Element(el)) => {
-                                if let Err(e) = session.send(&el).await {
+                                if let Err(e) = session.send(&el) {
                                     failure(ws, &e, None).await;
                                     return e.end_reason();
+                                }
+                                // A full queue counts toward the process's ceiling at once.
+                                if !session.accepts_input() && over_ceiling(slot, session, settings) {
+                                    return cut_over_ceiling(ws, session).await;
                                 }
                             }
                             Ok(ClientFrame::Open(open)) => {
                                 // RFC 7395 §3.5: a new <open/> after SASL success restarts the
                                 // stream; the server's new header comes through the relay.
                                 let request = OpenRequest { to: open.to, from: open.from, lang: open.lang };
-                                if let Err(e) = session.restart(request).await {
+                                if let Err(e) = session.restart(request) {
                                     failure(ws, &e, None).await;
                                     return e.end_reason();
                                 }
@@ -186,7 +218,7 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                             Ok(ClientFrame::Close { .. }) => {
                                 // RFC 7395 §3.6: answer the close; the server closes the socket.
                                 if closing.is_none() {
-                                    session.close_stream().await;
+                                    session.close_stream();
                                     closing = Some((Instant::now() + CLOSE_GRACE, Ending::Close));
                                 }
                             }
@@ -202,12 +234,8 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                         return "bad_input";
                     }
                     Message::Pong(_) => missed = 0,
-                    Message::Ping(_) | Message::Frame(_) => {
-                        // tungstenite queued the pong; push it out now.
-                        if let Err(e) = ws.flush().await {
-                            return write_failed(session, &e).await;
-                        }
-                    }
+                    // tungstenite queued the pong; the next poll writes it.
+                    Message::Ping(_) | Message::Frame(_) => unflushed = true,
                     Message::Close(_) if closing.is_some() => {
                         // The client sent <close/> and did not wait for the answer: the close
                         // already went upstream.
@@ -222,22 +250,25 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                     }
                 }
             }
-            batch = session.next_batch(batch_bytes) => {
+            next = session.next_event(from_server, batch_bytes), if from_server || to_server => {
+                let batch = match next {
+                    Event::Batch(batch) => batch,
+                    Event::Written(Ok(())) => continue,
+                    Event::Written(Err(e)) => {
+                        failure(ws, &e, None).await;
+                        return e.end_reason();
+                    }
+                };
                 let ending = closing.map_or(Ending::Close, |(_, e)| e);
                 // A client that stops reading fails the write after limits.write_timeout_secs
-                // (every socket has that deadline), instead of being buffered without bound.
+                // (every socket has that deadline); meanwhile it is given no more.
                 match forward(ws, batch, ending, settings).await {
-                    Forwarded::Continue => {}
+                    Forwarded::Continue => unflushed = true,
                     Forwarded::End(reason) => return reason,
                     Forwarded::WriteFailed(e) => return write_failed(session, &e).await,
                 }
-                // docs/protocol.md §7: past the process's ceiling, the sessions holding the
-                // most are cut.
-                if slot.set_buffered(session.buffered(), &settings.config.limits).is_err() {
-                    METRICS.input_rejected("slow_reader");
-                    session.leave().await;
-                    failure(ws, &Failure::OverCeiling, None).await;
-                    return "slow_reader";
+                if over_ceiling(slot, session, settings) {
+                    return cut_over_ceiling(ws, session).await;
                 }
             }
             _ = ping.tick() => {
@@ -249,9 +280,10 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                     return "ping_timeout";
                 }
                 missed += 1;
-                if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
+                if let Err(e) = ws.start_send_unpin(Message::Ping(Bytes::new())) {
                     return write_failed(session, &e).await;
                 }
+                unflushed = true;
             }
             _ = close_deadline => {
                 let ending = closing.map_or(Ending::Close, |(_, e)| e);
@@ -264,13 +296,27 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                 match session.drain().await {
                     Drain::Left => return finish(ws, Ending::Drain, settings).await,
                     Drain::Close => {
-                        session.close_stream().await;
+                        session.close_stream();
                         closing = Some((Instant::now() + CLOSE_GRACE, Ending::Drain));
                     }
                 }
             }
         }
     }
+}
+
+/// docs/protocol.md §7: reports what the session holds; past the process's ceiling, the
+/// sessions holding the most are cut.
+fn over_ceiling(slot: &mut Slot, session: &Session, settings: &Settings) -> bool {
+    slot.set_buffered(session.buffered(), &settings.config.limits)
+        .is_err()
+}
+
+async fn cut_over_ceiling(ws: &mut Ws, session: &mut Session) -> Reason {
+    METRICS.input_rejected("slow_reader");
+    session.leave().await;
+    failure(ws, &Failure::OverCeiling, None).await;
+    Failure::OverCeiling.end_reason()
 }
 
 /// A write to the browser failed: the browser is gone, or took nothing for the write timeout
@@ -287,9 +333,36 @@ async fn write_failed(session: &mut Session, err: &WsError) -> Reason {
     }
 }
 
+/// What the browser's side of the relay brought.
+enum Browser {
+    /// Everything handed to the WebSocket has been written, or writing failed.
+    Flushed(Result<(), WsError>),
+    /// A message from the browser (`None` at the end of the connection).
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// One poll for both directions of the browser's connection: writing what was handed to the
+/// WebSocket (when `flush`) and reading its next message (when `read`). Cancel-safe.
+async fn browser(ws: &mut Ws, read: bool, flush: bool) -> Browser {
+    std::future::poll_fn(|cx| {
+        if flush {
+            if let Poll::Ready(r) = ws.poll_flush_unpin(cx) {
+                return Poll::Ready(Browser::Flushed(r));
+            }
+        }
+        if read {
+            if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                return Poll::Ready(Browser::Read(msg));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// What became of a batch written to the browser.
 enum Forwarded {
-    /// Written; the session goes on.
+    /// Handed to the WebSocket; the session goes on.
     Continue,
     /// The stream ended and the client has been told; the session is over for this reason.
     End(Reason),
@@ -297,7 +370,8 @@ enum Forwarded {
     WriteFailed(WsError),
 }
 
-/// Writes one upstream batch with one flush, and the end of the stream if the batch ends it.
+/// Hands one upstream batch to the WebSocket, which the relay then writes with one flush; if
+/// the batch ends the stream, writes the end too (bounded by the write deadline).
 async fn forward(
     ws: &mut Ws,
     mut batch: Batch<'_>,
@@ -309,7 +383,9 @@ async fn forward(
             Outbound::Element(b) => text_message(b),
             Outbound::Header(h) => text_message(open_element(&h, batch.domain()).into()),
         };
-        if let Err(e) = ws.feed(message).await {
+        // Never waits: the WebSocket keeps the frame until the relay flushes it. The relay
+        // hands it no more than a batch before that flush, within its write buffer's bound.
+        if let Err(e) = ws.start_send_unpin(message) {
             return Forwarded::WriteFailed(e);
         }
     }
@@ -325,9 +401,6 @@ async fn forward(
             StreamEnd::Failed(e) => failure(ws, &e, None).await,
         }
         return Forwarded::End(reason);
-    }
-    if let Err(e) = ws.flush().await {
-        return Forwarded::WriteFailed(e);
     }
     Forwarded::Continue
 }
