@@ -227,6 +227,11 @@ impl UpstreamStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<StreamItem, UpstreamError>> {
+        // What the server said before a write failed still comes first (its stream error,
+        // stanzas behind a batch's end).
+        if let Some(item) = self.splitter.next_item()? {
+            return Poll::Ready(Ok(item));
+        }
         // A write that cannot go on yet leaves the read to run; one that failed ends the stream.
         if let Poll::Ready(Err(e)) = self.poll_write_queued(cx) {
             return Poll::Ready(Err(e.into()));
@@ -287,10 +292,9 @@ impl UpstreamStream {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             self.unflushed = false;
         }
-        // All written: an idle session holds no write buffer.
-        if self.out.capacity() != 0 {
-            self.out = BytesMut::new();
-        }
+        // All written: an idle session holds no write buffer. (An advanced `BytesMut` reports
+        // no capacity but keeps its allocation, so it is replaced whatever it reports.)
+        self.out = BytesMut::new();
         Poll::Ready(Ok(()))
     }
 
@@ -370,6 +374,33 @@ mod tests {
     use super::*;
     use crate::config::{Config, RouteConfig};
     use crate::upstream::resolve::Resolver;
+
+    // docs/protocol.md §7: a session that has sent something and gone idle holds no write
+    // buffer. (An advanced `BytesMut` reports no capacity but keeps its allocation: each idle
+    // session kept the size of the last thing its browser sent.)
+    #[tokio::test]
+    async fn an_idle_stream_gives_its_write_buffer_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_server, _) = listener.accept().await.unwrap();
+        let mut stream = UpstreamStream {
+            io: UpstreamIo::Plain(Deadline::new(tcp, Duration::from_secs(5))),
+            splitter: StreamSplitter::new(Limits::default()),
+            close_sent: false,
+            shut_down: false,
+            out: BytesMut::new(),
+            unflushed: false,
+        };
+        stream.queue(&[b'x'; 3000]);
+        stream.flush().await.unwrap();
+        assert_eq!(stream.queued(), 0);
+        assert!(!stream.has_output());
+        // What the buffer can take without allocating: all of its old allocation if kept.
+        stream.out.reserve(1);
+        assert!(stream.out.capacity() < 3000, "{}", stream.out.capacity());
+    }
 
     // docs/protocol.md §7: resolving a route's SRV records is inside the connect timeout. A name
     // server that never answers used to hold the session start for the resolver's own

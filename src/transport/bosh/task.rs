@@ -77,7 +77,11 @@ pub async fn run(
                     state.on_upstream_end(Terminate::from_failure(&e), &mut actions);
                     cut = Some(e.end_reason());
                 }
-                Event::Written(Ok(())) => {}
+                Event::Written(Ok(())) => {
+                    // The queue that filled up is written: its report goes down again.
+                    let held = state.pending_bytes() + session.buffered();
+                    let _ = slot.set_buffered(held, &settings.config.limits);
+                }
             },
             _ = tick => state.on_tick(Instant::now(), &mut actions),
             // Last: the future borrows the state, after the other branches have read it.

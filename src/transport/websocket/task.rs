@@ -206,6 +206,8 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                                     return cut_over_ceiling(ws, session).await;
                                 }
                             }
+                            // Nor a new stream header behind the closing tag.
+                            Ok(ClientFrame::Open(_)) if closing.is_some() => {}
                             Ok(ClientFrame::Open(open)) => {
                                 // RFC 7395 §3.5: a new <open/> after SASL success restarts the
                                 // stream; the server's new header comes through the relay.
@@ -253,7 +255,13 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
             next = session.next_event(from_server, batch_bytes), if from_server || to_server => {
                 let batch = match next {
                     Event::Batch(batch) => batch,
-                    Event::Written(Ok(())) => continue,
+                    Event::Written(Ok(())) => {
+                        // The queue that filled up is written: its report goes down again.
+                        if over_ceiling(slot, session, settings) {
+                            return cut_over_ceiling(ws, session).await;
+                        }
+                        continue;
+                    }
                     Event::Written(Err(e)) => {
                         failure(ws, &e, None).await;
                         return e.end_reason();
@@ -263,7 +271,7 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                 // A client that stops reading fails the write after limits.write_timeout_secs
                 // (every socket has that deadline); meanwhile it is given no more.
                 match forward(ws, batch, ending, settings).await {
-                    Forwarded::Continue => unflushed = true,
+                    Forwarded::Continue { handed } => unflushed |= handed,
                     Forwarded::End(reason) => return reason,
                     Forwarded::WriteFailed(e) => return write_failed(session, &e).await,
                 }
@@ -362,15 +370,16 @@ async fn browser(ws: &mut Ws, read: bool, flush: bool) -> Browser {
 
 /// What became of a batch written to the browser.
 enum Forwarded {
-    /// Handed to the WebSocket; the session goes on.
-    Continue,
+    /// Handed to the WebSocket (`handed`: at least one frame, to be flushed); the session goes
+    /// on.
+    Continue { handed: bool },
     /// The stream ended and the client has been told; the session is over for this reason.
     End(Reason),
     /// The browser's connection failed.
     WriteFailed(WsError),
 }
 
-/// Hands one upstream batch to the WebSocket, which the relay then writes with one flush; if
+/// Hands an upstream batch to the WebSocket, which the relay then writes with one flush; if
 /// the batch ends the stream, writes the end too (bounded by the write deadline).
 async fn forward(
     ws: &mut Ws,
@@ -378,17 +387,37 @@ async fn forward(
     ending: Ending,
     settings: &Settings,
 ) -> Forwarded {
-    while let Some(item) = batch.next() {
-        let message = match item {
-            Outbound::Element(b) => text_message(b),
-            Outbound::Header(h) => text_message(open_element(&h, batch.domain()).into()),
-        };
-        // Never waits: the WebSocket keeps the frame until the relay flushes it. The relay
-        // hands it no more than a batch before that flush, within its write buffer's bound.
-        if let Err(e) = ws.start_send_unpin(message) {
-            return Forwarded::WriteFailed(e);
+    // Never waits. The WebSocket takes frames while its socket does, and one more: the rest of
+    // the batch stays in the session (whose read buffer is given back when idle, and counts
+    // toward the process's ceiling) until the relay has flushed that one.
+    let handed = std::future::poll_fn(|cx| {
+        let mut handed = false;
+        loop {
+            if handed {
+                match ws.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Ready(Ok(true)),
+                }
+            }
+            let Some(item) = batch.next() else {
+                return Poll::Ready(Ok(handed));
+            };
+            let message = match item {
+                Outbound::Element(b) => text_message(b),
+                Outbound::Header(h) => text_message(open_element(&h, batch.domain()).into()),
+            };
+            if let Err(e) = ws.start_send_unpin(message) {
+                return Poll::Ready(Err(e));
+            }
+            handed = true;
         }
-    }
+    })
+    .await;
+    let handed = match handed {
+        Ok(handed) => handed,
+        Err(e) => return Forwarded::WriteFailed(e),
+    };
     if let Some(end) = batch.end() {
         let reason = end.end_reason();
         match end {
@@ -402,5 +431,5 @@ async fn forward(
         }
         return Forwarded::End(reason);
     }
-    Forwarded::Continue
+    Forwarded::Continue { handed }
 }
