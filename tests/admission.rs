@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::bosh::assert_refused;
+use common::peers::wait_for_sessions;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -43,36 +45,6 @@ fn created(reply: &HttpReply) -> bool {
     reply.status == 200 && reply.text().contains(" sid='")
 }
 
-/// A refusal as docs/protocol.md §7 has it for BOSH: 503, `Retry-After`, and a terminate body
-/// saying `policy-violation`.
-fn assert_bosh_refused(reply: &HttpReply) {
-    assert_eq!(reply.status, 503, "{reply:?}");
-    let retry: u64 = reply
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
-    assert!(retry >= 1, "{reply:?}");
-    let text = reply.text();
-    assert!(
-        text.contains("type='terminate'") && text.contains("condition='policy-violation'"),
-        "{text}"
-    );
-}
-
-async fn wait_for_sessions(gw: &TestGateway, n: usize) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while gw.gateway.admission.sessions() != n {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "admission holds {} sessions, expected {n}",
-            gw.gateway.admission.sessions()
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // Issue 9, bug 2: every request without a sid dialled the server and added a session, so one
 // keep-alive connection could create thousands. With the default limits one address gets its
 // burst and then new sessions at the configured rate; the rest are refused without dialling.
@@ -94,7 +66,7 @@ async fn one_address_cannot_create_sessions_without_bound_over_one_connection() 
         if created(&reply) {
             admitted += 1;
         } else {
-            assert_bosh_refused(&reply);
+            assert_refused(&reply);
             refused += 1;
         }
     }
@@ -135,7 +107,7 @@ async fn concurrent_sessions_per_address_are_capped_across_transports() {
     let third = conn
         .request("POST", "/http-bind", &[XML], session_request(9).as_bytes())
         .await;
-    assert_bosh_refused(&third);
+    assert_refused(&third);
     match WsClient::try_connect(gw.addr, &[]).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503);
@@ -159,7 +131,7 @@ async fn the_global_cap_holds_across_transports_and_http_versions_and_frees_on_e
         .request("POST", "/http-bind", &[XML], session_request(7).as_bytes())
         .await;
     assert!(created(&bosh), "{bosh:?}");
-    wait_for_sessions(&gw, 2).await;
+    wait_for_sessions(&gw, 2, TIMEOUT).await;
 
     // Over HTTP/2 the session request is refused the same way.
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
@@ -189,7 +161,7 @@ async fn the_global_cap_holds_across_transports_and_http_versions_and_frees_on_e
 
     // The WebSocket session ends; its slot is free for a new session.
     ws.send(CLOSE_FRAME).await;
-    wait_for_sessions(&gw, 1).await;
+    wait_for_sessions(&gw, 1, TIMEOUT).await;
     let again = conn
         .request("POST", "/http-bind", &[XML], session_request(30).as_bytes())
         .await;
@@ -285,7 +257,7 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
             session_request(300).as_bytes(),
         )
         .await;
-    assert_bosh_refused(&c);
+    assert_refused(&c);
 
     // The first session grows again: it holds far more than its share and is cut. Its client
     // gets what was pending, then the terminate body.

@@ -12,16 +12,13 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::bosh::{session_request, FIRST_RID, NS_HTTPBIND, XML};
+use common::peers::Upstream;
 use common::*;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use xmpp_gateway::config::{Config, TlsPolicy};
 
-const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 const NS_XBOSH: &str = "urn:xmpp:xbosh";
-const XML: (&str, &str) = ("Content-Type", "text/xml; charset=utf-8");
-/// The rid of every session request; large, as real clients pick them (XEP-0124 §14.1).
-const FIRST_RID: u64 = 4_095_000_001;
 /// Session request attributes most tests use: a generous wait, one held request.
 const DEFAULT_ATTRS: &str = " wait='10' hold='1'";
 
@@ -29,57 +26,12 @@ const DEFAULT_ATTRS: &str = " wait='10' hold='1'";
 // Helpers: upstream connections handed to the test, a BOSH client over raw HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// A scripted upstream whose connections are handed to the test as they are accepted.
-struct Upstream {
-    addr: SocketAddr,
-    handle: UpstreamHandle<()>,
-    conns: mpsc::UnboundedReceiver<UpstreamConn<TcpStream>>,
-}
-
-impl Upstream {
-    async fn start() -> Self {
-        let (tx, conns) = mpsc::unbounded_channel();
-        let (addr, handle) = ScriptedUpstream::start(move |conn, _| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(conn);
-            }
-        })
-        .await;
-        Self {
-            addr,
-            handle,
-            conns,
-        }
-    }
-
-    /// The next accepted connection.
-    async fn next(&mut self) -> UpstreamConn<TcpStream> {
-        tokio::time::timeout(TIMEOUT, self.conns.recv())
-            .await
-            .expect("the gateway connected upstream in time")
-            .expect("accept loop alive")
-    }
-
-    fn connections(&self) -> usize {
-        self.handle.connections()
-    }
-}
-
 /// [`DOMAIN`] routed to `upstream` over plain TCP, with BOSH timers small enough for tests.
 fn bosh_config(upstream: SocketAddr) -> Config {
     let mut c = plain_config(upstream);
     c.bosh.max_wait_secs = 10;
     c.bosh.inactivity_secs = 30;
     c
-}
-
-/// A session request (XEP-0124 §7.1, XEP-0206 §3) for [`DOMAIN`] with extra attributes.
-fn session_request(rid: u64, attrs: &str) -> String {
-    format!(
-        "<body xmlns='{NS_HTTPBIND}' content='text/xml; charset=utf-8' to='{DOMAIN}' rid='{rid}' \
-         xmpp:version='1.0' xmlns:xmpp='{NS_XBOSH}'{attrs}/>"
-    )
 }
 
 /// POSTs `body` to /http-bind on `conn` and returns the answer, which must be HTTP 200 text/xml
@@ -660,6 +612,15 @@ fn sha1_hex(s: &str) -> String {
         .collect()
 }
 
+/// A chain of keys (XEP-0124 §15): the session request `attrs` announce the last of three, and
+/// the client's next requests carry the two keys returned, in order.
+fn key_chain() -> ([String; 2], String) {
+    let k1 = sha1_hex("seed");
+    let k2 = sha1_hex(&k1);
+    let k3 = sha1_hex(&k2);
+    ([k2, k1], format!("{DEFAULT_ATTRS} newkey='{k3}'"))
+}
+
 // docs/protocol.md §4 (XEP-0124 §15): keys chain by SHA-1; a key that does not hash to the previous
 // one is item-not-found for that request alone: it is not processed, and the session, whose sid
 // is all its sender may know, goes on.
@@ -667,10 +628,7 @@ fn sha1_hex(s: &str) -> String {
 async fn bad_key_is_item_not_found_and_the_session_goes_on() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
-    let k1 = sha1_hex("seed");
-    let k2 = sha1_hex(&k1);
-    let k3 = sha1_hex(&k2);
-    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let ([k2, k1], attrs) = key_chain();
     let Opened {
         mut bosh,
         upstream: mut server,
@@ -714,10 +672,7 @@ async fn bad_key_is_item_not_found_and_the_session_goes_on() {
 async fn replayed_rid_without_the_key_returns_nothing_of_the_session() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
-    let k1 = sha1_hex("seed");
-    let k2 = sha1_hex(&k1);
-    let k3 = sha1_hex(&k2);
-    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let ([k2, k1], attrs) = key_chain();
     let Opened {
         mut bosh,
         upstream: mut server,
@@ -1421,10 +1376,7 @@ async fn drain_still_delivers_a_request_on_a_new_connection() {
 async fn drain_linger_serves_only_the_key() {
     let mut up = Upstream::start().await;
     let gw = start_gateway(bosh_config(up.addr)).await;
-    let k1 = sha1_hex("seed");
-    let k2 = sha1_hex(&k1);
-    let k3 = sha1_hex(&k2);
-    let attrs = format!("{DEFAULT_ATTRS} newkey='{k3}'");
+    let ([k2, k1], attrs) = key_chain();
     let Opened {
         mut bosh,
         upstream: mut server,

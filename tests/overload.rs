@@ -75,19 +75,7 @@ async fn try_bosh(addr: std::net::SocketAddr) -> Outcome {
             addr, conn, &reply,
         ))));
     }
-    assert_eq!(reply.status, 503, "{reply:?}");
-    let retry: u64 = reply
-        .header("retry-after")
-        .expect("Retry-After")
-        .parse()
-        .expect("seconds");
-    assert!(retry >= 1);
-    let text = reply.text();
-    assert_eq!(
-        terminate_condition(&text).as_deref(),
-        Some("policy-violation"),
-        "{text}"
-    );
+    assert_refused(&reply);
     Outcome::Refused
 }
 

@@ -34,6 +34,24 @@ pub fn check_body(reply: &HttpReply) -> String {
     text
 }
 
+/// A session request refused as docs/protocol.md §7 has it for BOSH: 503, `Retry-After` in
+/// seconds, and a terminate body saying `policy-violation`.
+pub fn assert_refused(reply: &HttpReply) {
+    assert_eq!(reply.status, 503, "{reply:?}");
+    let retry: u64 = reply
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(retry >= 1, "{reply:?}");
+    let text = reply.text();
+    assert_eq!(
+        terminate_condition(&text).as_deref(),
+        Some("policy-violation"),
+        "{text}"
+    );
+}
+
 /// The `condition` of a `type='terminate'` body, `Some("")` for one without a condition,
 /// `None` for a body that does not terminate.
 pub fn terminate_condition(text: &str) -> Option<String> {
