@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::bosh::assert_refused;
-use common::peers::wait_for_sessions;
+use common::peers::{wait_for_buffered, wait_for_sessions};
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -175,18 +175,6 @@ fn stanza_of(id: &str, size: usize) -> String {
     format!("{head}{}{tail}", "x".repeat(size - head.len() - tail.len()))
 }
 
-async fn wait_for_buffered(gw: &TestGateway, at_least: usize) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while gw.gateway.admission.buffered() < at_least {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sessions buffer {} bytes, expected at least {at_least}",
-            gw.gateway.admission.buffered()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn sid_of(text: &str) -> String {
     let at = text.find(" sid='").expect("a sid") + 6;
     text[at..at + text[at..].find('\'').unwrap()].to_string()
@@ -236,7 +224,7 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
         )
         .await;
     assert!(created(&a), "{a:?}");
-    wait_for_buffered(&gw, 55 * KIB).await;
+    wait_for_buffered(&gw, 55 * KIB, TIMEOUT).await;
     let b = http
         .request(
             "POST",
@@ -246,7 +234,7 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
         )
         .await;
     assert!(created(&b), "{b:?}");
-    wait_for_buffered(&gw, 67 * KIB).await;
+    wait_for_buffered(&gw, 67 * KIB, TIMEOUT).await;
 
     // Over the ceiling: a new session is refused, and dials nothing.
     let c = http
@@ -264,7 +252,7 @@ async fn past_the_memory_ceiling_new_sessions_are_refused_and_the_biggest_holder
     trigger.notify_one();
     // The client asks only once the gateway has read the late stanzas; asking earlier races
     // with them, and a session emptied first is rightly not cut.
-    wait_for_buffered(&gw, 72 * KIB).await;
+    wait_for_buffered(&gw, 72 * KIB, TIMEOUT).await;
     let sid_a = sid_of(&a.text());
     let mut ended = false;
     for rid in 101..104 {

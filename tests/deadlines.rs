@@ -72,10 +72,7 @@ async fn server_that_stops_reading_ends_the_session_with_remote_connection_faile
     let (ws, _, _) = gw.open_session().await;
     let (mut tx, mut rx) = ws.into_inner().split();
     // Stanzas well inside the element limit, more in all than the socket buffers hold.
-    let big = format!(
-        "<message xmlns='jabber:client' to='bob@example.test'><body>{}</body></message>",
-        "z".repeat(200_000)
-    );
+    let big = big_message();
     let sender = tokio::spawn(async move {
         for _ in 0..60 {
             if tx.send(Message::text(big.clone())).await.is_err() {
@@ -98,28 +95,6 @@ async fn server_that_stops_reading_ends_the_session_with_remote_connection_faile
         .find(|f| f.contains("stream:error") || f.contains("<error"))
         .unwrap_or_else(|| panic!("no stream error: {frames:?}"));
     assert_stream_error(error, "remote-connection-failed");
-}
-
-/// What a test here sends to fill the socket toward a server that does not read.
-fn big_message() -> String {
-    format!(
-        "<message xmlns='jabber:client' to='bob@{DOMAIN}'><body>{}</body></message>",
-        "z".repeat(200_000)
-    )
-}
-
-/// Waits until the gateway holds at least `bytes` for its sessions: here, a full queue toward
-/// a server that takes nothing.
-async fn wait_for_buffered(gw: &TestGateway, bytes: usize) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
-    while gw.gateway.admission.buffered() < bytes {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway holds {} bytes, expected a full queue of {bytes}",
-            gw.gateway.admission.buffered()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 /// A write deadline out of reach of these tests, pings every second, and no rate limit on
@@ -158,7 +133,7 @@ async fn a_stalled_server_stops_neither_pings_nor_the_drain_of_a_websocket_sessi
             }
         }
     });
-    wait_for_buffered(&gw, queue).await;
+    wait_for_buffered(&gw, queue, TIMEOUT * 2).await;
     let mut pings = 0;
     while pings < 2 {
         match tokio::time::timeout(TIMEOUT, rx.next()).await {
@@ -281,10 +256,7 @@ fn socket_full(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> bool 
 // to sit inside its write to the browser, reading nothing, until the deadline.
 #[tokio::test]
 async fn a_browser_that_stops_reading_stops_neither_its_stanzas_nor_the_drain() {
-    let element = format!(
-        "<message xmlns='jabber:client' to='alice@{DOMAIN}'><body>{}</body></message>",
-        "x".repeat(200_000)
-    );
+    let element = big_message();
     let (got_late, mut late_arrived) = tokio::sync::mpsc::unbounded_channel();
     let (up, mut handle) = ScriptedUpstream::start(move |mut conn, _| {
         let element = element.clone();
@@ -315,14 +287,12 @@ async fn a_browser_that_stops_reading_stops_neither_its_stanzas_nor_the_drain() 
     let mut ws = open_small_window_ws(&gw).await;
     // The gateway's socket toward the browser is full: its next write waits.
     let browser = ws.get_ref().local_addr().unwrap();
-    let deadline = tokio::time::Instant::now() + TIMEOUT * 2;
-    while !socket_full(gw.addr, browser) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway's socket toward the browser never filled"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_until(
+        TIMEOUT * 2,
+        || socket_full(gw.addr, browser),
+        || "the gateway's socket toward the browser never filled".into(),
+    )
+    .await;
     ws.send(Message::text(format!(
         "<message xmlns='jabber:client' to='bob@{DOMAIN}' id='late'/>"
     )))

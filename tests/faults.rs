@@ -303,10 +303,7 @@ async fn server_that_stops_reading_ends_a_bosh_session_with_remote_connection_fa
     let bystander = Bystander::start(&gw, &mut up).await;
     // hold='0': every request is answered once its payload is on its way.
     let (mut bosh, stalled) = open_bosh_with(&gw, &mut up, " wait='10' hold='0'").await;
-    let big = format!(
-        "<message xmlns='jabber:client' to='bob@{DOMAIN}'><body>{}</body></message>",
-        "z".repeat(200_000)
-    );
+    let big = big_message();
     // Each request carries a stanza; the socket toward the server fills, then a write waits.
     let started = Instant::now();
     let mut last_sent;

@@ -57,6 +57,14 @@ pub fn message(id: &str) -> String {
     )
 }
 
+/// A stanza well inside the element limits, large enough that a few fill a socket's buffers.
+pub fn big_message() -> String {
+    format!(
+        "<message xmlns='jabber:client' to='bob@{DOMAIN}'><body>{}</body></message>",
+        "z".repeat(200_000)
+    )
+}
+
 /// A server that opens the stream, answers every `<message/>` with one carrying the same id,
 /// and answers the gateway's `</stream:stream>`. Returns once the gateway has closed the
 /// socket, with whether it closed the stream first.
@@ -143,17 +151,40 @@ pub async fn ws_round_trip(ws: &mut WsClient, id: &str) -> Duration {
     started.elapsed()
 }
 
-/// Waits until the gateway's admission holds `n` sessions (every session, both transports).
-pub async fn wait_for_sessions(gw: &TestGateway, n: usize, within: Duration) {
+/// Checks `holds` every 10 ms until it is true; fails with `what()` once `within` has passed.
+pub async fn wait_until(
+    within: Duration,
+    mut holds: impl FnMut() -> bool,
+    what: impl Fn() -> String,
+) {
     let deadline = tokio::time::Instant::now() + within;
-    while gw.gateway.admission.sessions() != n {
+    while !holds() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "admission holds {} sessions after {within:?}, expected {n}",
-            gw.gateway.admission.sessions()
+            "after {within:?}: {}",
+            what()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until the gateway's admission holds `n` sessions (every session, both transports).
+pub async fn wait_for_sessions(gw: &TestGateway, n: usize, within: Duration) {
+    let sessions = || gw.gateway.admission.sessions();
+    let what = || format!("admission holds {} sessions, expected {n}", sessions());
+    wait_until(within, || sessions() == n, what).await;
+}
+
+/// Waits until the gateway's sessions together buffer at least `at_least` bytes.
+pub async fn wait_for_buffered(gw: &TestGateway, at_least: usize, within: Duration) {
+    let buffered = || gw.gateway.admission.buffered();
+    let what = || {
+        format!(
+            "sessions buffer {} bytes, expected at least {at_least}",
+            buffered()
+        )
+    };
+    wait_until(within, || buffered() >= at_least, what).await;
 }
 
 /// A WebSocket session on an echo server that exchanges a message every 50 ms in the
