@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::registry::{Registry, Reply};
 use super::state::{terminate_body, Action, BoshState, Request, Terminate};
 use crate::admission::Slot;
+use crate::config::LimitsConfig;
 use crate::metrics::METRICS;
 use crate::session::{sleep_until_some, Batch, Context, Event, Failure, Outbound, Session};
 
@@ -33,7 +34,8 @@ pub async fn run(
     registry: Arc<Registry>,
 ) {
     let settings = &ctx.settings;
-    let limit = settings.config.limits.max_buffered_bytes;
+    let limits = &settings.config.limits;
+    let limit = limits.max_buffered_bytes;
     let redirect = settings.config.drain.bosh_redirect.as_deref();
     let mut told_shutdown = false;
     // Set when the task itself ends the session for a reason the state machine cannot name.
@@ -59,28 +61,19 @@ pub async fn run(
                 None => break "closed",
             },
             // Stanzas wait in the session for a request; past the limit, stop reading upstream
-            // and let TCP push back on the server.
-            // What the browser sent still goes out while the server's stanzas wait.
+            // and let TCP push back on the server. What the browser sent still goes out.
             next = session.next_event(from_server, room), if from_server || flushing => match next {
                 Event::Batch(batch) => {
-                absorb(batch, &mut state, &mut actions);
-                // docs/protocol.md §7: past the process's ceiling, the sessions holding the
-                // most are cut.
-                let held = state.pending_bytes() + session.buffered();
-                if slot.set_buffered(held, &settings.config.limits).is_err() {
-                    METRICS.input_rejected("slow_reader");
-                    state.on_upstream_end(Terminate::from_failure(&Failure::OverCeiling), &mut actions);
-                    cut = Some(Failure::OverCeiling.end_reason());
-                }
+                    absorb(batch, &mut state, &mut actions);
+                    cut = cut.or(report_held(&mut slot, &mut state, &session, limits, &mut actions));
                 }
                 Event::Written(Err(e)) => {
                     state.on_upstream_end(Terminate::from_failure(&e), &mut actions);
                     cut = Some(e.end_reason());
                 }
+                // The queue that filled up is written: its report goes down again.
                 Event::Written(Ok(())) => {
-                    // The queue that filled up is written: its report goes down again.
-                    let held = state.pending_bytes() + session.buffered();
-                    let _ = slot.set_buffered(held, &settings.config.limits);
+                    cut = cut.or(report_held(&mut slot, &mut state, &session, limits, &mut actions));
                 }
             },
             _ = tick => state.on_tick(Instant::now(), &mut actions),
@@ -101,15 +94,16 @@ pub async fn run(
         }
         // A queue that filled up counts toward the process's ceiling at once.
         if !session.accepts_input() && cut.is_none() {
-            let held = state.pending_bytes() + session.buffered();
-            if slot.set_buffered(held, &settings.config.limits).is_err() {
-                METRICS.input_rejected("slow_reader");
-                let mut actions = Vec::new();
-                state.on_upstream_end(Terminate::from_failure(&Failure::OverCeiling), &mut actions);
-                cut = Some(Failure::OverCeiling.end_reason());
-                if let Some(reason) = perform(&mut session, &mut state, actions).await {
-                    break cut.unwrap_or(reason);
-                }
+            let mut actions = Vec::new();
+            cut = report_held(
+                &mut slot,
+                &mut state,
+                &session,
+                &settings.config.limits,
+                &mut actions,
+            );
+            if let Some(reason) = perform(&mut session, &mut state, actions).await {
+                break cut.unwrap_or(reason);
             }
         }
     };
@@ -146,6 +140,23 @@ async fn abandoned(state: &mut BoshState<Reply>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// docs/protocol.md §7: reports what the session holds (stanzas waiting for a request, bytes
+/// from and for the server). Past the process's ceiling, the sessions holding the most are cut:
+/// the terminate goes into `actions`, and the end reason is returned.
+fn report_held(
+    slot: &mut Slot,
+    state: &mut BoshState<Reply>,
+    session: &Session,
+    limits: &LimitsConfig,
+    actions: &mut Vec<Action<Reply>>,
+) -> Option<&'static str> {
+    let held = state.pending_bytes() + session.buffered();
+    slot.set_buffered(held, limits).err()?;
+    METRICS.input_rejected("slow_reader");
+    state.on_upstream_end(Terminate::from_failure(&Failure::OverCeiling), actions);
+    Some(Failure::OverCeiling.end_reason())
 }
 
 /// Hands one upstream batch to the state machine, then lets it answer a held request with it.
