@@ -1,34 +1,56 @@
-//! Load generator for xmpp-gateway.
+//! `xmpp-loadtest`: load tester for xmpp-gateway, and a benchmark-only XMPP server.
 //!
-//! A skeleton for now: it parses its command line and opens TCP connections to the gateway's
-//! listener, so the crate builds in the workspace. The benchmark issues grow it into a WebSocket
-//! and BOSH session driver that prints memory and CPU figures per session.
+//! - `xmpp-loadtest run`: opens sessions over WebSocket, BOSH, or plain TCP (with STARTTLS)
+//!   straight to an XMPP server, logs them in, drives message traffic between pairs, checks
+//!   that every message arrives once and in order, and reports latency, losses, errors and
+//!   the target process's CPU and memory.
+//! - `xmpp-loadtest upstream`: a small, fast XMPP server that lets the gateway be measured
+//!   beyond what one Prosody process serves. A benchmark fixture, never a production server.
+//!
+//! docs/PERFORMANCE.md gives the benchmarks built on it and their exact commands.
 
-use clap::Parser;
+mod limits;
+mod run;
+mod scram;
+mod upstream;
 
-/// Command-line options of the load generator.
+use clap::{Parser, Subcommand};
+
 #[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Gateway listener to connect to.
-    #[arg(long, default_value = "127.0.0.1:5280")]
-    target: std::net::SocketAddr,
-    /// Number of TCP connections to open.
-    #[arg(long, default_value_t = 1)]
-    connections: usize,
+#[command(name = "xmpp-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
-    let mut opened = 0usize;
-    for _ in 0..args.connections {
-        if tokio::net::TcpStream::connect(args.target).await.is_ok() {
-            opened += 1;
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Open sessions, log them in, exchange messages, report.
+    Run(run::Args),
+    /// Serve the benchmark-only XMPP server (never for production use).
+    Upstream(upstream::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    limits::raise_fd_limit();
+    let runtime = match &cli.command {
+        Command::Run(args) => runtime(args.threads)?,
+        Command::Upstream(args) => runtime(args.threads)?,
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::main(args).await,
+            Command::Upstream(args) => upstream::main(args).await,
         }
+    })
+}
+
+/// A multi-threaded runtime with `threads` workers (0: one per core).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
     }
-    println!(
-        "opened {opened} of {} connections to {}",
-        args.connections, args.target
-    );
+    builder.enable_all().build()
 }
