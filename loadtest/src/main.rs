@@ -24,6 +24,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Open sessions, log them in, exchange messages, report.
     Run(run::Args),

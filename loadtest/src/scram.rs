@@ -52,7 +52,7 @@ fn saslname(user: &str) -> String {
     user.replace('=', "=3D").replace(',', "=2C")
 }
 
-fn attribute<'a>(message: &'a str, name: char) -> Option<&'a str> {
+fn attribute(message: &str, name: char) -> Option<&str> {
     message.split(',').find_map(|part| {
         let mut chars = part.chars();
         (chars.next() == Some(name) && chars.next() == Some('=')).then(|| &part[2..])
@@ -106,7 +106,11 @@ impl Client {
         let without_proof = format!("c={},r={nonce}", B64.encode(GS2_HEADER));
         self.auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let signature = hmac(&stored_key, self.auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
         self.server_key = hmac(&salted, b"Server Key");
         Ok(format!("{without_proof},p={}", B64.encode(proof)))
     }
@@ -205,8 +209,7 @@ mod tests {
             auth_message: String::new(),
             server_key: [0; 20],
         };
-        let server_first =
-            "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096";
+        let server_first = "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096";
         let last = client
             .finish(server_first, |salt, i| salted_password("pencil", salt, i))
             .unwrap();
