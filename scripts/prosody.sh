@@ -23,6 +23,12 @@
 #                        after the other account with a capital first letter
 #                        (alice,bob: alice sees "Bob", bob sees "Alice");
 #                        repeatable; without it every roster starts empty
+#   --plain-accounts PREFIX:COUNT:PASS
+#                        COUNT accounts PREFIX0..PREFIX<COUNT-1>@localhost, written
+#                        straight into the data directory, for load tests (seconds for
+#                        thousands, where prosodyctl takes a minute per thousand); the
+#                        passwords are stored in clear (internal_plain), so this
+#                        replaces --user
 #   --log-level LEVEL    debug|info|warn (default info; env PROSODY_LOG_LEVEL)
 #   --tls12-only         offer TLS 1.2 only: Prosody 0.12 then advertises
 #                        SCRAM-SHA-1-PLUS (tls-unique channel binding)
@@ -69,7 +75,7 @@ make_certs() {
 }
 
 write_config() {
-	local dir=$1 c2s_port=$2 ws_port=$3 log_level=$4 tls_protocol=$5
+	local dir=$1 c2s_port=$2 ws_port=$3 log_level=$4 tls_protocol=$5 auth=${6:-internal_hashed}
 	local http_modules="" http_settings=""
 	if [[ -n "$ws_port" ]]; then
 		http_modules='"websocket"; "bosh";'
@@ -109,7 +115,7 @@ modules_disabled = { "s2s"; "dialback"; "s2s_auth_certs" }
 
 c2s_require_encryption = true
 allow_registration = false
-authentication = "internal_hashed"
+authentication = "$auth"
 storage = "internal"
 -- Fast SCRAM for many logins in a row (the default is 10000 rounds).
 default_iteration_count = 4096
@@ -188,9 +194,23 @@ create_accounts() {
 	done
 }
 
+# COUNT accounts in internal_plain's storage: data/<host>/accounts/<user>.dat.
+write_plain_accounts() {
+	local dir=$1 spec=$2 prefix count pass i accounts
+	IFS=: read -r prefix count pass <<<"$spec"
+	[[ $prefix =~ ^[a-z0-9]+$ && $count =~ ^[0-9]+$ && $pass =~ ^[A-Za-z0-9._-]+$ ]] \
+		|| die "--plain-accounts wants PREFIX:COUNT:PASS (lower-case letters and digits, a number, a plain password)"
+	accounts=$dir/data/$(storage_escape "$DOMAIN")/accounts
+	mkdir -p "$accounts"
+	for ((i = 0; i < count; i++)); do
+		printf 'return {\n\t["password"] = "%s";\n};\n' "$pass" >"$accounts/$prefix$i.dat"
+	done
+}
+
 cmd_setup() {
 	local dir=${1:?DIR missing}; shift
 	local c2s_port="" ws_port="" log_level=${PROSODY_LOG_LEVEL:-info} tls_protocol="tlsv1_2+"
+	local plain_accounts=""
 	local users=() roster_pairs=() pair name
 	while (($#)); do
 		case $1 in
@@ -200,10 +220,12 @@ cmd_setup() {
 		--mutual-roster) roster_pairs+=("$2"); shift 2 ;;
 		--log-level) log_level=$2; shift 2 ;;
 		--tls12-only) tls_protocol="tlsv1_2"; shift ;;
+		--plain-accounts) plain_accounts=$2; shift 2 ;;
 		*) die "unknown option $1" ;;
 		esac
 	done
-	((${#users[@]})) || users=(alice:demo-password bob:demo-password)
+	[[ -z $plain_accounts || ${#users[@]} -eq 0 ]] || die "--plain-accounts replaces --user"
+	[[ -n $plain_accounts ]] || ((${#users[@]})) || users=(alice:demo-password bob:demo-password)
 	# Account names as given to --user, so in the form Prosody stores them
 	# (lower case; nothing that would need quoting in a Lua string).
 	for pair in "${roster_pairs[@]}"; do
@@ -220,8 +242,13 @@ cmd_setup() {
 	dir=$(cd "$dir" && pwd)
 	rm -rf "$dir/data" "$dir/prosody.log"
 	make_certs "$dir/certs"
-	write_config "$dir" "$c2s_port" "$ws_port" "$log_level" "$tls_protocol"
-	create_accounts "$dir" "${users[@]}"
+	if [[ -n $plain_accounts ]]; then
+		write_config "$dir" "$c2s_port" "$ws_port" "$log_level" "$tls_protocol" internal_plain
+		write_plain_accounts "$dir" "$plain_accounts"
+	else
+		write_config "$dir" "$c2s_port" "$ws_port" "$log_level" "$tls_protocol"
+		create_accounts "$dir" "${users[@]}"
+	fi
 	((${#roster_pairs[@]} == 0)) || write_rosters "$dir" "${roster_pairs[@]}"
 	cat >"$dir/env" <<-EOF
 		PROSODY_DIR=$dir

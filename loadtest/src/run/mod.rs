@@ -70,6 +70,10 @@ pub struct Args {
     pub user_prefix: String,
     #[arg(long, default_value_t = 0)]
     pub first_user: usize,
+    /// Accounts the sessions share, each session with a resource of its own (0: one account
+    /// per session). Each login's presence goes to the account's other resources.
+    #[arg(long, default_value_t = 0)]
+    pub accounts: usize,
     /// Every user's password.
     #[arg(long, default_value = "loadtest")]
     pub password: String,
@@ -114,6 +118,7 @@ pub enum Transport {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
     Plain,
+    #[value(name = "scram-sha-1")]
     ScramSha1,
 }
 
@@ -135,6 +140,7 @@ pub struct Plan {
     pub domain: String,
     pub user_prefix: String,
     pub first_user: usize,
+    pub accounts: usize,
     pub password: String,
     /// SASL mechanism name as the server lists it.
     pub mechanism: String,
@@ -388,6 +394,7 @@ async fn plan(args: &Args) -> Result<Plan> {
         domain: args.domain.clone(),
         user_prefix: args.user_prefix.clone(),
         first_user: args.first_user,
+        accounts: args.accounts,
         password: args.password.clone(),
         mechanism: match args.mechanism {
             Mechanism::Plain => "PLAIN".into(),

@@ -87,7 +87,12 @@ async fn connect_and_login(index: usize, plan: &Plan) -> Result<(Conn, String)> 
         conn.upgrade_tls(tls.clone(), domain).await?;
         features = expect(&mut conn, b"features").await?;
     }
-    let user = format!("{}{}", plan.user_prefix, plan.first_user + index);
+    let account = if plan.accounts > 0 {
+        index % plan.accounts
+    } else {
+        index
+    };
+    let user = format!("{}{}", plan.user_prefix, plan.first_user + account);
     authenticate(&mut conn, plan, &features, &user).await?;
     plan.stats.authenticated(start.elapsed());
     conn.restart(domain).await?;
@@ -313,6 +318,33 @@ struct Order {
     ahead: std::collections::BTreeSet<u64>,
 }
 
+/// How a numbered message arrived.
+#[derive(Debug, PartialEq)]
+enum Arrival {
+    InOrder,
+    /// Before one with a lower number.
+    Early,
+    /// Received before.
+    Duplicate,
+}
+
+impl Order {
+    fn record(&mut self, seq: u64) -> Arrival {
+        if seq < self.next || self.ahead.contains(&seq) {
+            return Arrival::Duplicate;
+        }
+        if seq > self.next {
+            self.ahead.insert(seq);
+            return Arrival::Early;
+        }
+        self.next += 1;
+        while self.ahead.remove(&self.next) {
+            self.next += 1;
+        }
+        Arrival::InOrder
+    }
+}
+
 /// Records one received message: latency, duplicates, order.
 fn check_message(index: usize, plan: &Plan, element: &[u8], order: &mut Order) {
     let Some(at) = find(element, BODY_TAG) else {
@@ -337,18 +369,28 @@ fn check_message(index: usize, plan: &Plan, element: &[u8], order: &mut Order) {
         return;
     }
     let latency = plan.now_nanos().saturating_sub(sent);
-    if seq < order.next || order.ahead.contains(&seq) {
-        plan.stats.duplicated();
-        return;
-    }
-    if seq > order.next {
-        plan.stats.reordered();
-        order.ahead.insert(seq);
-    } else {
-        order.next += 1;
-        while order.ahead.remove(&order.next) {
-            order.next += 1;
-        }
+    match order.record(seq) {
+        Arrival::Duplicate => return plan.stats.duplicated(),
+        Arrival::Early => plan.stats.reordered(),
+        Arrival::InOrder => {}
     }
     plan.stats.received(index, latency);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_are_told_apart_in_order_early_and_duplicate() {
+        let mut order = Order::default();
+        let arrivals: Vec<Arrival> = [0, 2, 1, 1, 2, 3, 0].map(|s| order.record(s)).into();
+        use Arrival::*;
+        assert_eq!(
+            arrivals,
+            [InOrder, Early, InOrder, Duplicate, Duplicate, InOrder, Duplicate]
+        );
+        assert_eq!(order.next, 4);
+        assert!(order.ahead.is_empty());
+    }
 }
