@@ -25,6 +25,9 @@ mod session;
 mod tag;
 mod writer;
 
+#[cfg(test)]
+mod tests;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
