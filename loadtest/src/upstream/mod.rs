@@ -95,10 +95,15 @@ impl Args {
 
 /// Runs the fixture until SIGINT or SIGTERM, then prints its counters to stderr.
 pub async fn main(args: Args) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let config = args.config();
     if args.ca_out.is_some() && !config.tls {
         anyhow::bail!("--ca-out needs --tls (there is no certificate without it)");
     }
+    // Handlers first: a script that signals right after `listening on` must not find the
+    // default action (death without the summary) still in place.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let fixture = start(config).await?;
     if let (Some(path), Some(pem)) = (&args.ca_out, fixture.ca_pem()) {
         std::fs::write(path, pem).with_context(|| format!("write {}", path.display()))?;
@@ -109,18 +114,10 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
     stdout.flush()?;
     drop(stdout);
 
-    wait_for_signal().await?;
-    eprintln!("xmpp-loadtest upstream: {}", fixture.counters());
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    eprintln!("xmpp-loadtest upstream: {}", fixture.counters());
     Ok(())
 }
