@@ -52,6 +52,11 @@ node --test tests/scaleout/
 phase "bounded soak (scripts/soak.sh ${SOAK_SECONDS:-60})"
 bash scripts/soak.sh "${SOAK_SECONDS:-60}"
 
+# Every transport of the load tester against a real Prosody, the fixture server and the
+# gateway, --strict (the benchmarks are the other scripts in loadtest/bench/).
+phase "load tester (loadtest/bench/smoke.sh)"
+bash loadtest/bench/smoke.sh
+
 phase "interop tests (node --test, tests/interop)"
 cd tests/interop
 # One file at a time: each starts its own Prosody and gateway, and the
