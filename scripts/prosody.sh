@@ -29,6 +29,10 @@
 #                        thousands, where prosodyctl takes a minute per thousand); the
 #                        passwords are stored in clear (internal_plain), so this
 #                        replaces --user
+#   --no-nagle           TCP_NODELAY on Prosody's sockets (network_settings nagle =
+#                        false): without it a lone small write can wait for the
+#                        peer's delayed ACK, some 40 ms, which latency benchmarks
+#                        would count
 #   --log-level LEVEL    debug|info|warn (default info; env PROSODY_LOG_LEVEL)
 #   --tls12-only         offer TLS 1.2 only: Prosody 0.12 then advertises
 #                        SCRAM-SHA-1-PLUS (tls-unique channel binding)
@@ -76,6 +80,8 @@ make_certs() {
 
 write_config() {
 	local dir=$1 c2s_port=$2 ws_port=$3 log_level=$4 tls_protocol=$5 auth=${6:-internal_hashed}
+	local network=""
+	[[ ${PROSODY_NO_NAGLE:-0} == 1 ]] && network="network_settings = { nagle = false }"
 	local http_modules="" http_settings=""
 	if [[ -n "$ws_port" ]]; then
 		http_modules='"websocket"; "bosh";'
@@ -104,6 +110,7 @@ s2s_ports = { }
 s2s_direct_tls_ports = { }
 component_ports = { }
 $http_settings
+$network
 
 modules_enabled = {
 	"tls"; "saslauth"; "disco"; "roster"; "ping"; "carbons";
@@ -221,6 +228,7 @@ cmd_setup() {
 		--log-level) log_level=$2; shift 2 ;;
 		--tls12-only) tls_protocol="tlsv1_2"; shift ;;
 		--plain-accounts) plain_accounts=$2; shift 2 ;;
+		--no-nagle) PROSODY_NO_NAGLE=1; shift ;;
 		*) die "unknown option $1" ;;
 		esac
 	done

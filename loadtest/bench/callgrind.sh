@@ -40,15 +40,16 @@ for run in idle busy; do
 	echo "$run: ${IR[$run]} instructions, ${RECEIVED[$run]} messages"
 done
 
-stanzas=$((2 * (RECEIVED[busy] - RECEIVED[idle])))
-per_stanza=$(((IR[busy] - IR[idle]) / stanzas))
+ir_idle=${IR[idle]} ir_busy=${IR[busy]}
+stanzas=$((2 * (${RECEIVED[busy]} - ${RECEIVED[idle]})))
+per_stanza=$(((ir_busy - ir_idle) / stanzas))
 cp "$BENCH_DIR/callgrind.busy" "$OUT/callgrind.busy"
 callgrind_annotate "$BENCH_DIR/callgrind.busy" 2>/dev/null | head -n 60 >"$OUT/callgrind.busy.txt"
 echo
 echo "| run | instructions | messages | relayed stanzas |"
 echo "|---|---|---|---|"
-echo "| idle, ${DURATION} s | ${IR[idle]} | ${RECEIVED[idle]} | 0 |"
-echo "| ${RATE} msg/s, ${DURATION} s | ${IR[busy]} | ${RECEIVED[busy]} | $stanzas |"
+echo "| idle, ${DURATION} s | $ir_idle | ${RECEIVED[idle]} | 0 |"
+echo "| ${RATE} msg/s, ${DURATION} s | $ir_busy | ${RECEIVED[busy]} | $stanzas |"
 echo
 echo "instructions per relayed stanza: $per_stanza"
 echo "profile of the busy run (self cost, top functions): $OUT/callgrind.busy.txt"

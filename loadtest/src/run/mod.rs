@@ -65,9 +65,10 @@ pub struct Args {
     /// XMPP domain.
     #[arg(long, default_value = "localhost")]
     pub domain: String,
-    /// Users are PREFIX<N>, N from --first-user.
+    /// Users are `PREFIX<N>`, N from `--first-user`.
     #[arg(long, default_value = "lt")]
     pub user_prefix: String,
+    /// Number of the first session's user.
     #[arg(long, default_value_t = 0)]
     pub first_user: usize,
     /// Accounts the sessions share, each session with a resource of its own (0: one account
@@ -77,6 +78,7 @@ pub struct Args {
     /// Every user's password.
     #[arg(long, default_value = "loadtest")]
     pub password: String,
+    /// SASL mechanism (RFC 6120 §6).
     #[arg(long, value_enum, default_value_t = Mechanism::ScramSha1)]
     pub mechanism: Mechanism,
     /// BOSH `wait` in seconds.
