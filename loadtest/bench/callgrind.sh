@@ -44,7 +44,7 @@ ir_idle=${IR[idle]} ir_busy=${IR[busy]}
 stanzas=$((2 * (${RECEIVED[busy]} - ${RECEIVED[idle]})))
 per_stanza=$(((ir_busy - ir_idle) / stanzas))
 cp "$BENCH_DIR/callgrind.busy" "$OUT/callgrind.busy"
-callgrind_annotate "$BENCH_DIR/callgrind.busy" 2>/dev/null | head -n 60 >"$OUT/callgrind.busy.txt"
+callgrind_annotate "$BENCH_DIR/callgrind.busy" >"$OUT/callgrind.busy.txt" 2>/dev/null
 echo
 echo "| run | instructions | messages | relayed stanzas |"
 echo "|---|---|---|---|"
