@@ -36,21 +36,37 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 type Reason = &'static str;
 
 /// The session from the first `<open/>` to the closing handshake.
-pub async fn run(mut ws: Ws, ctx: Context, mut slot: Slot) {
+///
+/// The task keeps room for the largest state it can be in for the session's whole life, so
+/// what only the start needs (the first `<open/>`, dialling and negotiating the server's
+/// stream) runs in a boxed future of its own, and the WebSocket is boxed (docs/PERFORMANCE.md,
+/// "Commits compared").
+pub async fn run(ws: Box<Ws>, ctx: Context, mut slot: Slot) {
+    let mut ws = ws;
+    let Some(mut session) = Box::pin(start(&mut ws, &ctx)).await else {
+        return;
+    };
+    let reason = relay(&mut ws, &mut session, &ctx, &mut slot).await;
+    Box::pin(session.finish(reason)).await;
+}
+
+/// Waits for the first `<open/>`, opens the session and answers with `<open/>` and the
+/// server's features; `None` when the session ended before that (the browser was told).
+async fn start(ws: &mut Ws, ctx: &Context) -> Option<Session> {
     let settings = &ctx.settings;
     let open_timeout = Duration::from_secs(settings.config.limits.open_timeout_secs);
     let open = tokio::select! {
-        r = tokio::time::timeout(open_timeout, first_open(&mut ws, settings)) => match r {
+        r = tokio::time::timeout(open_timeout, first_open(ws, settings)) => match r {
             Ok(Some(open)) => open,
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(_) => {
-                let _ = stream_error(&mut ws, "connection-timeout", None).await;
-                return;
+                let _ = stream_error(ws, "connection-timeout", None).await;
+                return None;
             }
         },
         _ = ctx.shutdown.cancelled() => {
-            let _ = stream_error(&mut ws, "system-shutdown", None).await;
-            return;
+            let _ = stream_error(ws, "system-shutdown", None).await;
+            return None;
         }
     };
     let domain = open.to.clone().unwrap_or_default();
@@ -65,34 +81,32 @@ pub async fn run(mut ws: Ws, ctx: Context, mut slot: Slot) {
     let opened = tokio::select! {
         r = Session::open(settings, Transport::WebSocket, request) => r,
         _ = ctx.shutdown.cancelled() => {
-            let _ = stream_error(&mut ws, "system-shutdown", before_open).await;
-            return;
+            let _ = stream_error(ws, "system-shutdown", before_open).await;
+            return None;
         }
     };
     let opened = match opened {
         Ok(o) => o,
         Err(e) => {
-            failure(&mut ws, &e, before_open).await;
-            return;
+            failure(ws, &e, before_open).await;
+            return None;
         }
     };
     let mut session = opened.session;
     let first = async {
-        send_text(&mut ws, open_element(&opened.header, &domain).into()).await?;
-        send_text(&mut ws, opened.features).await
+        send_text(ws, open_element(&opened.header, &domain).into()).await?;
+        send_text(ws, opened.features).await
     };
-    let reason = match first.await {
-        Ok(()) => relay(&mut ws, &mut session, &ctx, &mut slot).await,
+    match first.await {
+        Ok(()) => Some(session),
         Err(_) => {
             session.leave().await;
-            "client_gone"
+            session.finish("client_gone").await;
+            None
         }
-    };
-    session.finish(reason).await;
+    }
 }
 
-/// Waits for the client's first `<open/>`. `None` when the client left or sent something else
-/// (which has been answered with a stream error).
 async fn first_open(ws: &mut Ws, settings: &Settings) -> Option<OpenFrame> {
     loop {
         let msg = match ws.next().await? {

@@ -106,16 +106,21 @@ pub fn upgrade<P: Send + 'static>(
     };
     let accept = derive_accept_key(key.as_bytes());
     let tracker = ctx.shutdown.clone();
+    // Boxed, like the session's start: the upgrade and the request are needed once, and a task
+    // keeps room for all it holds for the session's whole life.
+    let upgrade = Box::pin(hyper::upgrade::on(req));
     tracker.spawn(async move {
         // The session's place under the caps is given back when the task ends.
-        match hyper::upgrade::on(req).await {
+        match upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config(&ctx.settings)),
-                )
-                .await;
+                let ws = Box::new(
+                    WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(ws_config(&ctx.settings)),
+                    )
+                    .await,
+                );
                 let id = next_session_id();
                 let span = tracing::info_span!("session", id, transport = "websocket", %peer);
                 task::run(ws, ctx, slot).instrument(span).await;
