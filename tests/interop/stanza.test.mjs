@@ -178,12 +178,20 @@ PAIRS.forEach(([name, aliceTransport, bobTransport], i) => {
 			await bob.inbox.waitFor(isPresence(alice.jid, 'available'), { what: "alice's presence at bob" });
 
 			const since = bob.inbox.mark();
+			const aliceSince = alice.inbox.mark();
 			alice.client.sendPresence({ show: 'dnd', status: TRICKY_TEXT });
 			const update = await bob.inbox.waitFor(
 				(s) => isPresence(alice.jid, 'available')(s) && s.show === 'dnd',
 				{ what: "alice's dnd presence at bob", since },
 			);
 			assert.equal(update.status, TRICKY_TEXT);
+			// The server reflects the presence to alice too, followed by its XEP-0198 <r/>: the
+			// <a/> stanza owes for it must be written before the logout (see `pair`), so the
+			// test ends once alice has that presence, not while it is on its way.
+			await alice.inbox.waitFor(
+				(s) => isPresence(alice.jid, 'available')(s) && s.show === 'dnd',
+				{ what: "alice's own dnd presence back at alice", since: aliceSince },
+			);
 		});
 	});
 });
