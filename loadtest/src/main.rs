@@ -12,6 +12,7 @@
 mod limits;
 mod run;
 mod scram;
+mod tag;
 mod upstream;
 
 use clap::{Parser, Subcommand};

@@ -20,6 +20,7 @@ use xmpp_gateway::xml::split::{StreamItem, StreamSplitter};
 use xmpp_gateway::xml::Limits;
 
 use super::bosh::Bosh;
+use crate::tag::{self, local_name};
 
 const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 
@@ -113,7 +114,7 @@ impl Conn {
     pub async fn recv(&mut self) -> Result<Bytes> {
         let element = self.next_element().await?;
         if local_name(&element) == b"error" {
-            let condition = first_child_name(&element).unwrap_or("(none)");
+            let condition = condition(&element).unwrap_or("(none)");
             bail!("stream-error: {condition}");
         }
         Ok(element)
@@ -232,89 +233,8 @@ impl Tcp {
     }
 }
 
-/// Local name of an element's root (`stream:features` gives `features`).
-pub fn local_name(element: &[u8]) -> &[u8] {
-    let start = usize::from(element.first() == Some(&b'<'));
-    let rest = &element[start..];
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>'))
-        .unwrap_or(rest.len());
-    let name = &rest[..end];
-    match name.iter().position(|&b| b == b':') {
-        Some(colon) => &name[colon + 1..],
-        None => name,
-    }
-}
-
-/// Local name of the first child element of `element` (the condition of a stream error or
-/// a SASL failure).
-pub fn first_child_name(element: &[u8]) -> Option<&str> {
-    let gt = element.iter().position(|&b| b == b'>')?;
-    if element[gt - 1] == b'/' {
-        return None;
-    }
-    let rest = &element[gt + 1..];
-    let lt = rest.iter().position(|&b| b == b'<')?;
-    let child = &rest[lt..];
-    if child.get(1) == Some(&b'/') {
-        return None;
-    }
-    std::str::from_utf8(local_name(child)).ok()
-}
-
-/// Text between the first `<tag...>` and the next `</` inside `element` (`<jid>` in a bind
-/// result, the base64 of a SASL challenge), or None.
-pub fn inner_text<'a>(element: &'a [u8], tag: &str) -> Option<&'a str> {
-    let open = find(element, format!("<{tag}").as_bytes())?;
-    let after = &element[open..];
-    let gt = after.iter().position(|&b| b == b'>')?;
-    if after[gt - 1] == b'/' {
-        return Some("");
-    }
-    let content = &after[gt + 1..];
-    let end = find(content, b"</")?;
-    std::str::from_utf8(&content[..end]).ok()
-}
-
-/// Position of `needle` in `haystack`.
-pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Value of attribute `name` on the root of `element`, quoted either way; not unescaped.
-pub fn root_attribute<'a>(element: &'a [u8], name: &str) -> Option<&'a str> {
-    let end = element.iter().position(|&b| b == b'>')?;
-    let tag = &element[..end];
-    for quote in [b'\'', b'"'] {
-        let mut pattern = format!(" {name}=").into_bytes();
-        pattern.push(quote);
-        if let Some(at) = find(tag, &pattern) {
-            let value = &tag[at + pattern.len()..];
-            let close = value.iter().position(|&b| b == quote)?;
-            return std::str::from_utf8(&value[..close]).ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_texts_and_attributes() {
-        let features = b"<stream:features xmlns:stream='x'><bind/></stream:features>";
-        assert_eq!(local_name(features), b"features");
-        assert_eq!(local_name(b"<success xmlns='y'/>"), b"success");
-        let bound = b"<iq type=\"result\" id='b'><bind xmlns='b'><jid>u@d/r</jid></bind></iq>";
-        assert_eq!(inner_text(bound, "jid"), Some("u@d/r"));
-        assert_eq!(root_attribute(bound, "type"), Some("result"));
-        assert_eq!(root_attribute(bound, "id"), Some("b"));
-        assert_eq!(root_attribute(bound, "jid"), None);
-        assert_eq!(inner_text(b"<success xmlns='s'/>", "success"), Some(""));
-        let error = b"<stream:error><host-unknown xmlns='e'/></stream:error>";
-        assert_eq!(first_child_name(error), Some("host-unknown"));
-        assert_eq!(first_child_name(b"<failure xmlns='s'/>"), None);
-    }
+/// The condition of a stream error or SASL failure: its first child's local name.
+pub fn condition(element: &[u8]) -> Option<&str> {
+    let root = tag::start_tag(element, 0)?;
+    std::str::from_utf8(tag::first_child(element, &root)?.local()).ok()
 }

@@ -429,14 +429,25 @@ fn resolve(authority: &str) -> Result<SocketAddr> {
 
 fn tls_config(ca: &std::path::Path) -> Result<rustls::ClientConfig> {
     let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.context("CA file")?)?;
+    let roots = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .context("CA file")?;
+    client_tls(roots)
+}
+
+/// A TLS client trusting only `roots` (ring, TLS 1.2 and 1.3): the load tester's STARTTLS,
+/// and the fixture's tests.
+pub(crate) fn client_tls(
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in roots {
+        store.add(cert)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_root_certificates(store)
         .with_no_client_auth())
 }
 

@@ -11,9 +11,10 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::conn::{find, first_child_name, inner_text, local_name, root_attribute, Conn};
+use super::conn::{condition, Conn};
 use super::{Phase, Plan, Target};
 use crate::scram;
+use crate::tag::{self, find, local_name};
 
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_CLIENT: &str = "jabber:client";
@@ -106,12 +107,12 @@ async fn connect_and_login(index: usize, plan: &Plan) -> Result<(Conn, String)> 
     )])
     .await?;
     let bound = expect(&mut conn, b"iq").await?;
-    if root_attribute(&bound, "type") != Some("result") {
+    let result =
+        tag::start_tag(&bound, 0).and_then(|iq| iq.attr("type").map(|t| t.value() == "result"));
+    if result != Some(true) {
         bail!("bind: refused");
     }
-    let jid = inner_text(&bound, "jid")
-        .context("bind: no jid")?
-        .to_owned();
+    let jid = tag::text_of(&bound, "jid").context("bind: no jid")?;
     let session = find(&features, b"urn:ietf:params:xml:ns:xmpp-session");
     if session.is_some() && find(&features, b"<optional").is_none() {
         conn.send(&[format!(
@@ -151,7 +152,7 @@ async fn authenticate(conn: &mut Conn, plan: &Plan, features: &[u8], user: &str)
         sasl_outcome(&challenge)?;
         bail!("sasl: no challenge");
     }
-    let server_first = decode(inner_text(&challenge, "challenge"))?;
+    let server_first = decode(tag::text_of(&challenge, "challenge"))?;
     let last = client.finish(&server_first, |salt, iterations| {
         plan.salted_password(salt, iterations)
     })?;
@@ -163,7 +164,7 @@ async fn authenticate(conn: &mut Conn, plan: &Plan, features: &[u8], user: &str)
     let mut answer = conn.recv().await?;
     if local_name(&answer) == b"challenge" {
         // Server-final as a challenge (RFC 6120 §6.3.10 allows both): answer it empty.
-        client.verify(&decode(inner_text(&answer, "challenge"))?)?;
+        client.verify(&decode(tag::text_of(&answer, "challenge"))?)?;
         conn.send(&[format!("<response xmlns='{NS_SASL}'/>")])
             .await?;
         answer = conn.recv().await?;
@@ -174,18 +175,15 @@ async fn authenticate(conn: &mut Conn, plan: &Plan, features: &[u8], user: &str)
 }
 
 /// `<success/>` gives its text; `<failure/>` is an error naming its condition.
-fn sasl_outcome(element: &Bytes) -> Result<&str> {
+fn sasl_outcome(element: &Bytes) -> Result<String> {
     match local_name(element) {
-        b"success" => Ok(inner_text(element, "success").unwrap_or_default()),
-        b"failure" => bail!(
-            "sasl-failure: {}",
-            first_child_name(element).unwrap_or("(none)")
-        ),
+        b"success" => Ok(tag::text_of(element, "success").unwrap_or_default()),
+        b"failure" => bail!("sasl-failure: {}", condition(element).unwrap_or("(none)")),
         other => bail!("sasl: unexpected <{}/>", String::from_utf8_lossy(other)),
     }
 }
 
-fn decode(text: Option<&str>) -> Result<String> {
+fn decode(text: Option<String>) -> Result<String> {
     let bytes = B64
         .decode(text.context("sasl: no data")?.trim())
         .context("sasl: not base64")?;

@@ -11,7 +11,8 @@ use xmpp_gateway::xml::{Limits, XmlError};
 
 use super::io::Io;
 use super::server::Shared;
-use super::{negotiate, session, tag};
+use super::{negotiate, session};
+use crate::tag;
 
 /// Why a connection ends before or instead of the usual close.
 #[derive(Debug)]

@@ -22,7 +22,6 @@ mod route;
 mod sasl;
 pub mod server;
 mod session;
-mod tag;
 mod writer;
 
 #[cfg(test)]

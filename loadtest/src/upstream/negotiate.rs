@@ -9,7 +9,7 @@ use super::conn::{Conn, End};
 use super::io::Io;
 use super::sasl::{self, Pending, Step};
 use super::server::Stats;
-use super::tag::{self, StartTag};
+use crate::tag::{self, StartTag};
 
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 

@@ -11,8 +11,8 @@ use xmpp_gateway::xml::split::StreamItem;
 use super::conn::{stream_error, Conn};
 use super::negotiate::{push_raw, Bound};
 use super::server::{Shared, Stats};
-use super::tag::{self, StartTag};
 use super::writer::{self, Out, Outbox};
+use crate::tag::{self, StartTag};
 
 /// Serves a bound connection until either side ends it.
 pub async fn run(conn: Conn, bound: Bound) {

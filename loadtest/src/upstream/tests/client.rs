@@ -16,7 +16,7 @@ use xmpp_gateway::xml::split::{StreamHeader, StreamItem, StreamSplitter};
 use xmpp_gateway::xml::Limits;
 
 use crate::scram;
-use crate::upstream::tag;
+use crate::tag;
 
 /// Longest wait for anything from the fixture: a guard against a hung test, never a way to
 /// let something happen.
@@ -143,14 +143,7 @@ impl Client {
             .await;
         let proceed = self.element().await;
         assert!(proceed.starts_with("<proceed"), "{proceed}");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.clone()).expect("CA certificate");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = crate::run::client_tls(vec![ca.clone()]).expect("CA certificate");
         let ClientIo::Plain(tcp) = std::mem::replace(&mut self.io, ClientIo::Gone) else {
             panic!("STARTTLS twice");
         };

@@ -1,9 +1,10 @@
-//! Reading the start tag of one top-level element, and building the few replies the fixture
-//! writes, without a DOM.
+//! Reading the start tag of one element, its first child and its text, without a DOM: what the
+//! fixture server needs to route a stanza, and what the load tester needs to follow a login.
 //!
-//! Every element reaching this module came out of the gateway's `StreamSplitter`, which has
-//! checked that it is well-formed, so a plain scan for `name='value'` pairs is exact: the only
-//! `>` that can end the start tag is the one outside a quoted value.
+//! Every element reaching this module is well-formed: the fixture's come out of the gateway's
+//! `StreamSplitter`, the load tester's from a server, a gateway or quick-xml's reading of a
+//! BOSH body. So a plain scan for `name='value'` pairs is exact: the only `>` that can end the
+//! start tag is the one outside a quoted value.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -165,47 +166,44 @@ pub fn text(bytes: &[u8], tag: &StartTag<'_>) -> Option<String> {
     Some(unescape(&rest[..len]).into_owned())
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Position of `needle` in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Decodes the five predefined entities and character references (the splitter refuses any
-/// other reference). Borrows when there is none.
-pub fn unescape(raw: &[u8]) -> Cow<'_, str> {
-    let text = String::from_utf8_lossy(raw);
-    if !raw.contains(&b'&') {
-        return text;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest: &str = &text;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        let Some(semi) = rest[amp..].find(';') else {
-            out.push_str(&rest[amp..]);
-            return Cow::Owned(out);
-        };
-        let entity = &rest[amp + 1..amp + semi];
-        let decoded = match entity {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "apos" => Some('\''),
-            "quot" => Some('"'),
-            _ => entity
-                .strip_prefix("#x")
-                .map(|hex| u32::from_str_radix(hex, 16))
-                .or_else(|| entity.strip_prefix('#').map(str::parse))
-                .and_then(Result::ok)
-                .and_then(char::from_u32),
-        };
-        match decoded {
-            Some(c) => out.push(c),
-            None => out.push_str(&rest[amp..=amp + semi]),
+/// Local name of the element starting at the beginning of `element` (`stream:features` gives
+/// `features`), without reading its attributes.
+pub fn local_name(element: &[u8]) -> &[u8] {
+    let rest = element.strip_prefix(b"<").unwrap_or(element);
+    let end = rest
+        .iter()
+        .position(|&b| is_space(b) || b == b'/' || b == b'>')
+        .unwrap_or(rest.len());
+    split_prefix(&rest[..end]).1
+}
+
+/// The text of the first element named `name` anywhere in `element` (`<jid>` in a bind
+/// result, or the root itself, as `<challenge>`), decoded.
+pub fn text_of(element: &[u8], name: &str) -> Option<String> {
+    let open = format!("<{name}");
+    let mut from = 0;
+    loop {
+        let at = from + find(&element[from..], open.as_bytes())?;
+        let after = element.get(at + open.len()).copied();
+        if after.is_some_and(|b| is_space(b) || b == b'/' || b == b'>') {
+            return text(element, &start_tag(element, at)?);
         }
-        rest = &rest[amp + semi + 1..];
+        from = at + 1;
     }
-    out.push_str(rest);
-    Cow::Owned(out)
+}
+
+/// Decodes the predefined entities and character references (quick-xml's unescaping). Borrows
+/// when there is none; text that does not decode is returned as written.
+pub fn unescape(raw: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(raw) {
+        Ok(text) => quick_xml::escape::unescape(text).unwrap_or(Cow::Borrowed(text)),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
+    }
 }
 
 /// Escapes text for a single-quoted attribute value or element content.
@@ -240,6 +238,23 @@ mod tests {
         assert!(child.empty);
         let empty = start_tag(b"<iq type='get'/>", 0).unwrap();
         assert!(first_child(b"<iq type='get'/>", &empty).is_none());
+    }
+
+    #[test]
+    fn names_and_texts_of_what_a_login_reads() {
+        let features = b"<stream:features xmlns:stream='x'><bind/></stream:features>";
+        assert_eq!(local_name(features), b"features");
+        assert_eq!(local_name(b"<success xmlns='y'/>"), b"success");
+        let bound = b"<iq type='result' id='b'><bind xmlns='b'><jid>u@d/r&amp;s</jid></bind></iq>";
+        assert_eq!(text_of(bound, "jid").as_deref(), Some("u@d/r&s"));
+        assert_eq!(text_of(bound, "ji"), None);
+        assert_eq!(
+            text_of(b"<success xmlns='s'/>", "success").as_deref(),
+            Some("")
+        );
+        let error = b"<stream:error><host-unknown xmlns='e'/></stream:error>";
+        let root = start_tag(error, 0).unwrap();
+        assert_eq!(first_child(error, &root).unwrap().local(), b"host-unknown");
     }
 
     #[test]
