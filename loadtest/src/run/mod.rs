@@ -198,6 +198,9 @@ pub enum Phase {
 }
 
 pub async fn main(args: Args) -> Result<()> {
+    if args.ramp.is_nan() || args.ramp <= 0.0 {
+        bail!("--ramp must be more than 0 sessions per second");
+    }
     let plan = Arc::new(plan(&args).await?);
     let transport = format!("{:?}", args.transport).to_lowercase();
     let (phase_tx, phase_rx) = watch::channel(Phase::Ramp);
@@ -209,13 +212,13 @@ pub async fn main(args: Args) -> Result<()> {
     let logins = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..args.sessions {
-        let due = ramp_start + Duration::from_secs_f64(index as f64 / args.ramp.max(0.001));
+        let due = ramp_start + Duration::from_secs_f64(index as f64 / args.ramp);
         tokio::time::sleep_until(due.into()).await;
         let permit = logins.clone().acquire_owned().await.expect("never closed");
         tasks.spawn(session::run(index, plan.clone(), phase_rx.clone(), permit));
     }
-    let _all_started = logins.acquire_many(args.concurrency.max(1) as u32).await;
-    drop(_all_started);
+    // The ramp ends when every login slot is back: each session has bound or failed.
+    drop(logins.acquire_many(args.concurrency.max(1) as u32).await);
     let ramp_secs = ramp_start.elapsed().as_secs_f64();
     let login_cpu: Vec<ProcSample> = sample(&args.pid)?;
 

@@ -15,7 +15,6 @@ const SHARDS: usize = 64;
 pub struct Stats {
     pub reached: AtomicU64,
     pub failed: AtomicU64,
-    pub ended: AtomicU64,
     pub sent: AtomicU64,
     pub received: AtomicU64,
     pub duplicated: AtomicU64,
@@ -40,7 +39,6 @@ impl Stats {
         Stats {
             reached: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            ended: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             duplicated: AtomicU64::new(0),
@@ -78,10 +76,6 @@ impl Stats {
 
     pub fn reached(&self) {
         self.reached.fetch_add(1, Relaxed);
-    }
-
-    pub fn ended(&self) {
-        self.ended.fetch_add(1, Relaxed);
     }
 
     pub fn authenticated(&self, elapsed: Duration) {

@@ -34,14 +34,8 @@ pub async fn run(
     let login = tokio::time::timeout(plan.login_timeout, connect_and_login(index, &plan)).await;
     let (mut conn, jid) = match login {
         Ok(Ok(done)) => done,
-        Ok(Err(err)) => {
-            stats.ended();
-            return stats.error("login", &err);
-        }
-        Err(_) => {
-            stats.ended();
-            return stats.error("login", &anyhow::anyhow!("timeout"));
-        }
+        Ok(Err(err)) => return stats.error("login", &err),
+        Err(_) => return stats.error("login", &anyhow::anyhow!("timeout")),
     };
     plan.jids[index].set(jid).expect("each session binds once");
     stats.reached();
@@ -59,7 +53,6 @@ pub async fn run(
         }
         Err(err) => stats.error("traffic", &err),
     }
-    stats.ended();
 }
 
 async fn connect_and_login(index: usize, plan: &Plan) -> Result<(Conn, String)> {
