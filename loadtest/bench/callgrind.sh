@@ -36,20 +36,19 @@ for run in idle busy; do
 		>"$BENCH_DIR/$run.out"
 	stop_pid "$GATEWAY_PID" 120
 	IR[$run]=$(sed -n 's/^summary: //p' "$BENCH_DIR/callgrind.$run")
-	RECEIVED[$run]=$(json_get "$BENCH_DIR/$run.json" "['messages_received']")
+	RECEIVED[$run]=$(json_get "$BENCH_DIR/$run.json" "messages_received")
 	echo "$run: ${IR[$run]} instructions, ${RECEIVED[$run]} messages"
 done
 
-ir_idle=${IR[idle]} ir_busy=${IR[busy]}
-stanzas=$((2 * (${RECEIVED[busy]} - ${RECEIVED[idle]})))
-per_stanza=$(((ir_busy - ir_idle) / stanzas))
-cp "$BENCH_DIR/callgrind.busy" "$OUT/callgrind.busy"
+stanzas=$((2 * (RECEIVED[busy] - RECEIVED[idle])))
+per_stanza=$(((IR[busy] - IR[idle]) / stanzas))
+[[ $OUT -ef $BENCH_DIR ]] || cp "$BENCH_DIR/callgrind.busy" "$OUT/callgrind.busy"
 callgrind_annotate "$BENCH_DIR/callgrind.busy" >"$OUT/callgrind.busy.txt" 2>/dev/null
 echo
 echo "| run | instructions | messages | relayed stanzas |"
 echo "|---|---|---|---|"
-echo "| idle, ${DURATION} s | $ir_idle | ${RECEIVED[idle]} | 0 |"
-echo "| ${RATE} msg/s, ${DURATION} s | $ir_busy | ${RECEIVED[busy]} | $stanzas |"
+echo "| idle, ${DURATION} s | ${IR[idle]} | ${RECEIVED[idle]} | 0 |"
+echo "| ${RATE} msg/s, ${DURATION} s | ${IR[busy]} | ${RECEIVED[busy]} | $stanzas |"
 echo
 echo "instructions per relayed stanza: $per_stanza"
 echo "profile of the busy run (self cost, top functions): $OUT/callgrind.busy.txt"

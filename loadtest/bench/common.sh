@@ -134,7 +134,12 @@ stop_started() {
 	stop_pid "$1" 10
 }
 
-# A figure from a report written with --json: jq-free, through python3.
+# json_get FILE PATH: a figure from a report written with --json, PATH like targets.0.idle.rss_kib.
 json_get() {
-	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); v=eval("d"+sys.argv[2]); print(round(v,2) if isinstance(v,float) else v)' "$1" "$2"
+	python3 -c '
+import json, sys
+value = json.load(open(sys.argv[1]))
+for key in sys.argv[2].split("."):
+    value = value[int(key)] if isinstance(value, list) else value[key]
+print(round(value, 2) if isinstance(value, float) else value)' "$1" "$2"
 }

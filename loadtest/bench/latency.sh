@@ -15,17 +15,15 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 bench_build
 bench_fd_limit 20000
-RATES=("${@:-500 1000 2000 4000 8000}")
-read -ra RATES <<<"${RATES[*]}"
+read -ra RATES <<<"${*:-500 1000 2000 4000 8000}"
 DURATION=${DURATION:-10}
 SESSIONS=${SESSIONS:-100}
 SERVERS=${SERVERS:-fixture prosody}
 ROWS=()
 
 row() {
-	local label=$1 rate=$2 json=$3 f
-	f() { json_get "$json" "$1"; }
-	ROWS+=("| $server | $rate | $label | $(f "['rate_delivered']") | $(f "['delivery_ms']['p50']") | $(f "['delivery_ms']['p99']") | $(f "['delivery_ms']['max']") | $(f "['messages_lost']") |")
+	local label=$1 rate=$2 json=$3
+	ROWS+=("| $server | $rate | $label | $(json_get "$json" rate_delivered) | $(json_get "$json" delivery_ms.p50) | $(json_get "$json" delivery_ms.p99) | $(json_get "$json" delivery_ms.max) | $(json_get "$json" messages_lost) |")
 	echo "${ROWS[-1]}"
 }
 

@@ -15,8 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 bench_build
 bench_fd_limit 20000
-COUNTS=("${@:-1000 5000 9900}")
-read -ra COUNTS <<<"${COUNTS[*]}"
+read -ra COUNTS <<<"${*:-1000 5000 9900}"
 HOLD=${HOLD:-10}
 BOSH_SESSIONS=${BOSH_SESSIONS:-5000}
 PROSODY_SESSIONS=${PROSODY_SESSIONS:-5000}
@@ -30,8 +29,8 @@ measure() {
 	local json=$BENCH_DIR/m-$RANDOM.json sessions
 	"$LOADTEST" run --ramp "${RAMP:-1000}" --concurrency 200 --hold "$HOLD" --progress 0 \
 		--source 127.0.1.1-127.0.1.16 --pid "$pid" --json "$json" "$@" >"$json.out" || true
-	sessions=$(json_get "$json" "['sessions_reached']")
-	ROWS+=("| $label | $sessions | $(json_get "$json" "['targets'][0]['start']['rss_kib']") | $(json_get "$json" "['targets'][0]['idle']['rss_kib']") | $(json_get "$json" "['targets'][0]['rss_per_session_kib']") |")
+	sessions=$(json_get "$json" "sessions_reached")
+	ROWS+=("| $label | $sessions | $(json_get "$json" "targets.0.start.rss_kib") | $(json_get "$json" "targets.0.idle.rss_kib") | $(json_get "$json" "targets.0.rss_per_session_kib") |")
 	echo "${ROWS[-1]}"
 }
 

@@ -21,7 +21,7 @@ run() {
 # The report names the sampled process and saw its memory.
 check_figures() {
 	local rss
-	rss=$(json_get "$BENCH_DIR/$1.json" "['targets'][0]['idle']['rss_kib']")
+	rss=$(json_get "$BENCH_DIR/$1.json" "targets.0.idle.rss_kib")
 	((rss > 0)) || { echo "$1: no RSS figure for the target" >&2; exit 1; }
 }
 

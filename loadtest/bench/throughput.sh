@@ -15,8 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 bench_build
 bench_fd_limit 20000
-RATES=("${@:-10000 20000 40000}")
-read -ra RATES <<<"${RATES[*]}"
+read -ra RATES <<<"${*:-10000 20000 40000}"
 DURATION=${DURATION:-10}
 SESSIONS=${SESSIONS:-20}
 PROSODY_RATE=${PROSODY_RATE:-2000}
@@ -25,11 +24,11 @@ ROWS=()
 # row LABEL RATE JSON TARGET-INDEX
 row() {
 	local label=$1 rate=$2 json=$3 i=$4 cpu received per_stanza per_core
-	cpu=$(json_get "$json" "['targets'][$i]['traffic_cpu_secs']")
-	received=$(json_get "$json" "['messages_received']")
+	cpu=$(json_get "$json" "targets.$i.traffic_cpu_secs")
+	received=$(json_get "$json" "messages_received")
 	per_stanza=$(python3 -c "print(round($cpu * 1e6 / max(1, 2 * $received), 2))")
 	per_core=$(python3 -c "print(int(2 * $received / $cpu) if $cpu > 0 else 'n/a')")
-	ROWS+=("| $label | $rate | $(json_get "$json" "['rate_delivered']") | $cpu | $per_stanza | $per_core | $(json_get "$json" "['delivery_ms']['p99']") | $(json_get "$json" "['messages_lost']") |")
+	ROWS+=("| $label | $rate | $(json_get "$json" "rate_delivered") | $cpu | $per_stanza | $per_core | $(json_get "$json" "delivery_ms.p99") | $(json_get "$json" "messages_lost") |")
 	echo "${ROWS[-1]}"
 }
 
