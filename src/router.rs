@@ -2,7 +2,9 @@
 //! adapter), `/http-bind` (the BOSH adapter), XEP-0156 host-meta and the static demo files. The
 //! admin listener: `/healthz`, `/readyz` and `/metrics`.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -15,15 +17,22 @@ use crate::http::{hostmeta, static_files, text, Body};
 use crate::metrics::METRICS;
 use crate::transport::{bosh, websocket};
 
+/// The answer to a request of the public listener, on its way.
+pub type Answer = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
 /// Routes one request of the public listener. `http_peer` sent it: the socket's peer, or the
 /// client a trusted proxy's PROXY header named. `permit` is the connection's slot, held by a
 /// WebSocket session for as long as it lives.
-pub async fn public<P: Send + 'static>(
+///
+/// The routing itself is synchronous; what is left to wait for is one boxed future that owns
+/// only what its route needs. A held BOSH request waits in it for up to `wait` seconds, so no
+/// room is kept there for the request's headers or for the other routes.
+pub fn public<P: Send + 'static>(
     req: Request<Incoming>,
     gw: &Gateway,
     http_peer: SocketAddr,
     permit: P,
-) -> Response<Body> {
+) -> Answer {
     // One snapshot of the settings serves the whole request, even across a reload.
     let ctx = gw.context();
     let settings = ctx.settings.clone();
@@ -32,25 +41,30 @@ pub async fn public<P: Send + 'static>(
         let trusted = &settings.config.limits.trusted_proxies;
         ClientAddr::of_request(req.headers(), http_peer.ip(), trusted)
     };
+    let ready = |r: Response<Body>| -> Answer { Box::pin(std::future::ready(r)) };
     let path = req.uri().path();
     match (req.method(), path) {
         (_, "/xmpp-websocket") => {
             let peer = client(&req);
-            websocket::upgrade(req, ctx, peer, permit)
+            ready(websocket::upgrade(req, ctx, peer, permit))
         }
         (_, "/http-bind" | "/http-bind/") => {
             let peer = client(&req);
-            bosh::handle(req, ctx, &gw.bosh, peer).await
+            Box::pin(bosh::handle(req, ctx, &gw.bosh, peer))
         }
-        (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => hostmeta::preflight(),
-        (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => hostmeta::xrd(&req, &settings),
+        (&Method::OPTIONS, p) if p.starts_with("/.well-known/host-meta") => {
+            ready(hostmeta::preflight())
+        }
+        (&Method::GET | &Method::HEAD, "/.well-known/host-meta") => {
+            ready(hostmeta::xrd(&req, &settings))
+        }
         (&Method::GET | &Method::HEAD, "/.well-known/host-meta.json") => {
-            hostmeta::json(&req, &settings)
+            ready(hostmeta::json(&req, &settings))
         }
         (&Method::GET | &Method::HEAD, _) if settings.config.static_dir.is_some() => {
-            static_files::serve(&req, &settings).await
+            Box::pin(async move { static_files::serve(&req, &settings).await })
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => ready(text(StatusCode::NOT_FOUND, "not found\n")),
     }
 }
 

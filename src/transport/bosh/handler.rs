@@ -3,7 +3,9 @@
 //! session's task) or a request routed by sid to its session's task, answered with the
 //! `<body/>` the task sends back (XEP-0124 §7–§8, docs/protocol.md §4).
 
+use std::future::Future;
 use std::io::Write;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +13,13 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::body::{self, Body as BoshBody, BodyError};
-use super::registry::{new_sid, Registry};
+use super::registry::{new_sid, Handle, Registry, Routed};
 use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
 use super::task;
 use crate::admission::Slot;
@@ -28,56 +31,113 @@ use crate::session::{next_session_id, Context, OpenRequest, Session};
 use crate::xml::escape_attr;
 
 /// Handles one request to `/http-bind` from the client at `peer` (docs/protocol.md §7).
-pub async fn handle(
+///
+/// A held request's future lives for up to `wait` seconds, one or more for every session, so
+/// it is kept small: the headers are checked and dropped before it starts, the body is read in
+/// a boxed step, and a session request's start (dialling, negotiation) is boxed too. While the
+/// request is held, only the few words of [`Waiting`] remain.
+pub fn handle(
     req: Request<Incoming>,
     ctx: Context,
     registry: &Arc<Registry>,
     peer: ClientAddr,
-) -> Response<Body> {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let cors = match cors_origin(&ctx, origin.as_ref()) {
+) -> impl Future<Output = Response<Body>> + Send + 'static {
+    let checked = check_headers(&req, &ctx);
+    let registry = registry.clone();
+    let body = req.into_body();
+    async move {
+        let (cors, gzip) = match checked {
+            Ok(c) => c,
+            Err(refused) => return *refused,
+        };
+        let data = match Box::pin(read_body(body, &ctx, peer)).await {
+            Ok(data) => data,
+            Err(refused) => return with_cors(*refused, cors),
+        };
+        let answer = match dispatch(&data, &ctx, &registry, peer, &cors) {
+            Next::Respond(r) => return *r,
+            Next::Create(start) => start.await,
+            Next::Route(waiting) => waiting.wait().await,
+        };
+        respond(answer, gzip, ctx.settings.config.bosh.gzip_min_bytes, cors)
+    }
+}
+
+/// What the headers decide: the CORS origin to answer with and whether the answer may be
+/// gzipped, or the whole answer (a refused origin, a preflight, a method that is not POST).
+fn check_headers(
+    req: &Request<Incoming>,
+    ctx: &Context,
+) -> Result<(HeaderValue, bool), Box<Response<Body>>> {
+    let cors = match cors_origin(ctx, req.headers().get(header::ORIGIN)) {
         Ok(c) => c,
         Err(()) => {
             METRICS.input_rejected("origin");
-            return text(StatusCode::FORBIDDEN, "origin not allowed\n");
+            return Err(Box::new(text(
+                StatusCode::FORBIDDEN,
+                "origin not allowed\n",
+            )));
         }
     };
     match *req.method() {
-        Method::OPTIONS => return preflight(cors),
-        Method::POST => {}
-        _ => {
-            return with_cors(
-                text(StatusCode::METHOD_NOT_ALLOWED, "BOSH requests are POSTed\n"),
-                cors,
-            )
-        }
+        Method::OPTIONS => Err(Box::new(preflight(cors))),
+        Method::POST => Ok((cors, accepts_gzip(req.headers()))),
+        _ => Err(Box::new(with_cors(
+            text(StatusCode::METHOD_NOT_ALLOWED, "BOSH requests are POSTed\n"),
+            cors,
+        ))),
     }
-    let gzip = accepts_gzip(req.headers());
+}
+
+/// The body, read within its limit and deadline, or the refusal (without CORS headers).
+async fn read_body(
+    body: Incoming,
+    ctx: &Context,
+    peer: ClientAddr,
+) -> Result<Bytes, Box<Response<Body>>> {
     let settings = &ctx.settings;
     let limit = settings.config.bosh.max_body_bytes;
     let deadline = Duration::from_secs(settings.config.limits.body_read_timeout_secs);
-    let data = match read_bounded(req.into_body(), limit, deadline).await {
-        Ok(buf) => buf.freeze(),
+    match read_bounded(body, limit, deadline).await {
+        Ok(buf) => Ok(buf.freeze()),
         Err(e) => {
             METRICS.input_rejected(e.reason());
             tracing::info!(%peer, error = %e, "BOSH request body refused");
-            return with_cors(e.response(), cors);
+            Err(Box::new(e.response()))
         }
-    };
-    let parsed = body::parse(&data, &settings.xml_limits);
-    let answer = match parsed {
+    }
+}
+
+/// Where a parsed request goes next.
+enum Next<'a> {
+    /// Answered at once.
+    Respond(Box<Response<Body>>),
+    /// A session request: the session's start, answered with the creation body.
+    Create(Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>),
+    /// A request for a session's task.
+    Route(Waiting),
+}
+
+fn dispatch<'a>(
+    data: &Bytes,
+    ctx: &'a Context,
+    registry: &'a Arc<Registry>,
+    peer: ClientAddr,
+    cors: &HeaderValue,
+) -> Next<'a> {
+    match body::parse(data, &ctx.settings.xml_limits) {
         Ok(b) if b.sid.is_none() && ctx.shutdown.is_stopping() => {
             // docs/protocol.md §6: no new sessions on a draining node. HTTP 503 (with the BOSH
             // answer in the body) lets a load balancer retry the request on another node,
             // even when a cookie still points here.
-            let mut r = unavailable("system-shutdown", 1, cors);
+            let mut r = unavailable("system-shutdown", 1, cors.clone());
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            Next::Respond(Box::new(r))
         }
-        Ok(b) if b.sid.is_none() => match admit(&b, &ctx, peer, &cors) {
-            Ok(slot) => create(b, &ctx, registry, peer, slot).await,
-            Err(refused) => return *refused,
+        Ok(b) if b.sid.is_none() => match admit(&b, ctx, peer, cors) {
+            Ok(slot) => Next::Create(Box::pin(create(b, ctx, registry, peer, slot))),
+            Err(refused) => Next::Respond(refused),
         },
         Ok(b) => {
             let kind = if b.terminate {
@@ -87,11 +147,14 @@ pub async fn handle(
             } else {
                 Kind::Normal
             };
-            continue_session(b, registry, kind).await
+            Next::Route(route(b, registry, kind))
         }
         Err(BodyError::NotBosh(why)) => {
             METRICS.input_rejected("not_bosh");
-            return with_cors(text(StatusCode::BAD_REQUEST, why), cors);
+            Next::Respond(Box::new(with_cors(
+                text(StatusCode::BAD_REQUEST, why),
+                cors.clone(),
+            )))
         }
         Err(e) => {
             let reason = match &e {
@@ -103,16 +166,15 @@ pub async fn handle(
             // docs/protocol.md §2: bad input ends the session. The request goes to its session
             // without payload, which ends it only if the rid (and key) check out, so knowing
             // a sid is not enough to end someone else's session.
-            match body::root_attributes(&data) {
+            Next::Route(match body::root_attributes(data) {
                 // The wrapper's attributes only: nothing of the payload goes anywhere.
                 Some(root) if root.sid.is_some() && root.rid.is_some() => {
-                    continue_session(root, registry, Kind::Invalid).await
+                    route(root, registry, Kind::Invalid)
                 }
-                _ => terminate_body(&Terminate::Condition("bad-request")),
-            }
+                _ => Waiting::Answered(terminate_body(&Terminate::Condition("bad-request"))),
+            })
         }
-    };
-    respond(answer, gzip, settings.config.bosh.gzip_min_bytes, cors)
+    }
 }
 
 /// A session request (XEP-0124 §7.1, XEP-0206 §3).
@@ -218,15 +280,15 @@ async fn create(
     // retries, beyond which handlers wait.
     let (tx, rx) = mpsc::channel(params.requests + 2);
     registry.insert(sid.clone(), tx);
-    let run = task::run(
+    let run = task::run(Box::new(task::Task {
         sid,
         slot,
-        opened.session,
+        session: opened.session,
         state,
         rx,
-        ctx.clone(),
-        registry.clone(),
-    );
+        ctx: ctx.clone(),
+        registry: registry.clone(),
+    }));
     ctx.shutdown.spawn(run.instrument(span));
     created
 }
@@ -285,14 +347,15 @@ fn negotiated_ver(client: Option<&str>) -> String {
     format!("{major}.{minor}")
 }
 
-async fn continue_session(b: BoshBody, registry: &Registry, kind: Kind) -> Bytes {
+/// Hands a request to its session's task.
+fn route(b: BoshBody, registry: &Registry, kind: Kind) -> Waiting {
     let sid = b.sid.as_deref().unwrap_or_default();
     let (Some(handle), Some(rid)) = (registry.get(sid), b.rid) else {
         // XEP-0124 §17.2: unknown sid.
-        return terminate_body(&Terminate::Condition("item-not-found"));
+        return Waiting::Answered(terminate_body(&Terminate::Condition("item-not-found")));
     };
     let (reply, answer) = oneshot::channel();
-    let req = BoshRequest {
+    let req = Box::new(BoshRequest {
         rid,
         key: b.key,
         newkey: b.newkey,
@@ -301,21 +364,51 @@ async fn continue_session(b: BoshBody, registry: &Registry, kind: Kind) -> Bytes
         pause: b.pause,
         ack: b.ack,
         reply,
-    };
-    if handle.send(req).await.is_err() {
-        return terminate_body(&Terminate::Condition("item-not-found"));
+    });
+    match handle.try_send(req) {
+        Ok(()) => Waiting::Sent(answer),
+        Err(TrySendError::Full(req)) => Waiting::Queued(handle, req, answer),
+        Err(TrySendError::Closed(_)) => {
+            Waiting::Answered(terminate_body(&Terminate::Condition("item-not-found")))
+        }
     }
-    let started = std::time::Instant::now();
-    let _held = HeldGauge::new();
-    // If the client disconnects, this future is dropped; the session keeps the response for a
-    // repeated rid, so nothing is lost.
-    let body = answer
-        .await
-        .unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")));
-    METRICS
-        .bosh_request_duration
-        .observe(started.elapsed().as_secs_f64());
-    body
+}
+
+/// A request handed to its session's task, or the answer when it could not be.
+enum Waiting {
+    /// With the task: the answer comes through the receiver.
+    Sent(oneshot::Receiver<Bytes>),
+    /// The task's channel is full (a client with more requests in flight than it may have):
+    /// the request goes once there is room.
+    Queued(Handle, Routed, oneshot::Receiver<Bytes>),
+    /// Answered already: unknown sid, ended session, bad input without a session.
+    Answered(Bytes),
+}
+
+impl Waiting {
+    /// The answer. If the client disconnects meanwhile, this future is dropped; the session
+    /// keeps the response for a repeated rid, so nothing is lost.
+    async fn wait(self) -> Bytes {
+        let answer = match self {
+            Waiting::Answered(body) => return body,
+            Waiting::Sent(answer) => answer,
+            Waiting::Queued(handle, req, answer) => {
+                if handle.send(req).await.is_err() {
+                    return terminate_body(&Terminate::Condition("item-not-found"));
+                }
+                answer
+            }
+        };
+        let started = std::time::Instant::now();
+        let _held = HeldGauge::new();
+        let body = answer
+            .await
+            .unwrap_or_else(|_| terminate_body(&Terminate::Condition("item-not-found")));
+        METRICS
+            .bosh_request_duration
+            .observe(started.elapsed().as_secs_f64());
+        body
+    }
 }
 
 /// Counts a request as held while its handler waits, including when the client hangs up.
@@ -352,7 +445,11 @@ fn cors_origin(ctx: &Context, origin: Option<&HeaderValue>) -> Result<HeaderValu
     let allowed = &ctx.settings.config.bosh.allowed_origins;
     match origin {
         _ if allowed.is_empty() => Ok(HeaderValue::from_static("*")),
-        Some(o) if allowed.iter().any(|a| a.as_bytes() == o.as_bytes()) => Ok(o.clone()),
+        // A copy, not a clone: a clone shares hyper's read buffer, and would keep all of it
+        // for as long as the request is held.
+        Some(o) if allowed.iter().any(|a| a.as_bytes() == o.as_bytes()) => {
+            Ok(HeaderValue::from_bytes(o.as_bytes()).expect("a header value's own bytes"))
+        }
         Some(_) => Err(()),
         // Not a cross-origin browser request (no Origin header).
         None => Ok(HeaderValue::from_static("*")),

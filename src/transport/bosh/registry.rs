@@ -14,8 +14,12 @@ use super::state::Request;
 /// dropped the connection), the response stays cached for a repeated rid.
 pub type Reply = oneshot::Sender<Bytes>;
 
+/// A request on its way to a session's task. Boxed: the channel allocates its slots a block at
+/// a time, and a block of requests by value would cost every session 4 KiB, in use or not.
+pub type Routed = Box<Request<Reply>>;
+
 /// The sending side handlers use to reach a session's task.
-pub type Handle = mpsc::Sender<Request<Reply>>;
+pub type Handle = mpsc::Sender<Routed>;
 
 const SHARDS: usize = 64;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::registry::{Registry, Reply};
-use super::state::{terminate_body, Action, BoshState, Request, Terminate};
+use super::registry::{Registry, Reply, Routed};
+use super::state::{terminate_body, Action, BoshState, Terminate};
 use crate::admission::Slot;
 use crate::config::LimitsConfig;
 use crate::metrics::METRICS;
@@ -23,16 +23,39 @@ const LINGER: Duration = Duration::from_secs(10);
 /// long (`server.rs`), so such requests can still arrive.
 pub const LINGER_DRAINING: Duration = Duration::from_secs(2);
 
+/// What a session's task owns.
+pub struct Task {
+    /// The session's id, removed from the registry at the end.
+    pub sid: Arc<str>,
+    /// Its place under the caps.
+    pub slot: Slot,
+    /// The upstream stream.
+    pub session: Session,
+    /// The BOSH state machine.
+    pub state: BoshState<Reply>,
+    /// The requests routed to this session.
+    pub rx: mpsc::Receiver<Routed>,
+    /// The settings and the drain.
+    pub ctx: Context,
+    /// Where the sid is registered.
+    pub registry: Arc<Registry>,
+}
+
 /// Runs the session until it ends, then removes its sid.
-pub async fn run(
-    sid: Arc<str>,
-    mut slot: Slot,
-    mut session: Session,
-    mut state: BoshState<Reply>,
-    mut rx: mpsc::Receiver<Request<Reply>>,
-    ctx: Context,
-    registry: Arc<Registry>,
-) {
+///
+/// The parts come boxed and are moved out at once (the box is freed): a future keeps its
+/// arguments apart from its locals, so parts passed one by one would take their room twice for
+/// the session's whole life (about 1 KB).
+pub async fn run(task: Box<Task>) {
+    let Task {
+        sid,
+        mut slot,
+        mut session,
+        mut state,
+        mut rx,
+        ctx,
+        registry,
+    } = unbox(task);
     let settings = &ctx.settings;
     let limits = &settings.config.limits;
     let limit = limits.max_buffered_bytes;
@@ -57,7 +80,7 @@ pub async fn run(
         tokio::select! {
             _ = resume => {}
             req = rx.recv(), if reading => match req {
-                Some(req) => actions = state.on_request(req, Instant::now()),
+                Some(req) => actions = state.on_request(*req, Instant::now()),
                 None => break "closed",
             },
             // Stanzas wait in the session for a request; past the limit, stop reading upstream
@@ -107,15 +130,16 @@ pub async fn run(
             }
         }
     };
+    // The ending steps are boxed, so the task needs no room for them while the session lives.
     if told_shutdown || !state.settled() {
-        linger(
+        Box::pin(linger(
             &mut session,
             &mut state,
             &mut rx,
             &ctx,
             told_shutdown,
             settings.config.bosh_inactivity(),
-        )
+        ))
         .await;
     }
     registry.remove(&sid);
@@ -126,7 +150,14 @@ pub async fn run(
             .reply
             .send(terminate_body(&Terminate::Condition("item-not-found")));
     }
-    session.finish(reason).await;
+    Box::pin(session.finish(reason)).await;
+}
+
+/// Moves a value out of its box and frees the box (`*boxed` alone keeps the allocation until
+/// the box's binding goes out of scope).
+#[allow(clippy::boxed_local)] // Taking the box is the point: it is freed on return.
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// Resolves once every connection the oldest held request could be answered on has closed
@@ -182,7 +213,7 @@ fn absorb(mut batch: Batch<'_>, state: &mut BoshState<Reply>, actions: &mut Vec<
 async fn linger(
     session: &mut Session,
     state: &mut BoshState<Reply>,
-    rx: &mut mpsc::Receiver<Request<Reply>>,
+    rx: &mut mpsc::Receiver<Routed>,
     ctx: &Context,
     mut draining: bool,
     inactivity: Duration,
@@ -194,7 +225,7 @@ async fn linger(
     loop {
         tokio::select! {
             Some(req) = rx.recv() => {
-                let actions = state.on_request(req, Instant::now());
+                let actions = state.on_request(*req, Instant::now());
                 perform(session, state, actions).await;
                 // Stanzas pending at the end come before the terminate body: linger until
                 // the client has that too, and for a repeat of an answer that carried them.
