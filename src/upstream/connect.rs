@@ -3,6 +3,7 @@
 //! dispatch and lets idle plain sessions wait for readability without holding a read buffer.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -36,8 +37,9 @@ impl UpstreamIo {
     }
 
     /// Reads what is available into `buf`, returning the byte count (0 at end of stream).
-    /// A plain socket waits for readability before any buffer space is reserved, so an idle
-    /// session holds no read buffer.
+    /// An idle session holds no read buffer: a plain socket waits for readability before any
+    /// buffer space is reserved, and a TLS stream with nothing partial buffered is read on the
+    /// stack.
     pub fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
@@ -60,9 +62,18 @@ impl UpstreamIo {
                     Err(e) => return Poll::Ready(Err(e)),
                 }
             },
-            UpstreamIo::Tls(tls) => {
+            UpstreamIo::Tls(tls) if !buf.is_empty() => {
                 reserve(buf);
                 tokio_util::io::poll_read_buf(Pin::new(tls.as_mut()), cx, buf)
+            }
+            // Nothing partial is buffered: read on the stack and keep only what arrived, so an
+            // idle TLS session waits without a read buffer of its own (rustls keeps one).
+            UpstreamIo::Tls(tls) => {
+                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut read = ReadBuf::uninit(&mut chunk);
+                ready!(Pin::new(tls.as_mut()).poll_read(cx, &mut read))?;
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
             }
             UpstreamIo::Closed => Poll::Ready(Err(closed())),
         }
@@ -120,5 +131,74 @@ impl AsyncWrite for UpstreamIo {
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpstreamIo::Closed => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A TLS stream to a local server with a self-signed certificate, and that server's side.
+    async fn tls_pair() -> (UpstreamIo, tokio_rustls::server::TlsStream<TcpStream>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tcp = Deadline::new(tcp, Duration::from_secs(5));
+        let (client, server) =
+            tokio::join!(connector.connect(name, tcp), acceptor.accept(accepted));
+        (UpstreamIo::Tls(Box::new(client.unwrap())), server.unwrap())
+    }
+
+    // docs/protocol.md §7: an idle TLS session waits for the server without a read buffer of
+    // its own. It used to reserve 4 KiB before every wait: 4 KiB of every idle TLS session.
+    #[tokio::test]
+    async fn an_idle_tls_stream_waits_without_a_read_buffer() {
+        let (mut io, mut server) = tls_pair().await;
+        let mut buf = BytesMut::new();
+        let waited = poll_fn(|cx| Poll::Ready(io.poll_read_into(cx, &mut buf).is_pending())).await;
+        assert!(waited, "nothing was sent, so the read waits");
+        assert_eq!(buf.capacity(), 0, "no buffer held while waiting");
+
+        server.write_all(b"<presence/>").await.unwrap();
+        server.flush().await.unwrap();
+        let n = poll_fn(|cx| io.poll_read_into(cx, &mut buf)).await.unwrap();
+        assert_eq!(&buf[..n], b"<presence/>");
+        assert!(buf.capacity() < READ_CHUNK, "{}", buf.capacity());
+
+        // With part of an element buffered, what follows is appended to it.
+        server.write_all(b"<message>").await.unwrap();
+        server.flush().await.unwrap();
+        let more = poll_fn(|cx| io.poll_read_into(cx, &mut buf)).await.unwrap();
+        assert_eq!(more, 9);
+        assert_eq!(&buf[..], b"<presence/><message>");
     }
 }
