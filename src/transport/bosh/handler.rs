@@ -35,7 +35,7 @@ use crate::xml::escape_attr;
 /// A held request's future lives for up to `wait` seconds, one or more for every session, so
 /// it is kept small: the headers are checked and dropped before it starts, the body is read in
 /// a boxed step, and a session request's start (dialling, negotiation) is boxed too. While the
-/// request is held, only the few words of [`Waiting`] remain.
+/// request is held, only the few words of `Waiting` remain.
 pub fn handle(
     req: Request<Incoming>,
     ctx: Context,
