@@ -27,8 +27,10 @@ phase "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 
 # deny.toml: allowed licenses, no wildcard versions, crates.io only. --offline: no advisory
-# database is fetched.
+# database is fetched. cargo deny reads the metadata of every package in the lock file, for
+# every platform, and the build fetched this platform's only: fetch the rest first.
 phase "dependency policy (cargo deny check licenses bans sources)"
+cargo fetch --locked
 cargo deny --offline --workspace check licenses bans sources
 
 # The parsers that read what strangers send, 30 s per target (scripts/fuzz.sh runs longer).
