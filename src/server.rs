@@ -140,39 +140,23 @@ async fn serve_public(
         let answer = crate::router::public(req, &svc_gw, http_peer, permit.clone());
         async move { Ok::<_, Infallible>(answer.await) }
     });
-    match tls {
-        None => serve_http(io, svc, &gw, true).await,
-        // Boxed: a connection's task is as large as its largest state, and the TLS handshake
-        // and stream would make every plain connection pay for them.
-        Some(acceptor) => Box::pin(serve_tls(io, acceptor, svc, &gw, http_peer)).await,
-    }
-}
-
-/// The TLS handshake on an accepted connection, then HTTP on the TLS stream.
-async fn serve_tls<T, S>(
-    io: T,
-    acceptor: tokio_rustls::TlsAcceptor,
-    svc: S,
-    gw: &Gateway,
-    http_peer: SocketAddr,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<crate::http::Body>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    // docs/protocol.md §7: the handshake is a wait on the peer like the request headers, and
-    // has the same deadline.
-    let deadline = Duration::from_secs(gw.settings().config.limits.header_read_timeout_secs);
-    match tokio::time::timeout(deadline, acceptor.accept(io)).await {
-        Ok(Ok(tls)) => serve_http(tls, svc, gw, true).await,
-        Ok(Err(e)) => tracing::debug!(peer = %http_peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(peer = %http_peer, "TLS handshake timed out"),
-    }
+    let Some(acceptor) = tls else {
+        serve_http(io, svc, &gw, true).await;
+        return;
+    };
+    // Boxed: a connection's task is as large as its largest state, and the TLS handshake and
+    // stream would make every plain connection pay for them.
+    Box::pin(async move {
+        // docs/protocol.md §7: the handshake is a wait on the peer like the request headers,
+        // and has the same deadline.
+        let deadline = Duration::from_secs(gw.settings().config.limits.header_read_timeout_secs);
+        match tokio::time::timeout(deadline, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => serve_http(tls, svc, &gw, true).await,
+            Ok(Err(e)) => tracing::debug!(peer = %http_peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(peer = %http_peer, "TLS handshake timed out"),
+        }
+    })
+    .await;
 }
 
 /// docs/protocol.md §7: a trusted proxy may name its client in a PROXY header, which is looked
@@ -258,16 +242,16 @@ where
     let idle_timeout = secs(limits.http_idle_timeout_secs);
     let (activity, mut idle) = Activity::watch(header_timeout, idle_timeout);
     // hyper keeps one box the size of this future for every HTTP/1.1 connection, from its
-    // first byte to its close, request or not. Boxed here, that box holds a pointer, and a
-    // request's state is allocated only while the request lasts: an idle keep-alive connection
-    // (one of every BOSH session's two) saves the size of the router's future.
+    // first byte to its close, request or not: it stays a few words because the public
+    // router answers with a box of its own (`router::Answer`), allocated only while the
+    // request lasts.
     let svc = service_fn(move |req| {
         let in_flight = activity.begin();
         let answer = svc.call(req);
-        Box::pin(async move {
+        async move {
             let _in_flight = in_flight;
             answer.await
-        })
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header-read timeout only runs when a timer is configured. It restarts as soon as
