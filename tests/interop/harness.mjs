@@ -248,8 +248,6 @@ export async function startGateway({ prosody, logDir, extraArgs = [], name = 'ga
 	if (!fs.existsSync(GATEWAY_BIN)) {
 		throw new Error(`gateway binary not found at ${GATEWAY_BIN} (build it or set XMPP_GATEWAY_BIN)`);
 	}
-	const port = await freePort();
-	const adminPort = await freePort();
 	const logFile = path.join(logDir, `${name}.log`);
 	const configArgs = [];
 	if (config !== undefined) {
@@ -257,33 +255,46 @@ export async function startGateway({ prosody, logDir, extraArgs = [], name = 'ga
 		await fsp.writeFile(configFile, config);
 		configArgs.push('--config', configFile);
 	}
-	const child = spawnTracked(
-		GATEWAY_BIN,
-		[
-			...configArgs,
-			'--listen', `127.0.0.1:${port}`,
-			'--admin-listen', `127.0.0.1:${adminPort}`,
-			'--route', `${DOMAIN}=127.0.0.1:${prosody.c2sPort}`,
-			'--upstream-ca', prosody.ca,
-			...extraArgs,
-		],
-		{ logFile, env: { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1', ...LOOPBACK_ADMISSION } },
-	);
-	const adminUrl = `http://127.0.0.1:${adminPort}`;
-	try {
-		await waitFor(
-			async () => {
-				if (!children.has(child)) throw new GiveUp(`gateway exited early:\n${tail(logFile)}`);
-				const res = await fetch(`${adminUrl}/healthz`);
-				return res.status === 200;
-			},
-			{ timeout: 20_000, what: 'gateway /healthz' },
+	// A port freePort found free can be taken by any socket (an outgoing connection gets an
+	// ephemeral port too) before the gateway binds it: then the gateway exits at once with
+	// "Address already in use", and is started again on other ports.
+	for (let attempt = 1; ; attempt++) {
+		const port = await freePort();
+		const adminPort = await freePort();
+		const child = spawnTracked(
+			GATEWAY_BIN,
+			[
+				...configArgs,
+				'--listen', `127.0.0.1:${port}`,
+				'--admin-listen', `127.0.0.1:${adminPort}`,
+				'--route', `${DOMAIN}=127.0.0.1:${prosody.c2sPort}`,
+				'--upstream-ca', prosody.ca,
+				...extraArgs,
+			],
+			{ logFile, env: { RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1', ...LOOPBACK_ADMISSION } },
 		);
-	} catch (err) {
-		await stopChild(child);
-		throw err;
+		const adminUrl = `http://127.0.0.1:${adminPort}`;
+		try {
+			await waitFor(
+				async () => {
+					if (!children.has(child)) throw new GiveUp(`gateway exited early:\n${tail(logFile)}`);
+					const res = await fetch(`${adminUrl}/healthz`);
+					return res.status === 200;
+				},
+				{ timeout: 20_000, what: 'gateway /healthz' },
+			);
+		} catch (err) {
+			await stopChild(child);
+			const portTaken = fs.readFileSync(logFile, 'utf8').includes('Address already in use');
+			if (portTaken && attempt < 5) continue;
+			throw err;
+		}
+		return gatewayHandle({ name, child, prosody, port, adminPort, adminUrl, logFile });
 	}
+}
 
+/** What startGateway returns for a gateway that is serving. */
+function gatewayHandle({ name, child, prosody, port, adminPort, adminUrl, logFile }) {
 	return {
 		name,
 		pid: child.pid,
