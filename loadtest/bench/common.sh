@@ -4,7 +4,9 @@
 # directory of their own, and stops all of them on exit.
 #
 # Environment: PROFILE (release, the default, or debug), CARGO_TARGET_DIR, BENCH_DIR (the
-# scratch directory; a new one under /tmp by default), KEEP=1 keeps it.
+# scratch directory; a new one under /tmp by default), KEEP=1 keeps it. GATEWAY (a gateway
+# binary to measure instead of this checkout's, e.g. an earlier commit's build kept aside) and
+# LOADTEST likewise; with GATEWAY set, nothing is built.
 
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/lib/common.sh
@@ -12,8 +14,9 @@ source "$BENCH_ROOT/scripts/lib/common.sh"
 
 PROFILE=${PROFILE:-release}
 BIN_DIR=${CARGO_TARGET_DIR:-$BENCH_ROOT/target}/$PROFILE
-LOADTEST=$BIN_DIR/xmpp-loadtest
-GATEWAY=$BIN_DIR/xmpp-gateway
+LOADTEST=${LOADTEST:-$BIN_DIR/xmpp-loadtest}
+BUILD_GATEWAY=$([[ -z ${GATEWAY:-} ]] && echo 1 || echo 0)
+GATEWAY=${GATEWAY:-$BIN_DIR/xmpp-gateway}
 BENCH_DIR=${BENCH_DIR:-$(mktemp -d /tmp/xmpp-bench.XXXXXX)}
 mkdir -p "$BENCH_DIR"
 export XMPP_LOADTEST_QUIET=1
@@ -30,6 +33,7 @@ trap bench_cleanup EXIT
 
 # Builds the gateway and the load tester in $PROFILE.
 bench_build() {
+	[[ $BUILD_GATEWAY == 1 ]] || return 0
 	local flag=()
 	[[ $PROFILE == release ]] && flag=(--release)
 	(cd "$BENCH_ROOT" && cargo build "${flag[@]}" -p xmpp-gateway -p xmpp-loadtest --bins)
