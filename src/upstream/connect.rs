@@ -37,47 +37,41 @@ impl UpstreamIo {
     }
 
     /// Reads what is available into `buf`, returning the byte count (0 at end of stream).
-    /// An idle session holds no read buffer: a plain socket waits for readability before any
-    /// buffer space is reserved, and a TLS stream with nothing partial buffered is read on the
-    /// stack.
+    /// An idle session holds no read buffer: with nothing partial buffered, the read goes to
+    /// the stack and only what arrived is kept (rustls keeps a buffer of its own for TLS).
+    ///
+    /// Every read goes through `poll_read`, which takes a short read as proof that the socket
+    /// is drained: the next poll waits for the next readiness event instead of making one more
+    /// `recvfrom` that fails with `EAGAIN` (docs/PERFORMANCE.md, "System calls").
     pub fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            UpstreamIo::Plain(tcp) => loop {
-                ready!(tcp.get_ref().poll_read_ready(cx))?;
-                reserve(buf);
-                match tcp.get_mut().try_read_buf(buf) {
-                    Ok(n) => return Poll::Ready(Ok(n)),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Readiness after the last read was stale: give the buffer back
-                        // before waiting again, or every idle session keeps 4 KiB.
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                        continue;
-                    }
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            },
-            UpstreamIo::Tls(tls) if !buf.is_empty() => {
-                reserve(buf);
-                tokio_util::io::poll_read_buf(Pin::new(tls.as_mut()), cx, buf)
-            }
-            // Nothing partial is buffered: read on the stack and keep only what arrived, so an
-            // idle TLS session waits without a read buffer of its own (rustls keeps one).
-            UpstreamIo::Tls(tls) => {
-                let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-                let mut read = ReadBuf::uninit(&mut chunk);
-                ready!(Pin::new(tls.as_mut()).poll_read(cx, &mut read))?;
-                buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(read.filled().len()))
-            }
+            UpstreamIo::Plain(tcp) => read_into(tcp, cx, buf),
+            UpstreamIo::Tls(tls) => read_into(tls.as_mut(), cx, buf),
             UpstreamIo::Closed => Poll::Ready(Err(closed())),
         }
     }
+}
+
+/// [`UpstreamIo::poll_read_into`] for one kind of stream.
+fn read_into<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if !buf.is_empty() {
+        // The rest of a partial element: straight into the buffer that holds its start.
+        reserve(buf);
+        return tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
+    }
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = ReadBuf::uninit(&mut chunk);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 fn closed() -> io::Error {
@@ -182,7 +176,23 @@ mod tests {
     // its own. It used to reserve 4 KiB before every wait: 4 KiB of every idle TLS session.
     #[tokio::test]
     async fn an_idle_tls_stream_waits_without_a_read_buffer() {
-        let (mut io, mut server) = tls_pair().await;
+        let (io, server) = tls_pair().await;
+        reads_without_an_idle_buffer(io, server).await;
+    }
+
+    // The same for a plain stream, whose reads now go through `poll_read` as TLS reads do.
+    #[tokio::test]
+    async fn an_idle_plain_stream_waits_without_a_read_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let io = UpstreamIo::Plain(Deadline::new(tcp, Duration::from_secs(5)));
+        reads_without_an_idle_buffer(io, server).await;
+    }
+
+    async fn reads_without_an_idle_buffer(mut io: UpstreamIo, mut server: impl AsyncWrite + Unpin) {
         let mut buf = BytesMut::new();
         let waited = poll_fn(|cx| Poll::Ready(io.poll_read_into(cx, &mut buf).is_pending())).await;
         assert!(waited, "nothing was sent, so the read waits");

@@ -63,6 +63,10 @@ pub async fn run(task: Box<Task>) {
     let mut told_shutdown = false;
     // Set when the task itself ends the session for a reason the state machine cannot name.
     let mut cut: Option<&'static str> = None;
+    // Made once: a wait on the drain registers with the one notifier every session shares, and
+    // doing that on each turn of the loop took its lock twice per stanza.
+    let drain = ctx.shutdown.cancelled();
+    tokio::pin!(drain);
     let reason = loop {
         let mut actions = Vec::new();
         let deadline = state.next_deadline();
@@ -102,7 +106,7 @@ pub async fn run(task: Box<Task>) {
             _ = tick => state.on_tick(Instant::now(), &mut actions),
             // Last: the future borrows the state, after the other branches have read it.
             _ = abandoned(&mut state) => state.on_abandoned(&mut actions),
-            _ = ctx.shutdown.cancelled(), if !told_shutdown => {
+            _ = &mut drain, if !told_shutdown => {
                 told_shutdown = true;
                 // docs/protocol.md §6: a resumable stream is left to the server at once. Any
                 // other stays open while requests already on their way arrive (see `linger`),

@@ -167,6 +167,10 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
     // server's next batch waits (TCP pushes back on the server), but what the browser sent
     // still goes out to it.
     let mut unflushed = false;
+    // Made once: a wait on the drain registers with the one notifier every session shares, and
+    // doing that on each turn of the loop took its lock twice per stanza.
+    let drain = ctx.shutdown.cancelled();
+    tokio::pin!(drain);
     loop {
         let close_deadline = sleep_until_some(closing.map(|(at, _)| at));
         // docs/protocol.md §7: a browser over its rate limits, or with as much queued for a
@@ -311,7 +315,7 @@ async fn relay(ws: &mut Ws, session: &mut Session, ctx: &Context, slot: &mut Slo
                 let ending = closing.map_or(Ending::Close, |(_, e)| e);
                 return finish(ws, ending, settings).await;
             }
-            _ = ctx.shutdown.cancelled(), if closing.is_none() => {
+            _ = &mut drain, if closing.is_none() => {
                 // docs/protocol.md §6: a resumable stream is left to the server; any other is
                 // closed first and relayed until the server's close, so stanzas already on
                 // their way still reach the client; then the client is told where to go.
