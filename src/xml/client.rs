@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use super::ns::OuterScope;
-use super::scan::{ElementScanner, EndTag, Observer, Scan, StartTag};
+use super::scan::{with_scratch, ElementScanner, EndTag, Observer, Scan, StartTag};
 use super::text::{attr_string, check_chars, leading_space};
 use super::{Limits, XmlError, NS_CLIENT, NS_FRAMING, NS_STREAM};
 
@@ -58,8 +58,10 @@ pub fn parse_client_frame(msg: Bytes, limits: &Limits) -> Result<ClientFrame, Xm
     }
 
     let mut observer = ClientObserver::default();
-    let mut scanner = ElementScanner::new(limits);
-    let len = match scanner.scan(body, &UpstreamScope, &mut observer)? {
+    let scanned = with_scratch(limits, |scanner| {
+        scanner.scan(body, &UpstreamScope, &mut observer)
+    });
+    let len = match scanned? {
         Scan::Complete(len) => len,
         Scan::Incomplete => return Err(XmlError::syntax("unclosed element")),
     };

@@ -13,20 +13,20 @@
 //! quick-xml reader does not know the elements opened before it, end-tag names are checked
 //! against this module's own stack rather than with quick-xml's `check_end_names`.
 
-use std::collections::HashSet;
+mod attributes;
+
+use std::cell::RefCell;
 use std::ops::Range;
 
-use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{PrefixDeclaration, QName};
 
+pub(crate) use self::attributes::for_each_attribute;
 use super::ns::{
     check_default_declaration, check_prefix_declaration, lookup_prefix, resolve_default,
-    resolve_prefix, step, NsStack, OuterScope,
+    resolve_prefix, NsStack, OuterScope,
 };
-use super::text::{
-    check_attr_value, check_name, check_text, check_text_prefix, find_byte, is_space,
-};
+use super::text::{check_name, check_text, check_text_prefix, find_byte};
 use super::tokens::{Token, Tokens};
 use super::{Limits, XmlError};
 
@@ -130,6 +130,22 @@ impl ElementScanner {
         }
     }
 
+    /// Takes `limits` and forgets the element scanned so far, keeping allocated capacity.
+    fn configure(&mut self, limits: &Limits) {
+        self.max_bytes = limits.max_element_bytes;
+        self.max_depth = limits.max_depth;
+        self.max_attributes = limits.max_attributes;
+        self.reset();
+    }
+
+    /// Bytes and entries allocated.
+    fn capacity(&self) -> usize {
+        self.names.capacity()
+            + self.name_starts.capacity()
+            + self.ns.capacity()
+            + self.used_outer.capacity()
+    }
+
     /// Forgets the element scanned so far, keeping allocated capacity for the next one.
     pub(crate) fn reset(&mut self) {
         self.resume = 0;
@@ -144,11 +160,7 @@ impl ElementScanner {
 
     /// Resets and gives back allocated memory; returns true if there was any.
     pub(crate) fn release_memory(&mut self) -> bool {
-        let had = self.names.capacity()
-            + self.name_starts.capacity()
-            + self.ns.capacity()
-            + self.used_outer.capacity()
-            > 0;
+        let had = self.capacity() > 0;
         self.names = Vec::new();
         self.name_starts = Vec::new();
         self.ns = NsStack::default();
@@ -432,98 +444,41 @@ impl ElementScanner {
     }
 }
 
-/// Validates every attribute of `tag` (syntax, duplicates, name, value, count) and hands each
-/// one to `f`. Returns the number of attributes.
-pub(crate) fn for_each_attribute<'t, F>(
-    tag: &'t BytesStart<'_>,
-    max: usize,
-    mut f: F,
-) -> Result<usize, XmlError>
-where
-    F: FnMut(Attribute<'t>) -> Result<(), XmlError>,
-{
-    check_attribute_spacing(tag.get(tag.name().as_ref().len()..).unwrap_or_default())?;
-    let mut count = 0;
-    let mut names = AttributeNames::default();
-    // quick-xml's own duplicate check compares each name with every earlier one; the check
-    // here costs the same per attribute however many there are.
-    for attr in tag.attributes().with_checks(false) {
-        let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
-        count += 1;
-        if count > max {
-            return Err(XmlError::TooManyAttributes);
-        }
-        names.insert(attr.key.into_inner())?;
-        check_name(attr.key.as_ref())?;
-        check_attr_value(&attr.value)?;
-        f(attr)?;
-    }
-    Ok(count)
+thread_local! {
+    /// This thread's reusable scanner: see [`with_scratch`].
+    static SCRATCH: RefCell<ElementScanner> = RefCell::new(ElementScanner::new(&Limits::default()));
 }
 
-/// The attribute names of one tag seen so far, for XML §3.1's "no attribute name appears more
-/// than once". A few are compared directly; past that they go into a hash set, so a tag with
-/// thousands of attributes (the server relays whatever another user wrote) is checked in
-/// linear time.
-#[derive(Default)]
-struct AttributeNames<'t> {
-    /// The first names, compared directly (no allocation for ordinary tags).
-    few: [&'t [u8]; 8],
-    len: usize,
-    many: Option<HashSet<&'t [u8]>>,
+/// What the scratch scanner may keep between elements: enough for ordinary stanzas. A larger
+/// element (a roster, or a hostile one with thousands of declarations) gives its memory back.
+const SCRATCH_KEEP: usize = 4096;
+
+/// Runs `f` with this thread's reusable scanner, set to `limits` and holding no element. An
+/// element scanned in one go (a browser's message, or a server stanza that arrived whole)
+/// then costs no allocation, and no session holds a scanner's memory while idle. A caller
+/// whose element is incomplete swaps the scanner's state into one of its own before `f`
+/// returns, to resume it later.
+pub(crate) fn with_scratch<R>(limits: &Limits, f: impl FnOnce(&mut ElementScanner) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scanner) => {
+            scanner.configure(limits);
+            let result = f(&mut scanner);
+            if scanner.capacity() > SCRATCH_KEEP {
+                scanner.release_memory();
+            }
+            result
+        }
+        // A scan inside a scan (no caller does this) gets a scanner of its own.
+        Err(_) => f(&mut ElementScanner::new(limits)),
+    })
 }
 
-impl<'t> AttributeNames<'t> {
-    fn insert(&mut self, name: &'t [u8]) -> Result<(), XmlError> {
-        let duplicate = || XmlError::syntax("duplicate attribute");
-        if let Some(set) = &mut self.many {
-            step(1);
-            return if set.insert(name) {
-                Ok(())
-            } else {
-                Err(duplicate())
-            };
-        }
-        let few = self.few.get(..self.len).unwrap_or_default();
-        step(few.len());
-        if few.contains(&name) {
-            return Err(duplicate());
-        }
-        match self.few.get_mut(self.len) {
-            Some(slot) => {
-                *slot = name;
-                self.len += 1;
-            }
-            None => {
-                let mut set: HashSet<&[u8]> = self.few.iter().copied().collect();
-                set.insert(name);
-                self.many = Some(set);
-            }
-        }
-        Ok(())
-    }
+/// What this thread's scratch scanner holds allocated.
+#[cfg(test)]
+pub(crate) fn scratch_capacity() -> usize {
+    SCRATCH.with(|cell| cell.borrow().capacity())
 }
 
-/// XML §3.1 requires whitespace between attributes (`<a b='1'c='2'>` is not well-formed);
-/// quick-xml's attribute iterator does not insist on it. `attributes` is the part of the tag
-/// after its name.
-fn check_attribute_spacing(attributes: &[u8]) -> Result<(), XmlError> {
-    let mut quote = None;
-    for (i, &b) in attributes.iter().enumerate() {
-        match quote {
-            Some(q) if b == q => {
-                quote = None;
-                if attributes.get(i + 1).is_some_and(|&next| !is_space(next)) {
-                    return Err(XmlError::syntax("no whitespace between attributes"));
-                }
-            }
-            Some(_) => {}
-            None if b == b'\'' || b == b'"' => quote = Some(b),
-            None => {}
-        }
-    }
-    Ok(())
-}
 /// Errors for markup that is refused whatever follows, so that a comment or DTD never has to
 /// be buffered to its end before it is rejected. `bytes` starts at a `<`.
 fn restricted_markup(bytes: &[u8]) -> Option<XmlError> {

@@ -9,15 +9,15 @@
 //! [`StreamSplitter::next_item`] then checks whether a complete item is buffered and, if so,
 //! splits it off — as a zero-copy slice of the read buffer unless declarations had to be added.
 
-use bytes::{Buf, Bytes, BytesMut};
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::PrefixDeclaration;
+mod header;
 
-use super::ns::{check_default_declaration, check_prefix_declaration, step, OuterScope};
-use super::scan::{
-    for_each_attribute, non_element_markup, ElementScanner, Observer, Scan, StartTag,
-};
-use super::text::{attr_string, check_chars, check_name, leading_space};
+use bytes::{Buf, Bytes, BytesMut};
+use quick_xml::events::Event;
+
+pub use self::header::StreamHeader;
+use self::header::{parse_header, HeaderScope};
+use super::scan::{non_element_markup, with_scratch, ElementScanner, Observer, Scan, StartTag};
+use super::text::{check_chars, leading_space};
 use super::tokens::{check_declaration, Token, Tokens};
 use super::{escape_attr, Limits, XmlError, NS_SASL, NS_STREAM, NS_TLS};
 
@@ -60,23 +60,6 @@ pub enum StreamItem {
     Element(Element),
     /// `</stream:stream>`: the server closed the stream.
     End,
-}
-
-/// Attributes of the upstream stream header (RFC 6120 §4.7), values decoded.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StreamHeader {
-    /// `from`: the server's domain.
-    pub from: Option<String>,
-    /// `to`: the client's address, if the server echoes it.
-    pub to: Option<String>,
-    /// `id`: the stream id (BOSH's `authid`).
-    pub id: Option<String>,
-    /// `version`, normally `1.0`.
-    pub version: Option<String>,
-    /// `xml:lang`: default language of the stream.
-    pub lang: Option<String>,
-    /// The default namespace declared on the header, normally `jabber:client`.
-    pub default_ns: Option<String>,
 }
 
 /// A top-level element, standalone: its bytes parse as an XML document by themselves.
@@ -128,30 +111,6 @@ enum State {
     Ended,
     /// An error was returned; it is returned again.
     Failed(XmlError),
-}
-
-/// Namespace declarations of the stream header, which every top-level element inherits.
-#[derive(Default)]
-struct HeaderScope {
-    default_ns: Option<String>,
-    prefixes: Vec<(String, String)>,
-}
-
-impl OuterScope for HeaderScope {
-    fn default_ns(&self) -> Option<&[u8]> {
-        self.default_ns.as_deref().map(str::as_bytes)
-    }
-
-    fn lookup(&self, prefix: &[u8]) -> Option<(usize, &[u8])> {
-        // At most HEADER_MAX_ATTRIBUTES entries.
-        step(self.prefixes.len());
-        self.prefixes
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, (p, _))| p.as_bytes() == prefix)
-            .map(|(i, (_, uri))| (i, uri.as_bytes()))
-    }
 }
 
 /// Learns the kind of a top-level element from its start tag.
@@ -381,19 +340,40 @@ impl StreamSplitter {
                         None => Ok(Step::Wait),
                     }
                 }
-                _ => {
-                    self.scanner.reset();
-                    self.kind = ElementKind::Other;
-                    self.scanning = true;
-                }
+                _ => self.kind = ElementKind::Other,
             }
         }
-        let mut observer = KindObserver(&mut self.kind);
-        match self.scanner.scan(&self.buf, &self.scope, &mut observer)? {
-            Scan::Incomplete => Ok(Step::Wait),
-            Scan::Complete(end) => {
+        let element = if self.scanning {
+            scan_element(
+                &mut self.buf,
+                &self.scope,
+                &mut self.kind,
+                &mut self.scanner,
+            )?
+        } else {
+            // A new element is scanned with the thread's scanner: one that arrived whole costs
+            // no allocation. One that did not takes the scanner's state along to resume.
+            let (buf, scope, kind, own) = (
+                &mut self.buf,
+                &self.scope,
+                &mut self.kind,
+                &mut self.scanner,
+            );
+            with_scratch(&self.limits, |scratch| {
+                let element = scan_element(buf, scope, kind, scratch);
+                if matches!(element, Ok(None)) {
+                    std::mem::swap(scratch, own);
+                }
+                element
+            })?
+        };
+        match element {
+            None => {
+                self.scanning = true;
+                Ok(Step::Wait)
+            }
+            Some(element) => {
                 self.scanning = false;
-                let element = self.take_element(end)?;
                 Ok(Step::Item(StreamItem::Element(element)))
             }
         }
@@ -417,47 +397,66 @@ impl StreamSplitter {
         self.finish();
         Ok(Step::Item(StreamItem::End))
     }
+}
 
-    /// Splits the complete element `..end` off the buffer, adding the stream header's
-    /// namespace declarations it relies on (docs/protocol.md §2: every element stands alone).
-    fn take_element(&mut self, end: usize) -> Result<Element, XmlError> {
-        let kind = self.kind;
-        let bytes = self
-            .buf
-            .get(..end)
-            .ok_or_else(|| XmlError::syntax("element end past the buffer"))?;
-        check_chars(bytes)?;
-
-        let default_ns = match self.scope.default_ns.as_deref() {
-            Some(ns) if !self.scanner.root_declares_default() => Some(ns),
-            _ => None,
-        };
-        let used = self.scanner.used_outer();
-        if default_ns.is_none() && used.is_empty() {
-            let bytes = self.buf.split_to(end).freeze();
-            return Ok(Element { bytes, kind });
-        }
-
-        let name_end = self.scanner.root_name_end();
-        let (head, tail) = match (bytes.get(..name_end), bytes.get(name_end..)) {
-            (Some(head), Some(tail)) => (head, tail),
-            _ => return Err(XmlError::syntax("element name past the buffer")),
-        };
-        let mut out = BytesMut::with_capacity(end + 64);
-        out.extend_from_slice(head);
-        if let Some(ns) = default_ns {
-            push_declaration(&mut out, None, ns);
-        }
-        for (prefix, ns) in used.iter().filter_map(|&i| self.scope.prefixes.get(i)) {
-            push_declaration(&mut out, Some(prefix), ns);
-        }
-        out.extend_from_slice(tail);
-        self.buf.advance(end);
-        Ok(Element {
-            bytes: out.freeze(),
-            kind,
-        })
+/// Scans the element at the front of `buf` from where `scanner` stopped; splits it off once
+/// complete (`None` until then).
+fn scan_element(
+    buf: &mut BytesMut,
+    scope: &HeaderScope,
+    kind: &mut ElementKind,
+    scanner: &mut ElementScanner,
+) -> Result<Option<Element>, XmlError> {
+    let mut observer = KindObserver(kind);
+    match scanner.scan(buf, scope, &mut observer)? {
+        Scan::Incomplete => Ok(None),
+        Scan::Complete(end) => take_element(buf, scope, *kind, scanner, end).map(Some),
     }
+}
+
+/// Splits the complete element `..end` off the buffer, adding the stream header's namespace
+/// declarations it relies on (docs/protocol.md §2: every element stands alone).
+fn take_element(
+    buf: &mut BytesMut,
+    scope: &HeaderScope,
+    kind: ElementKind,
+    scanner: &ElementScanner,
+    end: usize,
+) -> Result<Element, XmlError> {
+    let bytes = buf
+        .get(..end)
+        .ok_or_else(|| XmlError::syntax("element end past the buffer"))?;
+    check_chars(bytes)?;
+
+    let default_ns = match scope.default_ns.as_deref() {
+        Some(ns) if !scanner.root_declares_default() => Some(ns),
+        _ => None,
+    };
+    let used = scanner.used_outer();
+    if default_ns.is_none() && used.is_empty() {
+        let bytes = buf.split_to(end).freeze();
+        return Ok(Element { bytes, kind });
+    }
+
+    let name_end = scanner.root_name_end();
+    let (head, tail) = match (bytes.get(..name_end), bytes.get(name_end..)) {
+        (Some(head), Some(tail)) => (head, tail),
+        _ => return Err(XmlError::syntax("element name past the buffer")),
+    };
+    let mut out = BytesMut::with_capacity(end + 64);
+    out.extend_from_slice(head);
+    if let Some(ns) = default_ns {
+        push_declaration(&mut out, None, ns);
+    }
+    for (prefix, ns) in used.iter().filter_map(|&i| scope.prefixes.get(i)) {
+        push_declaration(&mut out, Some(prefix), ns);
+    }
+    out.extend_from_slice(tail);
+    buf.advance(end);
+    Ok(Element {
+        bytes: out.freeze(),
+        kind,
+    })
 }
 
 /// Appends ` xmlns='ns'` or ` xmlns:prefix='ns'`.
@@ -470,95 +469,6 @@ fn push_declaration(out: &mut BytesMut, prefix: Option<&str>, ns: &str) {
     out.extend_from_slice(b"='");
     out.extend_from_slice(escape_attr(ns).as_bytes());
     out.extend_from_slice(b"'");
-}
-
-/// Most attributes (declarations included) accepted on the stream header.
-const HEADER_MAX_ATTRIBUTES: usize = 64;
-
-/// What the splitter keeps from the stream header.
-struct ParsedHeader {
-    header: StreamHeader,
-    scope: HeaderScope,
-    name: Vec<u8>,
-}
-
-/// Checks the stream header start tag and reads its attributes (RFC 6120 §4.7, §4.8).
-fn parse_header(
-    tag: &BytesStart<'_>,
-    raw: &[u8],
-    limits: &Limits,
-) -> Result<ParsedHeader, XmlError> {
-    if raw.len() > limits.max_element_bytes {
-        return Err(XmlError::TooLarge);
-    }
-    check_chars(raw)?;
-    let name = tag.name();
-    check_name(name.as_ref())?;
-
-    let mut header = StreamHeader::default();
-    let mut scope = HeaderScope::default();
-    let mut prefixed_attributes = false;
-    // The header is the server's own, not relayed from other users: it is held to a small
-    // number of attributes, which bounds the declarations every element may inherit.
-    let max_attributes = limits.max_attributes.min(HEADER_MAX_ATTRIBUTES);
-    for_each_attribute(tag, max_attributes, |attr| {
-        match attr.key.as_namespace_binding() {
-            Some(PrefixDeclaration::Default) => {
-                check_default_declaration(&attr.value)?;
-                let ns = attr_string(&attr.value)?;
-                scope.default_ns = (!ns.is_empty()).then(|| ns.clone());
-                header.default_ns = (!ns.is_empty()).then_some(ns);
-            }
-            Some(PrefixDeclaration::Named(prefix)) => {
-                check_prefix_declaration(prefix, &attr.value)?;
-                let prefix =
-                    std::str::from_utf8(prefix).map_err(|_| XmlError::syntax("invalid UTF-8"))?;
-                scope
-                    .prefixes
-                    .push((prefix.to_owned(), attr_string(&attr.value)?));
-            }
-            None => {
-                let value = || attr_string(&attr.value).map(Some);
-                match attr.key.as_ref() {
-                    b"from" => header.from = value()?,
-                    b"to" => header.to = value()?,
-                    b"id" => header.id = value()?,
-                    b"version" => header.version = value()?,
-                    b"xml:lang" => header.lang = value()?,
-                    _ => prefixed_attributes |= attr.key.prefix().is_some(),
-                }
-            }
-        }
-        Ok(())
-    })?;
-
-    if prefixed_attributes {
-        for attr in tag.attributes().with_checks(false).flatten() {
-            if let Some(prefix) = attr.key.prefix() {
-                let prefix = prefix.as_ref();
-                if prefix != b"xml" && prefix != b"xmlns" && scope.lookup(prefix).is_none() {
-                    return Err(XmlError::syntax("undeclared namespace prefix"));
-                }
-            }
-        }
-    }
-
-    let (local, prefix) = name.decompose();
-    let ns = match prefix {
-        None => scope.default_ns(),
-        Some(prefix) => scope.lookup(prefix.as_ref()).map(|(_, ns)| ns),
-    };
-    // RFC 6120 §4.8.1: the root is <stream> in the streams namespace, whatever its prefix.
-    if local.as_ref() != b"stream" || ns != Some(NS_STREAM.as_bytes()) {
-        return Err(XmlError::InvalidNamespace(
-            "stream root is not <stream/> in the streams namespace".into(),
-        ));
-    }
-    Ok(ParsedHeader {
-        header,
-        scope,
-        name: name.as_ref().to_vec(),
-    })
 }
 
 #[cfg(test)]

@@ -72,28 +72,50 @@ pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
 /// Checks a (possibly prefixed) element or attribute name. ASCII characters are limited to the
 /// ones XML allows in names; non-ASCII characters are accepted as they are. At most one colon,
 /// separating two non-empty parts (Namespaces in XML §4).
+///
+/// One pass with a table: it runs for every element and attribute name of every stanza.
 pub(crate) fn check_name(name: &[u8]) -> Result<(), XmlError> {
-    let bad = || XmlError::syntax("invalid element or attribute name");
-    let mut parts = name.splitn(3, |&b| b == b':');
-    let first = parts.next().unwrap_or_default();
-    let second = parts.next();
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    for part in std::iter::once(first).chain(second) {
-        match part.first() {
-            None => return Err(bad()),
-            Some(b) if b.is_ascii_digit() || *b == b'-' || *b == b'.' => return Err(bad()),
-            Some(_) => {}
-        }
-        let allowed =
-            |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.') || *b >= 0x80;
-        if !part.iter().all(allowed) {
-            return Err(bad());
+    let mut colon = None;
+    for (i, &b) in name.iter().enumerate() {
+        match NAME_BYTES[usize::from(b)] {
+            NAME_START => {}
+            NAME_CHAR if i != 0 && colon != Some(i - 1) => {}
+            COLON if colon.is_none() && i != 0 => colon = Some(i),
+            _ => return Err(XmlError::syntax("invalid element or attribute name")),
         }
     }
-    Ok(())
+    match (name.len(), colon) {
+        (0, _) => Err(XmlError::syntax("invalid element or attribute name")),
+        (len, Some(at)) if at + 1 == len => {
+            Err(XmlError::syntax("invalid element or attribute name"))
+        }
+        _ => Ok(()),
+    }
 }
+
+/// [`check_name`]'s classes: bytes that may start a name part, that may only follow its first
+/// byte, the colon between prefix and local name, and the rest.
+const NAME_START: u8 = 1;
+const NAME_CHAR: u8 = 2;
+const COLON: u8 = 3;
+const NAME_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            NAME_START
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            NAME_CHAR
+        } else if c == b':' {
+            COLON
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
 
 /// Bytes that can appear between `&` and `;` of a reference we are willing to look at.
 fn is_reference_byte(b: u8) -> bool {
@@ -228,8 +250,16 @@ pub(crate) fn attr_string(raw: &[u8]) -> Result<String, XmlError> {
 }
 
 fn decode(raw: &[u8], out: &mut Vec<u8>, attribute: bool) -> Result<(), XmlError> {
+    out.reserve(raw.len());
     let mut i = 0;
-    while let Some(&b) = raw.get(i) {
+    loop {
+        // Bytes that stand for themselves are copied a run at a time.
+        let rest = raw.get(i..).unwrap_or_default();
+        let plain = find_byte(rest, |b| matches!(b, b'&' | b'<' | b'\r' | b'\n' | b'\t'))
+            .unwrap_or(rest.len());
+        out.extend_from_slice(rest.get(..plain).unwrap_or_default());
+        i += plain;
+        let Some(&b) = raw.get(i) else { break };
         match b {
             b'&' => {
                 let (c, len) = read_reference(raw.get(i + 1..).unwrap_or_default())?;

@@ -342,3 +342,69 @@ fn cdata_end_marker_split_across_reads_is_caught() {
 
 mod hostile;
 mod relayed;
+
+// Elements that arrive whole are scanned with the thread's scratch scanner; one that arrives
+// in pieces takes the scanner's state along. Two sessions on one thread, each with a partial
+// element while the other uses the scratch, must each get their own element back.
+#[test]
+fn partial_elements_of_two_streams_on_one_thread_stay_apart() {
+    let mut a = StreamSplitter::new(Limits::default());
+    let mut b = StreamSplitter::new(Limits::default());
+    let feed = |s: &mut StreamSplitter, bytes: &str| {
+        s.buffer_mut().extend_from_slice(bytes.as_bytes());
+        let mut items = Vec::new();
+        while let Some(item) = s.next_item().unwrap() {
+            items.push(item);
+        }
+        items
+    };
+    assert_eq!(feed(&mut a, HEADER).len(), 1);
+    assert_eq!(feed(&mut b, HEADER).len(), 1);
+    assert!(feed(&mut a, "<message to='a'><body>one ").is_empty());
+    let whole_and_part = feed(&mut b, "<iq type='get' id='1'/><presence from='b'><show>a");
+    assert_eq!(whole_and_part.len(), 1);
+    assert_eq!(
+        element_text(&whole_and_part[0]),
+        "<iq xmlns='jabber:client' type='get' id='1'/>"
+    );
+    let a_done = feed(&mut a, "two</body></message>");
+    let b_done = feed(&mut b, "way</show></presence>");
+    assert_eq!(
+        element_text(&a_done[0]),
+        "<message xmlns='jabber:client' to='a'><body>one two</body></message>"
+    );
+    assert_eq!(
+        element_text(&b_done[0]),
+        "<presence xmlns='jabber:client' from='b'><show>away</show></presence>"
+    );
+}
+
+// The scratch scanner keeps what ordinary stanzas need, and gives back what a large one took.
+#[test]
+fn the_scratch_scanner_gives_back_what_a_large_element_took() {
+    let mut deep = String::from(HEADER);
+    // 20 levels, each declaring 20 prefixes with long names: some 60 KB of declarations.
+    for i in 0..20 {
+        deep.push_str(&format!("<x{i}"));
+        for j in 0..20 {
+            deep.push_str(&format!(" xmlns:p{i}_{j}='urn:{}:{j}'", "n".repeat(100)));
+        }
+        deep.push('>');
+    }
+    for i in (0..20).rev() {
+        deep.push_str(&format!("</x{i}>"));
+    }
+    let items = split_all(deep.as_bytes()).unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        crate::xml::scan::scratch_capacity() <= 4096,
+        "{}",
+        crate::xml::scan::scratch_capacity()
+    );
+    let items = after_header("<message><body>hi</body></message>").unwrap();
+    assert_eq!(items.len(), 1);
+    assert!(
+        crate::xml::scan::scratch_capacity() > 0,
+        "an ordinary element's memory is kept"
+    );
+}
