@@ -51,10 +51,7 @@ pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
         return Err(XmlError::syntax("invalid UTF-8"));
     }
     let mut from = 0;
-    while let Some(offset) = bytes
-        .get(from..)
-        .and_then(|rest| find_byte(rest, |b| b < 0x20 || b == 0xEF))
-    {
+    while let Some(offset) = bytes.get(from..).and_then(find_control_or_ef) {
         let at = from + offset;
         match bytes.get(at..) {
             Some([b'\t' | b'\n' | b'\r', ..]) => {}
@@ -67,6 +64,34 @@ pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
         from = at + 1;
     }
     Ok(())
+}
+
+/// Offset of the first byte below 0x20 (a control character, or tab, line feed, carriage
+/// return) or equal to 0xEF (the lead byte of U+FFFE and U+FFFF). [`check_chars`] runs over
+/// every byte of every stanza, and the compiler does not vectorise this test on its own, so
+/// eight bytes are tested at a time in a `u64` (a byte below `n` borrows in `x - n`, and then
+/// has its top bit set where the byte itself did not).
+fn find_control_or_ef(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS != 0;
+    let hit = |b: u8| b < 0x20 || b == 0xEF;
+    let mut words = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_ne_bytes(eight);
+        if below(x, 0x20) || below(x ^ (ONES * 0xEF), 1) {
+            return word.iter().position(|&b| hit(b)).map(|i| offset + i);
+        }
+        offset += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| hit(b))
+        .map(|i| offset + i)
 }
 
 /// Checks a (possibly prefixed) element or attribute name. ASCII characters are limited to the
@@ -349,6 +374,24 @@ mod tests {
             for at in (0..len).rev() {
                 bytes[at] = b'<';
                 assert_eq!(find_byte(&bytes, |b| b == b'<'), Some(at), "len {len}");
+            }
+        }
+    }
+
+    // The word-at-a-time test finds what the byte-at-a-time one does: every byte value at
+    // every position of a word, next to every neighbour that could borrow into it.
+    #[test]
+    fn control_or_ef_is_found_at_any_offset_whatever_surrounds_it() {
+        let naive = |bytes: &[u8]| bytes.iter().position(|&b| b < 0x20 || b == 0xEF);
+        for len in [1, 7, 8, 9, 16, 17] {
+            for at in 0..len {
+                for value in 0..=255u8 {
+                    for fill in [0x20u8, 0x21, 0x7F, 0x80, 0xEE, 0xF0, 0xFF] {
+                        let mut bytes = vec![fill; len];
+                        bytes[at] = value;
+                        assert_eq!(find_control_or_ef(&bytes), naive(&bytes), "{bytes:?}");
+                    }
+                }
             }
         }
     }

@@ -332,10 +332,23 @@ fn client_rejects_bad_attribute_syntax() {
         "<message xmlns:xmlns='x'/>",
         "<message xmlns:xml='urn:not-xml'/>",
         "<message to='a'type='chat'/>",
+        "<message to='a' type=\"chat\"id='1'><body/></message>",
+        "<message><body xml:lang='en'a='b'/></message>",
         "<message =''/>",
         "<message \"to\"='a'/>",
     ] {
         assert_not_well_formed(msg);
+    }
+}
+
+// XML §3.1: whitespace of any kind separates attributes, and may end the tag.
+#[test]
+fn client_accepts_any_whitespace_after_an_attribute() {
+    for msg in [
+        "<message to='a'\ttype='chat' />",
+        "<message to=\"a\"\r\ntype='chat'\n><body a='\"'\n/></message>",
+    ] {
+        assert!(matches!(parse(msg), Ok(ClientFrame::Element(_))), "{msg:?}");
     }
 }
 

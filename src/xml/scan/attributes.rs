@@ -1,6 +1,7 @@
 //! The checks every start tag's attributes get: syntax, whitespace between them, names,
 //! values, no name twice (XML §3.1), and the count.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use quick_xml::events::attributes::Attribute;
@@ -20,7 +21,7 @@ pub(crate) fn for_each_attribute<'t, F>(
 where
     F: FnMut(Attribute<'t>) -> Result<(), XmlError>,
 {
-    check_attribute_spacing(tag.get(tag.name().as_ref().len()..).unwrap_or_default())?;
+    let raw: &[u8] = tag;
     let mut count = 0;
     let mut names = AttributeNames::default();
     // quick-xml's own duplicate check compares each name with every earlier one; the check
@@ -30,6 +31,24 @@ where
         count += 1;
         if count > max {
             return Err(XmlError::TooManyAttributes);
+        }
+        match &attr.value {
+            // A raw value is a slice of the tag: the byte after its closing quote must be
+            // whitespace or the end of the tag. (Found by position, so that the tag's bytes
+            // are not walked once more for this alone.)
+            Cow::Borrowed(value) => {
+                let after =
+                    (value.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize) + value.len() + 1;
+                if raw.get(after).is_some_and(|&b| !is_space(b)) {
+                    return Err(XmlError::syntax("no whitespace between attributes"));
+                }
+            }
+            // Not a slice of the tag (quick-xml never does this for raw values): check the
+            // whole tag instead, once.
+            Cow::Owned(_) if count == 1 => {
+                check_attribute_spacing(raw.get(tag.name().as_ref().len()..).unwrap_or_default())?
+            }
+            Cow::Owned(_) => {}
         }
         names.insert(attr.key.into_inner())?;
         check_name(attr.key.as_ref())?;
