@@ -387,6 +387,20 @@ fn client_rejects_over_deep_nesting() {
     assert_eq!(parse(&deep), Err(XmlError::TooDeep));
 }
 
+// A missing space is reported as such whatever comes after it: the tag was checked for it
+// before its attributes were counted, and still is.
+#[test]
+fn missing_whitespace_is_reported_before_the_attribute_count() {
+    let limits = Limits {
+        max_attributes: 1,
+        ..Limits::default()
+    };
+    assert_eq!(
+        parse_with(limits, "<a b='1' c='2'd='3'/>"),
+        Err(XmlError::syntax("no whitespace between attributes"))
+    );
+}
+
 #[test]
 fn client_rejects_too_many_attributes() {
     let limits = Limits {

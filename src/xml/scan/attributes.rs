@@ -24,31 +24,30 @@ where
     let raw: &[u8] = tag;
     let mut count = 0;
     let mut names = AttributeNames::default();
+    let mut whole_tag_checked = false;
     // quick-xml's own duplicate check compares each name with every earlier one; the check
     // here costs the same per attribute however many there are.
     for attr in tag.attributes().with_checks(false) {
         let attr = attr.map_err(|_| XmlError::syntax("bad attribute syntax"))?;
+        // First, as when the whole tag was checked before its attributes were read.
+        let spaced = match &attr.value {
+            Cow::Borrowed(value) => spaced_after(raw, value),
+            Cow::Owned(_) => None,
+        };
+        match spaced {
+            Some(true) => {}
+            Some(false) => return Err(XmlError::syntax("no whitespace between attributes")),
+            // Not a slice of the tag (quick-xml never does this for raw values): the whole
+            // tag is checked instead, once.
+            None if !whole_tag_checked => {
+                whole_tag_checked = true;
+                check_attribute_spacing(raw.get(tag.name().as_ref().len()..).unwrap_or_default())?;
+            }
+            None => {}
+        }
         count += 1;
         if count > max {
             return Err(XmlError::TooManyAttributes);
-        }
-        match &attr.value {
-            // A raw value is a slice of the tag: the byte after its closing quote must be
-            // whitespace or the end of the tag. (Found by position, so that the tag's bytes
-            // are not walked once more for this alone.)
-            Cow::Borrowed(value) => {
-                let after =
-                    (value.as_ptr() as usize).wrapping_sub(raw.as_ptr() as usize) + value.len() + 1;
-                if raw.get(after).is_some_and(|&b| !is_space(b)) {
-                    return Err(XmlError::syntax("no whitespace between attributes"));
-                }
-            }
-            // Not a slice of the tag (quick-xml never does this for raw values): check the
-            // whole tag instead, once.
-            Cow::Owned(_) if count == 1 => {
-                check_attribute_spacing(raw.get(tag.name().as_ref().len()..).unwrap_or_default())?
-            }
-            Cow::Owned(_) => {}
         }
         names.insert(attr.key.into_inner())?;
         check_name(attr.key.as_ref())?;
@@ -56,6 +55,18 @@ where
         f(attr)?;
     }
     Ok(count)
+}
+
+/// Whether the byte after the closing quote of `value`, a raw value sliced from the tag `raw`,
+/// is whitespace or the end of the tag (XML §3.1). Found from where the slice lies in the tag,
+/// so that the tag's bytes are not walked once more for this alone. `None` when `value` is
+/// not a slice of `raw`.
+fn spaced_after(raw: &[u8], value: &[u8]) -> Option<bool> {
+    let start = (value.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let end = start
+        .checked_add(value.len())
+        .filter(|&end| end <= raw.len())?;
+    Some(!raw.get(end + 1).is_some_and(|&b| !is_space(b)))
 }
 
 /// The attribute names of one tag seen so far, for XML §3.1's "no attribute name appears more
