@@ -8,7 +8,7 @@ use quick_xml::events::attributes::Attribute;
 use quick_xml::events::BytesStart;
 
 use crate::xml::ns::step;
-use crate::xml::text::{check_attr_value, check_name, find_byte, is_space};
+use crate::xml::text::{check_attr_value, check_name, is_space};
 use crate::xml::XmlError;
 
 /// Validates every attribute of `tag` (syntax, duplicates, name, value, count) and hands each
@@ -24,7 +24,6 @@ where
     let raw: &[u8] = tag;
     let mut count = 0;
     let mut names = AttributeNames::default();
-    let mut whole_tag_checked = false;
     // quick-xml's own duplicate check compares each name with every earlier one; the check
     // here costs the same per attribute however many there are.
     for attr in tag.attributes().with_checks(false) {
@@ -37,13 +36,9 @@ where
         match spaced {
             Some(true) => {}
             Some(false) => return Err(XmlError::syntax("no whitespace between attributes")),
-            // Not a slice of the tag (quick-xml never does this for raw values): the whole
-            // tag is checked instead, once.
-            None if !whole_tag_checked => {
-                whole_tag_checked = true;
-                check_attribute_spacing(raw.get(tag.name().as_ref().len()..).unwrap_or_default())?;
-            }
-            None => {}
+            // quick-xml gives every raw value as a slice of the tag (the test below holds it
+            // to that). Were one not, the tag is refused rather than let through unchecked.
+            None => return Err(XmlError::syntax("attribute value outside its tag")),
         }
         count += 1;
         if count > max {
@@ -112,30 +107,31 @@ impl<'t> AttributeNames<'t> {
     }
 }
 
-/// XML §3.1 requires whitespace between attributes (`<a b='1'c='2'>` is not well-formed);
-/// quick-xml's attribute iterator does not insist on it. `attributes` is the part of the tag
-/// after its name.
-fn check_attribute_spacing(attributes: &[u8]) -> Result<(), XmlError> {
-    let mut from = 0;
-    // From one opening quote to its closing one at a time: the bytes between are a value.
-    while let Some(open) = attributes
-        .get(from..)
-        .and_then(|rest| find_byte(rest, |b| b == b'\'' || b == b'"'))
-    {
-        let at = from + open;
-        let quote = attributes.get(at).copied().unwrap_or_default();
-        let Some(close) = attributes
-            .get(at + 1..)
-            .and_then(|rest| rest.iter().position(|&b| b == quote))
-        else {
-            // An unclosed value: quick-xml's attribute iterator reports it.
-            return Ok(());
-        };
-        let end = at + 1 + close;
-        if attributes.get(end + 1).is_some_and(|&next| !is_space(next)) {
-            return Err(XmlError::syntax("no whitespace between attributes"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spacing check relies on this: each raw value quick-xml hands out lies inside the
+    /// tag's own bytes, whether the tag borrows its bytes or owns them, and whatever the value
+    /// holds (references, the other quote, nothing).
+    #[test]
+    fn every_raw_value_is_a_slice_of_its_tag() {
+        let content = r#"a b='1' c="x&amp;y" d='"' e="" xml:lang='en'	f='2'"#;
+        let borrowed = BytesStart::from_content(content, 1);
+        let owned = BytesStart::from_content(content.to_owned(), 1);
+        for tag in [borrowed, owned] {
+            let raw: &[u8] = &tag;
+            let mut seen = 0;
+            for attr in tag.attributes().with_checks(false) {
+                let attr = attr.expect("well-formed attributes");
+                let Cow::Borrowed(value) = attr.value else {
+                    panic!("an owned value for {:?}", attr.key);
+                };
+                assert_eq!(spaced_after(raw, value), Some(true), "{:?}", attr.key);
+                seen += 1;
+            }
+            assert_eq!(seen, 6);
+            assert_eq!(for_each_attribute(&tag, 10, |_| Ok(())), Ok(6));
         }
-        from = end + 1;
     }
-    Ok(())
 }
