@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use quick_xml::events::BytesStart;
 
-use super::client::{parse_client_frame, ClientFrame};
+use super::client::{parse_checked_frame, ClientFrame};
 use super::ns::OuterScope;
 use super::scan::{ElementScanner, EndTag, Observer, Scan, StartTag};
 use super::text::{attr_string, check_chars, leading_space};
@@ -87,7 +87,8 @@ pub fn parse_client_body(data: &Bytes, limits: &Limits) -> Result<BodyDocument, 
     };
     for (from, to) in observer.children {
         let child = data.slice(start + from..start + to);
-        match parse_client_frame(child, limits)? {
+        // The whole body's characters were checked above.
+        match parse_checked_frame(child, limits)? {
             ClientFrame::Element(el) => body.children.push(el),
             // Framing elements belong to WebSocket only.
             _ => return Err(XmlError::Injection("framing element inside a BOSH body")),

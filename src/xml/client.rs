@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::ns::OuterScope;
 use super::scan::{with_scratch, ElementScanner, EndTag, Observer, Scan, StartTag};
-use super::text::{attr_string, check_chars, leading_space};
+use super::text::{attr_string, check_chars, check_str_chars, leading_space};
 use super::{Limits, XmlError, NS_CLIENT, NS_FRAMING, NS_STREAM};
 
 /// What a browser message turned out to be.
@@ -49,6 +49,30 @@ pub fn parse_client_frame(msg: Bytes, limits: &Limits) -> Result<ClientFrame, Xm
         return Err(XmlError::TooLarge);
     }
     check_chars(&msg)?;
+    parse_checked_frame(msg, limits)
+}
+
+/// [`parse_client_frame`] for a message already known to be UTF-8, such as a WebSocket text
+/// message (its library has checked it, RFC 6455 §8.1): the bytes are not checked as UTF-8
+/// a second time, only for the characters XML refuses.
+pub fn parse_client_text<T>(text: T, limits: &Limits) -> Result<ClientFrame, XmlError>
+where
+    T: AsRef<str> + Into<Bytes>,
+{
+    let bytes = text.as_ref().as_bytes();
+    if bytes.len() > limits.max_element_bytes {
+        return Err(XmlError::TooLarge);
+    }
+    check_str_chars(bytes)?;
+    parse_checked_frame(text.into(), limits)
+}
+
+/// [`parse_client_frame`] for a message whose characters are checked already (a BOSH
+/// body's child: the whole body was).
+pub(super) fn parse_checked_frame(msg: Bytes, limits: &Limits) -> Result<ClientFrame, XmlError> {
+    if msg.len() > limits.max_element_bytes {
+        return Err(XmlError::TooLarge);
+    }
     let start = leading_space(&msg);
     let body = msg.get(start..).unwrap_or_default();
     match body.first() {

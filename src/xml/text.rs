@@ -50,6 +50,11 @@ pub(crate) fn check_chars(bytes: &[u8]) -> Result<(), XmlError> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(XmlError::syntax("invalid UTF-8"));
     }
+    check_str_chars(bytes)
+}
+
+/// [`check_chars`] for bytes already known to be UTF-8 (a `str`'s): the characters only.
+pub(crate) fn check_str_chars(bytes: &[u8]) -> Result<(), XmlError> {
     let mut from = 0;
     while let Some(offset) = bytes.get(from..).and_then(find_control_or_ef) {
         let at = from + offset;

@@ -26,7 +26,7 @@ use crate::session::{
     StreamEnd,
 };
 use crate::settings::Settings;
-use crate::xml::client::{parse_client_frame, ClientFrame, OpenFrame};
+use crate::xml::client::{parse_client_text, ClientFrame, OpenFrame};
 use crate::xml::XmlError;
 
 /// How long the upstream gets to answer a `<close/>` before the WebSocket is closed anyway.
@@ -119,7 +119,7 @@ async fn first_open(ws: &mut Ws, settings: &Settings) -> Option<OpenFrame> {
             Err(_) => return None,
         };
         match msg {
-            Message::Text(t) => match parse_client_frame(Bytes::from(t), &settings.xml_limits) {
+            Message::Text(t) => match parse_client_text(t, &settings.xml_limits) {
                 Ok(ClientFrame::Open(open)) => return Some(open),
                 Ok(ClientFrame::Whitespace) => continue,
                 Ok(_) => {
@@ -307,7 +307,7 @@ impl Relay {
             // A close frame without <close/> (a tab closing): the client is gone.
             Message::Close(_) => return Some(Exit::ClientClose),
         };
-        match parse_client_frame(Bytes::from(text), &settings.xml_limits) {
+        match parse_client_text(text, &settings.xml_limits) {
             // After </stream:stream> went upstream the server reads no more.
             Ok(ClientFrame::Element(_)) if self.closing.is_some() => {}
             Ok(ClientFrame::Element(el)) => {

@@ -475,3 +475,49 @@ fn client_cost_per_message() {
         elapsed.as_nanos() as f64 / f64::from(count)
     );
 }
+
+// ---- Text already known to be UTF-8 (a WebSocket text message) ----
+
+/// `parse_client_text` skips only the UTF-8 check: for any string it answers exactly as
+/// `parse_client_frame` does, control characters, U+FFFE/U+FFFF and size included.
+#[test]
+fn text_known_as_utf8_is_judged_as_bytes_are() {
+    let limits = Limits {
+        max_element_bytes: 85,
+        ..Limits::default()
+    };
+    let cases = [
+        "<message xmlns='jabber:client'><body>é ✓ 😀</body></message>",
+        "<message xmlns='jabber:client'><body>nul\0</body></message>",
+        "<message xmlns='jabber:client'><body>esc\x1b</body></message>",
+        "<message xmlns='jabber:client'><body>\u{FFFE}</body></message>",
+        "<message xmlns='jabber:client'><body>\u{FFFF}</body></message>",
+        "<message xmlns='jabber:client' id='\t\r\n'/>",
+        "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.org' version='1.0'/>",
+        "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+        " \n ",
+        "<message xmlns='jabber:client'><body>longer than the limit that is set here</body></message>",
+    ];
+    for case in cases {
+        assert_eq!(
+            parse_client_text(case, &limits),
+            parse_with(limits.clone(), case),
+            "{case:?}"
+        );
+    }
+    assert!(matches!(
+        parse_client_text(
+            "<message xmlns='jabber:client'><body>\x07</body></message>",
+            &limits
+        ),
+        Err(XmlError::NotWellFormed(_))
+    ));
+}
+
+proptest! {
+    #[test]
+    fn any_text_is_judged_as_its_bytes_are(text in "\\PC{0,40}|[\\x00-\\x20<>a-z'=/ ]{0,40}") {
+        let limits = Limits::default();
+        prop_assert_eq!(parse_client_text(text.clone(), &limits), parse(&text));
+    }
+}
