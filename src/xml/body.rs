@@ -3,8 +3,9 @@
 //! holds pass the shared element scanner (well-formedness, no DTD, comment, processing
 //! instruction or unknown entity, the depth and attribute limits, text only inside payload
 //! elements), then each payload child must be what a WebSocket message must be: one standalone
-//! element that cannot close or reopen the upstream stream ([`parse_client_frame`]). Children
-//! are returned as slices of the request, to be forwarded verbatim.
+//! element that cannot close or reopen the upstream stream
+//! ([`parse_client_frame`](super::client::parse_client_frame)). Children are returned as slices
+//! of the request, to be forwarded verbatim.
 //!
 //! What the attributes mean is the BOSH adapter's business; this module hands them over decoded.
 
