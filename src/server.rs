@@ -256,10 +256,16 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header-read timeout only runs when a timer is configured. It restarts as soon as
     // a response is written, so it also ends an idle HTTP/1.1 keep-alive connection.
+    // hyper's read buffer grows to its maximum, and the version check before it (24 bytes read
+    // to tell HTTP/2 from HTTP/1.1) is handed back as a first short read, after which hyper's
+    // next 8 KiB read no longer fits and the buffer doubles to 16 KiB for the connection's life.
+    // With the maximum at 8 KiB every read takes only what fits, so an idle connection keeps
+    // one 8 KiB buffer (docs/PERFORMANCE.md §1); it is also the limit on a request head (431).
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .max_buf_size(limits.max_request_head_bytes)
         .keep_alive(true);
     // docs/protocol.md §7: pings find a dead HTTP/2 peer even while a request is held; they do
     // not count as activity for the idle timeout.

@@ -257,6 +257,52 @@ async fn chunked_body_of_tiny_chunks_under_the_limit_is_read_whole() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Request heads
+// ---------------------------------------------------------------------------------------------
+
+/// A GET of host-meta whose head is exactly `len` bytes, padded with a cookie.
+fn head_of_len(conn: &HttpConn, len: usize) -> String {
+    let bare = conn.head("GET", "/.well-known/host-meta", &[("Cookie", "")], None);
+    assert!(bare.len() <= len, "a head of {len} bytes cannot be built");
+    let cookie = "a".repeat(len - bare.len());
+    let head = conn.head(
+        "GET",
+        "/.well-known/host-meta",
+        &[("Cookie", &cookie)],
+        None,
+    );
+    assert_eq!(head.len(), len);
+    head
+}
+
+/// The status of a request whose head is exactly `len` bytes.
+async fn status_for_head_of(gw: &TestGateway, len: usize) -> u16 {
+    let mut conn = HttpConn::connect(gw.addr).await;
+    let head = head_of_len(&conn, len);
+    conn.write_raw(head.as_bytes()).await;
+    conn.response().await.status
+}
+
+// docs/protocol.md §7: an HTTP/1.1 request head of up to limits.max_request_head_bytes (8 KiB)
+// is read; one byte more is answered 431 (Request Header Fields Too Large).
+#[tokio::test]
+async fn request_head_over_the_limit_is_431() {
+    let gw = start_gateway(config(vec![])).await;
+    assert_eq!(status_for_head_of(&gw, 8192).await, 200);
+    assert_eq!(status_for_head_of(&gw, 8193).await, 431);
+}
+
+// The limit is the operator's: raised to 16 KiB, a 12 KiB head is read.
+#[tokio::test]
+async fn request_head_limit_can_be_raised() {
+    let mut c = config(vec![]);
+    c.limits.max_request_head_bytes = 16384;
+    let gw = start_gateway(c).await;
+    assert_eq!(status_for_head_of(&gw, 12 * 1024).await, 200);
+    assert_eq!(status_for_head_of(&gw, 16385).await, 431);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Idle connections
 // ---------------------------------------------------------------------------------------------
 

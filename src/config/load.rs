@@ -11,6 +11,9 @@ use super::schema::{Cli, Config, ConfigError, RouteConfig, TlsPolicy};
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "XMPP_GATEWAY_";
 
+/// The smallest `limits.max_request_head_bytes`: hyper's HTTP/1.1 read buffer cannot be smaller.
+pub const MIN_REQUEST_HEAD_BYTES: usize = 8192;
+
 impl Config {
     /// Builds the configuration from the flags, the environment and the file the flags or the
     /// environment name.
@@ -165,6 +168,11 @@ impl Config {
             return Err(ConfigError::Value(
                 "limits.max_buffered_bytes must be at least limits.max_stanza_bytes".into(),
             ));
+        }
+        if l.max_request_head_bytes < MIN_REQUEST_HEAD_BYTES {
+            return Err(ConfigError::Value(format!(
+                "limits.max_request_head_bytes must be at least {MIN_REQUEST_HEAD_BYTES}"
+            )));
         }
         let deadlines = [
             ("header_read_timeout_secs", l.header_read_timeout_secs),

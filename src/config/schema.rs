@@ -254,6 +254,11 @@ pub struct LimitsConfig {
     /// Seconds a client may take to send its request headers. hyper restarts this timer as
     /// soon as a response is written, so it also bounds an idle HTTP/1.1 keep-alive connection.
     pub header_read_timeout_secs: u64,
+    /// Largest HTTP/1.1 request head (request line and headers), in bytes; larger heads are
+    /// answered 431. It is also the size of the read buffer each HTTP/1.1 connection keeps for
+    /// its life, so a larger value costs memory on every connection (docs/PERFORMANCE.md §1).
+    /// At least 8192. HTTP/2 has its own limit (hyper's 16 KiB header list).
+    pub max_request_head_bytes: usize,
     /// Seconds a client may take to send a whole request body, whatever its pace. 30 s lets the
     /// largest stanza (256 KiB) arrive at 70 kbit/s and a full 1 MiB BOSH body at 280 kbit/s
     /// (a slow mobile uplink) while a dribbling client holds its connection no longer than one
@@ -302,6 +307,7 @@ impl Default for LimitsConfig {
             session_bytes_burst: 512 * 1024,
             session_rate_exceeded: RateExceeded::Throttle,
             header_read_timeout_secs: 10,
+            max_request_head_bytes: 8192,
             body_read_timeout_secs: 30,
             http_idle_timeout_secs: 60,
             http2_keep_alive_interval_secs: 20,

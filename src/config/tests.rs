@@ -329,3 +329,15 @@ fn bad_trusted_proxy_entry_is_refused_by_name() {
     .unwrap_err();
     assert!(err.to_string().contains("sequence"), "{err}");
 }
+
+#[test]
+fn request_head_limit_below_hypers_minimum_is_refused() {
+    let err = Config::from_sources("[limits]\nmax_request_head_bytes = 4096\n", &[], &cli(&[]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("limits.max_request_head_bytes"),
+        "{err}"
+    );
+    let ok = Config::from_sources("[limits]\nmax_request_head_bytes = 16384\n", &[], &cli(&[]));
+    assert_eq!(ok.unwrap().limits.max_request_head_bytes, 16384);
+}
