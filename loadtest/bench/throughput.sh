@@ -23,12 +23,14 @@ ROWS=()
 
 # row LABEL RATE JSON TARGET-INDEX
 row() {
-	local label=$1 rate=$2 json=$3 i=$4 cpu received per_stanza per_core
+	local label=$1 rate=$2 json=$3 i=$4 cpu system received per_stanza kernel per_core
 	cpu=$(json_get "$json" "targets.$i.traffic_cpu_secs")
+	system=$(json_get "$json" "targets.$i.traffic_system_cpu_secs")
 	received=$(json_get "$json" "messages_received")
 	per_stanza=$(python3 -c "print(round($cpu * 1e6 / max(1, 2 * $received), 2))")
+	kernel=$(python3 -c "print(round($system * 1e6 / max(1, 2 * $received), 2))")
 	per_core=$(python3 -c "print(int(2 * $received / $cpu) if $cpu > 0 else 'n/a')")
-	ROWS+=("| $label | $rate | $(json_get "$json" "rate_delivered") | $cpu | $per_stanza | $per_core | $(json_get "$json" "delivery_ms.p99") | $(json_get "$json" "messages_lost") |")
+	ROWS+=("| $label | $rate | $(json_get "$json" "rate_delivered") | $cpu | $per_stanza | $kernel | $per_core | $(json_get "$json" "delivery_ms.p99") | $(json_get "$json" "messages_lost") |")
 	echo "${ROWS[-1]}"
 }
 
@@ -61,6 +63,6 @@ row "gateway (WebSocket, Prosody upstream)" "$PROSODY_RATE" "$json" 0
 row "Prosody behind the gateway (whole process)" "$PROSODY_RATE" "$json" 1
 
 echo
-echo "| process | offered msg/s | delivered msg/s | CPU s | µs CPU per relayed stanza | relayed stanzas/s per core | p99 ms | lost |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| process | offered msg/s | delivered msg/s | CPU s | µs CPU per relayed stanza | of which in the kernel | relayed stanzas/s per core | p99 ms | lost |"
+echo "|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

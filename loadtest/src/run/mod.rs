@@ -280,6 +280,7 @@ pub async fn main(args: Args) -> Result<()> {
                 / reached.max(1) as f64,
             login_cpu_secs: login_cpu[i].cpu_secs - start[i].cpu_secs,
             traffic_cpu_secs: after_traffic[i].cpu_secs - idle[i].cpu_secs,
+            traffic_system_cpu_secs: after_traffic[i].system_cpu_secs - idle[i].system_cpu_secs,
             cpu_per_message_us: (after_traffic[i].cpu_secs - idle[i].cpu_secs) * 1e6
                 / received.max(1) as f64,
         })

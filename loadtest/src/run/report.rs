@@ -168,7 +168,10 @@ impl Percentiles {
 /// CPU time and resident memory of a process, from /proc.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ProcSample {
+    /// User and system time together.
     pub cpu_secs: f64,
+    /// System time alone: the kernel's share of `cpu_secs` (system calls, network stack).
+    pub system_cpu_secs: f64,
     pub rss_kib: u64,
 }
 
@@ -190,13 +193,18 @@ impl ProcSample {
         };
         // utime and stime are fields 14 and 15 of stat; `after` starts at field 3.
         let cpu_secs = (ticks(11) + ticks(12)) / USER_HZ;
+        let system_cpu_secs = ticks(12) / USER_HZ;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let rss_kib = status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        Ok(ProcSample { cpu_secs, rss_kib })
+        Ok(ProcSample {
+            cpu_secs,
+            system_cpu_secs,
+            rss_kib,
+        })
     }
 }
 
@@ -216,6 +224,8 @@ pub struct TargetFigures {
     pub login_cpu_secs: f64,
     /// CPU seconds of the traffic phase.
     pub traffic_cpu_secs: f64,
+    /// The kernel's share of `traffic_cpu_secs`.
+    pub traffic_system_cpu_secs: f64,
     /// Traffic CPU per delivered message, µs (each message is two relayed stanzas).
     pub cpu_per_message_us: f64,
 }
@@ -288,7 +298,7 @@ impl Report {
         for t in &self.targets {
             println!(
                 "pid {:<20} RSS {} → {} kB idle ({:.2} KiB/session) → {} kB; CPU login {:.2} s, \
-                 traffic {:.2} s ({:.2} µs/message)",
+                 traffic {:.2} s, of which system {:.2} s ({:.2} µs/message)",
                 t.pid,
                 t.start.rss_kib,
                 t.idle.rss_kib,
@@ -296,6 +306,7 @@ impl Report {
                 t.after_traffic.rss_kib,
                 t.login_cpu_secs,
                 t.traffic_cpu_secs,
+                t.traffic_system_cpu_secs,
                 t.cpu_per_message_us
             );
         }
@@ -339,5 +350,31 @@ mod tests {
     fn this_process_can_be_sampled() {
         let sample = ProcSample::read(std::process::id()).unwrap();
         assert!(sample.rss_kib > 0);
+    }
+
+    #[test]
+    fn system_time_is_the_kernels_share_of_the_cpu_time() {
+        use std::io::Write;
+        let pid = std::process::id();
+        let before = ProcSample::read(pid).unwrap();
+        // System calls until the kernel has charged this process a few ticks of system time.
+        let mut null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let mut after = before;
+        for _ in 0..10_000 {
+            for _ in 0..1_000 {
+                null.write_all(&[0; 64]).unwrap();
+            }
+            after = ProcSample::read(pid).unwrap();
+            if after.system_cpu_secs - before.system_cpu_secs >= 0.05 {
+                break;
+            }
+        }
+        let system = after.system_cpu_secs - before.system_cpu_secs;
+        assert!(system >= 0.05, "no system time charged: {system}");
+        assert!(after.system_cpu_secs <= after.cpu_secs);
+        assert!(after.cpu_secs - before.cpu_secs >= system);
     }
 }
