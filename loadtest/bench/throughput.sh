@@ -6,7 +6,8 @@
 # pairs, each rate for DURATION seconds; the gateway's CPU seconds come from /proc. Every
 # message is two relayed stanzas (browser to server, server to browser). Then the same
 # clients at PROSODY_RATE against Prosody's own WebSocket endpoint and its c2s port, and
-# through the gateway to that Prosody, for the CPU per message of each process.
+# through the gateway to that Prosody, for the CPU per message of each process. In between, the
+# gateway with STARTTLS to the fixture at PROSODY_RATE, for what TLS to the server adds.
 #
 # Usage: loadtest/bench/throughput.sh [RATES...]   (default: 10000 20000 40000)
 # Environment: DURATION (default 10), SESSIONS (default 20), PROSODY_RATE (default 2000).
@@ -44,6 +45,18 @@ for rate in "${RATES[@]}"; do
 	row "gateway (WebSocket, fixture upstream)" "$rate" "$json" 0
 done
 stop_started "$GATEWAY_PID"
+stop_started "$FIXTURE_PID"
+
+# The same at PROSODY_RATE with STARTTLS to the fixture: what TLS to the server adds.
+start_fixture fixture-tls --tls
+start_gateway gw-tls "$FIXTURE_ADDR" required "$FIXTURE_CA"
+json=$BENCH_DIR/fixture-tls.json
+"$LOADTEST" run --transport ws --ws "$GATEWAY_WS" --sessions "$SESSIONS" --mechanism plain \
+	--rate "$PROSODY_RATE" --duration "$DURATION" --progress 0 --pid "$GATEWAY_PID" \
+	--json "$json" >"$json.out"
+row "gateway (WebSocket, STARTTLS fixture upstream)" "$PROSODY_RATE" "$json" 0
+stop_started "$GATEWAY_PID"
+stop_started "$FIXTURE_PID"
 
 start_prosody prosody "$SESSIONS"
 start_gateway gw-prosody "$PROSODY_C2S" required "$PROSODY_CA_FILE"
