@@ -39,7 +39,7 @@ pub fn public<P: Send + 'static>(
     // docs/protocol.md §7: what sessions are admitted and logged by.
     let client = |req: &Request<Incoming>| {
         let trusted = &settings.config.limits.trusted_proxies;
-        ClientAddr::of_request(req.headers(), http_peer.ip(), trusted)
+        ClientAddr::of_request(req.headers(), http_peer, trusted)
     };
     let ready = |r: Response<Body>| -> Answer { Box::pin(std::future::ready(r)) };
     let path = req.uri().path();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::schema::{Cli, Config, ConfigError, RouteConfig, TlsPolicy};
+use super::schema::{Cli, Config, ConfigError, ProxyProtocol, RouteConfig, TlsPolicy};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "XMPP_GATEWAY_";
@@ -259,6 +259,7 @@ pub fn parse_route_flag(s: &str) -> Result<RouteConfig, ConfigError> {
         tls: TlsPolicy::default(),
         direct_tls: false,
         tls_name: None,
+        proxy_protocol: ProxyProtocol::default(),
     })
 }
 

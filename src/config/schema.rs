@@ -96,6 +96,20 @@ pub enum TlsPolicy {
     Disabled,
 }
 
+/// Whether the gateway tells a route's servers who its client is, with a PROXY protocol header
+/// (HAProxy's specification) before the first byte of the stream (docs/protocol.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header: the server sees the gateway's address.
+    #[default]
+    Off,
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
 /// What happens to a session whose browser sends faster than its rate limits
 /// (docs/protocol.md §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -126,6 +140,11 @@ pub struct RouteConfig {
     /// Name the upstream certificate must carry, when it differs from the domain.
     #[serde(default)]
     pub tls_name: Option<String>,
+    /// A PROXY protocol header naming the browser, sent to the server before anything else.
+    /// Only for servers (or a proxy in front of them) that expect it: a server that does not
+    /// reads it as bad XML.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// Logging options.

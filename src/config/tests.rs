@@ -341,3 +341,23 @@ fn request_head_limit_below_hypers_minimum_is_refused() {
     let ok = Config::from_sources("[limits]\nmax_request_head_bytes = 16384\n", &[], &cli(&[]));
     assert_eq!(ok.unwrap().limits.max_request_head_bytes, 16384);
 }
+
+#[test]
+fn proxy_protocol_per_route_is_off_v1_or_v2_and_survives_a_route_flag() {
+    let c = Config::from_sources("[[route]]\ndomain = \"a.example\"\n", &[], &cli(&[])).unwrap();
+    assert_eq!(c.routes[0].proxy_protocol, ProxyProtocol::Off);
+    for (text, expected) in [("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)] {
+        let file = format!("[[route]]\ndomain = \"a.example\"\nproxy_protocol = \"{text}\"\n");
+        let c =
+            Config::from_sources(&file, &[], &cli(&["--route", "a.example=127.0.0.1:5"])).unwrap();
+        assert_eq!(c.routes[0].proxy_protocol, expected);
+        assert_eq!(c.routes[0].endpoints, ["127.0.0.1:5"]);
+    }
+    let err = Config::from_sources(
+        "[[route]]\ndomain = \"a.example\"\nproxy_protocol = \"v3\"\n",
+        &[],
+        &cli(&[]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("`v1`, `v2`"), "{err}");
+}

@@ -23,6 +23,7 @@ use bytes::Bytes;
 pub use self::failure::Failure;
 use self::rate::{Charge, ClientRate};
 use crate::admission::{Admission, Refusal, Slot};
+use crate::client_addr::ClientAddr;
 use crate::metrics::{Direction, Transport, METRICS};
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -233,10 +234,12 @@ pub struct Opened {
 impl Session {
     /// Opens the upstream stream for the domain the client named. A missing or unknown domain
     /// is refused before anything is dialled (docs/protocol.md §1: never an open relay).
+    /// `client` is the browser, as a route with `proxy_protocol` names it to the server.
     pub async fn open(
         settings: &Settings,
         transport: Transport,
         request: OpenRequest,
+        client: ClientAddr,
     ) -> Result<Opened, Failure> {
         let Some(to) = request.to.filter(|t| !t.is_empty()) else {
             METRICS.input_rejected("no_to");
@@ -248,7 +251,7 @@ impl Session {
             lang: request.lang,
         };
         let domain = params.to.clone();
-        let result = Self::establish(settings, transport, params).await;
+        let result = Self::establish(settings, transport, params, client).await;
         if let Err(e) = &result {
             METRICS.connect_failed(e.kind());
             tracing::info!(%domain, error = %e, "upstream stream not opened");
@@ -260,6 +263,7 @@ impl Session {
         settings: &Settings,
         transport: Transport,
         params: StreamParams,
+        client: ClientAddr,
     ) -> Result<Opened, UpstreamError> {
         let route = settings
             .upstreams
@@ -270,6 +274,7 @@ impl Session {
             &route,
             &params,
             &settings.upstream_limits,
+            client,
         )
         .await?;
         let features = filter_features_for_client(&opened.features.bytes)?;

@@ -6,12 +6,13 @@
 //! stream and authenticated streams can never be shared.
 
 //!
-//! Inside, from the bottom: [`error`], [`tls`] (the rustls client), [`connect`] (the socket,
-//! plain or TLS), [`resolve`] (endpoints of a route), [`routes`] (the shared table), and
+//! Inside, from the bottom: [`error`], [`tls`] (the rustls client), [`proxy_header`] (the
+//! PROXY protocol header toward servers), [`connect`] (the socket, plain or TLS), [`resolve`] (endpoints of a route), [`routes`] (the shared table), and
 //! [`stream`] (one stream: dial, open, STARTTLS, then elements both ways).
 
 pub mod connect;
 pub mod error;
+pub mod proxy_header;
 pub mod resolve;
 pub mod routes;
 pub mod stream;

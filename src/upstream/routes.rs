@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
+
 use super::error::UpstreamError;
+use super::proxy_header;
 use super::resolve::{self, Resolver, Route};
 use super::tls::TlsConnector;
 use crate::config::Config;
@@ -27,6 +30,8 @@ pub struct Upstreams {
 
 /// How recent a successful upstream connection must be for readiness without a new probe.
 const REACHED_RECENTLY: Duration = Duration::from_secs(60);
+/// How long a readiness probe waits for each endpoint.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Upstreams {
     /// Builds routes, the TLS client configuration and the (lazily created) resolver.
@@ -101,9 +106,16 @@ impl Upstreams {
             let Ok(Ok(endpoints)) = resolved.await else {
                 continue;
             };
+            let header = proxy_header::for_gateway(route.config.proxy_protocol);
             for ep in endpoints {
                 let connect = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port));
-                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+                if let Ok(Ok(mut tcp)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                    // A receiver that expects a PROXY header is told this connection is the
+                    // gateway's own, not a browser's.
+                    if let Some(header) = &header {
+                        let write = tcp.write_all(header);
+                        let _ = tokio::time::timeout(PROBE_TIMEOUT, write).await;
+                    }
                     self.mark_reached();
                     return true;
                 }

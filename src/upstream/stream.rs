@@ -18,8 +18,10 @@ use tokio::net::TcpStream;
 
 use super::connect::UpstreamIo;
 use super::error::UpstreamError;
+use super::proxy_header;
 use super::resolve::{Endpoint, Route};
 use super::routes::Upstreams;
+use crate::client_addr::ClientAddr;
 use crate::config::TlsPolicy;
 use crate::deadline::Deadline;
 use crate::metrics::METRICS;
@@ -66,12 +68,14 @@ const STREAM_END: &[u8] = b"</stream:stream>";
 
 impl UpstreamStream {
     /// Dials the route's endpoints in order until one yields an open stream (with TLS as the
-    /// route's policy demands), each within the connect timeout.
+    /// route's policy demands), each within the connect timeout. `client` is the browser, named
+    /// to the server in a PROXY header when the route asks for one.
     pub async fn establish(
         upstreams: &Upstreams,
         route: &Route,
         params: &StreamParams,
         limits: &Limits,
+        client: ClientAddr,
     ) -> Result<(Self, Opened), UpstreamError> {
         let t = std::time::Instant::now();
         // docs/protocol.md §7: resolving the route is a wait on a peer too.
@@ -87,7 +91,7 @@ impl UpstreamStream {
         METRICS.connect_phase("dns", t.elapsed());
         let mut last = UpstreamError::Resolve("no endpoints".into());
         for endpoint in &endpoints {
-            let attempt = Self::establish_one(upstreams, route, endpoint, params, limits);
+            let attempt = Self::establish_one(upstreams, route, endpoint, params, limits, client);
             match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
                 Ok(Ok(done)) => {
                     upstreams.mark_reached();
@@ -116,6 +120,7 @@ impl UpstreamStream {
         endpoint: &Endpoint,
         params: &StreamParams,
         limits: &Limits,
+        client: ClientAddr,
     ) -> Result<(Self, Opened), UpstreamError> {
         let t = std::time::Instant::now();
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
@@ -127,7 +132,16 @@ impl UpstreamStream {
         METRICS.connect_phase("tcp", t.elapsed());
         // Stanzas are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
-        let tcp = Deadline::new(tcp, upstreams.write_timeout);
+        let header = proxy_header::for_client(
+            route.config.proxy_protocol,
+            client.socket_addr(),
+            tcp.local_addr()?,
+        );
+        let mut tcp = Deadline::new(tcp, upstreams.write_timeout);
+        if let Some(header) = header {
+            // Before anything else, TLS included: the receiver reads it off the raw socket.
+            tcp.write_all(&header).await?;
+        }
         let tls_name = route
             .config
             .tls_name
@@ -372,6 +386,10 @@ fn header(p: &StreamParams) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client() -> ClientAddr {
+        ClientAddr::new(std::net::Ipv4Addr::LOCALHOST.into())
+    }
     use crate::config::{Config, RouteConfig};
     use crate::upstream::resolve::Resolver;
 
@@ -416,6 +434,7 @@ mod tests {
             tls: TlsPolicy::Disabled,
             direct_tls: false,
             tls_name: None,
+            proxy_protocol: Default::default(),
         }];
         let mut upstreams = Upstreams::new(&config).unwrap();
         upstreams.resolver = Resolver::with_name_server(silent.local_addr().unwrap());
@@ -426,7 +445,8 @@ mod tests {
         };
         let started = tokio::time::Instant::now();
         let outcome =
-            UpstreamStream::establish(&upstreams, &route, &params, &Limits::default()).await;
+            UpstreamStream::establish(&upstreams, &route, &params, &Limits::default(), client())
+                .await;
         assert!(
             matches!(outcome, Err(UpstreamError::Timeout)),
             "{:?}",

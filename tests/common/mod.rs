@@ -81,6 +81,7 @@ pub fn route(domain: &str, endpoints: &[SocketAddr], tls: TlsPolicy) -> RouteCon
         tls,
         direct_tls: false,
         tls_name: None,
+        proxy_protocol: Default::default(),
     }
 }
 
@@ -373,6 +374,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> UpstreamConn<S> {
         header
     }
 
+    /// Exactly the next `n` bytes.
+    pub async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .expect("bytes in time")
+                .expect("read");
+            assert!(read > 0, "EOF after {} of {n} bytes", self.buf.len());
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+        let rest = self.buf.split_off(n);
+        std::mem::replace(&mut self.buf, rest)
+    }
+
     /// Bytes received but not consumed yet.
     pub fn pending(&self) -> &[u8] {
         &self.buf
@@ -586,6 +602,11 @@ pub fn open_frame(domain: &str) -> String {
 pub const CLOSE_FRAME: &str = "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>";
 
 impl WsClient {
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ws.get_ref().local_addr().expect("local address")
+    }
+
     /// Connects to `/xmpp-websocket` with `Sec-WebSocket-Protocol: xmpp` and extra headers.
     pub async fn connect(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Self {
         Self::try_connect(addr, headers)
@@ -1009,6 +1030,11 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr().expect("local address")
+    }
+
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> Self {
         let tcp = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))

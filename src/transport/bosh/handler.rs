@@ -252,7 +252,7 @@ async fn create(
         from: b.from.clone(),
         lang: b.lang.clone(),
     };
-    let opened = match Session::open(&ctx.settings, Transport::Bosh, request)
+    let opened = match Session::open(&ctx.settings, Transport::Bosh, request, peer)
         .instrument(span.clone())
         .await
     {

@@ -19,6 +19,7 @@ use super::framing::{
     stream_error, text_message, Ending, Ws,
 };
 use crate::admission::Slot;
+use crate::client_addr::ClientAddr;
 use crate::deadline::is_timed_out;
 use crate::metrics::{Transport, METRICS};
 use crate::session::{
@@ -41,9 +42,9 @@ type Reason = &'static str;
 /// what only the start needs (the first `<open/>`, dialling and negotiating the server's
 /// stream) runs in a boxed future of its own, and the WebSocket is boxed (docs/PERFORMANCE.md,
 /// "Commits compared").
-pub async fn run(ws: Box<Ws>, ctx: Context, mut slot: Slot) {
+pub async fn run(ws: Box<Ws>, ctx: Context, mut slot: Slot, peer: ClientAddr) {
     let mut ws = ws;
-    let Some(mut session) = Box::pin(start(&mut ws, &ctx)).await else {
+    let Some(mut session) = Box::pin(start(&mut ws, &ctx, peer)).await else {
         return;
     };
     let reason = relay(&mut ws, &mut session, &ctx, &mut slot).await;
@@ -52,7 +53,7 @@ pub async fn run(ws: Box<Ws>, ctx: Context, mut slot: Slot) {
 
 /// Waits for the first `<open/>`, opens the session and answers with `<open/>` and the
 /// server's features; `None` when the session ended before that (the browser was told).
-async fn start(ws: &mut Ws, ctx: &Context) -> Option<Session> {
+async fn start(ws: &mut Ws, ctx: &Context, peer: ClientAddr) -> Option<Session> {
     let settings = &ctx.settings;
     let open_timeout = Duration::from_secs(settings.config.limits.open_timeout_secs);
     let open = tokio::select! {
@@ -79,7 +80,7 @@ async fn start(ws: &mut Ws, ctx: &Context) -> Option<Session> {
         lang: open.lang,
     };
     let opened = tokio::select! {
-        r = Session::open(settings, Transport::WebSocket, request) => r,
+        r = Session::open(settings, Transport::WebSocket, request, peer) => r,
         _ = ctx.shutdown.cancelled() => {
             let _ = stream_error(ws, "system-shutdown", before_open).await;
             return None;

@@ -123,7 +123,7 @@ pub fn upgrade<P: Send + 'static>(
                 );
                 let id = next_session_id();
                 let span = tracing::info_span!("session", id, transport = "websocket", %peer);
-                task::run(ws, ctx, slot).instrument(span).await;
+                task::run(ws, ctx, slot, peer).instrument(span).await;
             }
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
         }
