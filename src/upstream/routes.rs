@@ -107,8 +107,8 @@ impl Upstreams {
                 continue;
             };
             let header = proxy_header::for_gateway(route.config.proxy_protocol);
-            for ep in endpoints {
-                let connect = tokio::net::TcpStream::connect((ep.host.as_str(), ep.port));
+            for ep in endpoints.iter() {
+                let connect = tokio::net::TcpStream::connect(&ep.addrs[..]);
                 if let Ok(Ok(mut tcp)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
                     // A receiver that expects a PROXY header is told this connection is the
                     // gateway's own, not a browser's.

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use super::connect::UpstreamIo;
 use super::error::UpstreamError;
 use super::proxy_header;
-use super::resolve::{Endpoint, Route};
+use super::resolve::{Resolved, Route};
 use super::routes::Upstreams;
 use crate::client_addr::ClientAddr;
 use crate::config::TlsPolicy;
@@ -90,8 +90,9 @@ impl UpstreamStream {
         })??;
         METRICS.connect_phase("dns", t.elapsed());
         let mut last = UpstreamError::Resolve("no endpoints".into());
-        for endpoint in &endpoints {
-            let attempt = Self::establish_one(upstreams, route, endpoint, params, limits, client);
+        for resolved in endpoints.iter() {
+            let endpoint = &resolved.endpoint;
+            let attempt = Self::establish_one(upstreams, route, resolved, params, limits, client);
             match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
                 Ok(Ok(done)) => {
                     upstreams.mark_reached();
@@ -117,18 +118,20 @@ impl UpstreamStream {
     async fn establish_one(
         upstreams: &Upstreams,
         route: &Route,
-        endpoint: &Endpoint,
+        resolved: &Resolved,
         params: &StreamParams,
         limits: &Limits,
         client: ClientAddr,
     ) -> Result<(Self, Opened), UpstreamError> {
+        let endpoint = &resolved.endpoint;
         let t = std::time::Instant::now();
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-            .await
-            .map_err(|e| UpstreamError::Connect {
-                endpoint: endpoint.to_string(),
-                reason: e.to_string(),
-            })?;
+        let tcp =
+            TcpStream::connect(&resolved.addrs[..])
+                .await
+                .map_err(|e| UpstreamError::Connect {
+                    endpoint: endpoint.to_string(),
+                    reason: e.to_string(),
+                })?;
         METRICS.connect_phase("tcp", t.elapsed());
         // Stanzas are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
