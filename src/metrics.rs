@@ -104,6 +104,7 @@ pub const CONNECT_FAILURE_KINDS: &[&str] = &[
     "timeout",
     "io",
     "stream",
+    "all_down",
 ];
 
 /// Phases of opening an upstream stream (`upstream_connect_seconds{phase}`).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::schema::{Cli, Config, ConfigError, ProxyProtocol, RouteConfig, TlsPolicy};
+use super::schema::{Cli, Config, ConfigError, RouteConfig, TlsPolicy};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "XMPP_GATEWAY_";
@@ -111,6 +111,12 @@ impl Config {
                         route.domain
                     ))
                 })?;
+            }
+            if route.backoff_min_ms == 0 || route.backoff_min_ms > route.backoff_max_ms {
+                return Err(ConfigError::Value(format!(
+                    "route {}: backoff_min_ms must be at least 1 and at most backoff_max_ms",
+                    route.domain
+                )));
             }
             if route.direct_tls && route.tls == TlsPolicy::Disabled {
                 return Err(ConfigError::Value(format!(
@@ -254,12 +260,8 @@ pub fn parse_route_flag(s: &str) -> Result<RouteConfig, ConfigError> {
         return Err(bad());
     }
     Ok(RouteConfig {
-        domain: domain.to_ascii_lowercase(),
         endpoints,
-        tls: TlsPolicy::default(),
-        direct_tls: false,
-        tls_name: None,
-        proxy_protocol: ProxyProtocol::default(),
+        ..RouteConfig::new(domain.to_ascii_lowercase())
     })
 }
 

@@ -145,6 +145,37 @@ pub struct RouteConfig {
     /// reads it as bad XML.
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    /// Milliseconds before the first probe of an endpoint that failed; doubled for each
+    /// failed probe, with jitter (docs/protocol.md §1).
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    /// The longest wait between probes of an endpoint that stays down, in milliseconds.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_backoff_min_ms() -> u64 {
+    500
+}
+
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+
+impl RouteConfig {
+    /// A route for `domain` with every other setting at its default.
+    pub fn new(domain: impl Into<String>) -> Self {
+        Self {
+            domain: domain.into(),
+            endpoints: Vec::new(),
+            tls: TlsPolicy::default(),
+            direct_tls: false,
+            tls_name: None,
+            proxy_protocol: ProxyProtocol::default(),
+            backoff_min_ms: default_backoff_min_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
 }
 
 /// Logging options.

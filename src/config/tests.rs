@@ -361,3 +361,20 @@ fn proxy_protocol_per_route_is_off_v1_or_v2_and_survives_a_route_flag() {
     .unwrap_err();
     assert!(err.to_string().contains("`v1`, `v2`"), "{err}");
 }
+
+#[test]
+fn endpoint_backoff_has_defaults_and_its_minimum_cannot_pass_its_maximum() {
+    let c = Config::from_sources("[[route]]\ndomain = \"a.example\"\n", &[], &cli(&[])).unwrap();
+    assert_eq!(
+        (c.routes[0].backoff_min_ms, c.routes[0].backoff_max_ms),
+        (500, 10_000)
+    );
+    for bad in [
+        "backoff_min_ms = 0",
+        "backoff_min_ms = 5000\nbackoff_max_ms = 10",
+    ] {
+        let file = format!("[[route]]\ndomain = \"a.example\"\n{bad}\n");
+        let err = Config::from_sources(&file, &[], &cli(&[])).unwrap_err();
+        assert!(err.to_string().contains("backoff_min_ms"), "{err}");
+    }
+}

@@ -27,6 +27,9 @@ pub enum UpstreamError {
     /// The route requires TLS and the server offered none.
     #[error("upstream offers no STARTTLS but the route requires TLS")]
     TlsUnavailable,
+    /// Every endpoint of the route is down and being probed (the circuit breaker is open).
+    #[error("every endpoint of the route is down")]
+    AllDown,
     /// An endpoint took longer than the connect timeout.
     #[error("upstream did not answer within the connect timeout")]
     Timeout,
@@ -58,6 +61,7 @@ impl UpstreamError {
                 "tls"
             }
             UpstreamError::Timeout => "timeout",
+            UpstreamError::AllDown => "all_down",
             UpstreamError::Io(_) => "io",
             UpstreamError::Xml(_) | UpstreamError::Protocol(_) | UpstreamError::StreamError(_) => {
                 "stream"

@@ -40,6 +40,8 @@ pub struct Endpoint {
     pub port: u16,
     /// TLS from the first byte instead of STARTTLS.
     pub direct_tls: bool,
+    /// SRV priority (RFC 2782: lower first); 0 for static endpoints.
+    pub priority: u16,
 }
 
 impl std::fmt::Display for Endpoint {
@@ -310,6 +312,7 @@ async fn srv_endpoints(
             host: domain.clone(),
             port: 5222,
             direct_tls: false,
+            priority: 0,
         });
     }
     out
@@ -338,6 +341,7 @@ async fn srv(
                 host: host.to_string(),
                 port: r.port(),
                 direct_tls,
+                priority: r.priority(),
             })
         })
         .collect()

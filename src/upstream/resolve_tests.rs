@@ -119,6 +119,8 @@ fn srv_route() -> Route {
             direct_tls: false,
             tls_name: None,
             proxy_protocol: Default::default(),
+            backoff_min_ms: 1000,
+            backoff_max_ms: 60000,
         },
         endpoints: Vec::new(),
     }
@@ -272,11 +274,13 @@ async fn static_host_names_are_resolved_once_and_literals_never() {
             host: "xmpp.example.test".into(),
             port: 5999,
             direct_tls: false,
+            priority: 0,
         },
         Endpoint {
             host: "::1".into(),
             port: 5998,
             direct_tls: false,
+            priority: 0,
         },
     ];
     for _ in 0..3 {

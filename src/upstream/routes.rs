@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 use super::error::UpstreamError;
+use super::health::RouteHealth;
 use super::proxy_header;
 use super::resolve::{self, Resolver, Route};
 use super::tls::TlsConnector;
@@ -18,6 +19,8 @@ use crate::config::Config;
 /// Everything sessions share to reach their upstream servers.
 pub struct Upstreams {
     routes: HashMap<String, Arc<Route>>,
+    /// What is known of each route's endpoints (docs/protocol.md §1), by domain.
+    health: HashMap<String, RouteHealth>,
     pub(super) tls: TlsConnector,
     pub(super) resolver: Resolver,
     pub(super) connect_timeout: Duration,
@@ -36,7 +39,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 impl Upstreams {
     /// Builds routes, the TLS client configuration and the (lazily created) resolver.
     pub fn new(config: &Config) -> Result<Self, UpstreamError> {
-        let routes = config
+        let routes: HashMap<String, Arc<Route>> = config
             .routes
             .iter()
             .map(|r| {
@@ -48,6 +51,7 @@ impl Upstreams {
                         host,
                         port,
                         direct_tls: r.direct_tls,
+                        priority: 0,
                     })
                     .collect();
                 (
@@ -59,8 +63,13 @@ impl Upstreams {
                 )
             })
             .collect();
+        let health = routes
+            .keys()
+            .map(|domain| (domain.clone(), RouteHealth::default()))
+            .collect();
         Ok(Self {
             routes,
+            health,
             tls: TlsConnector::new(config.upstream_ca.as_deref())?,
             resolver: Resolver::default(),
             connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
@@ -80,6 +89,11 @@ impl Upstreams {
         self.routes.get(&domain.to_ascii_lowercase()).cloned()
     }
 
+    /// The health of `route`'s endpoints.
+    pub fn health(&self, route: &Route) -> &RouteHealth {
+        &self.health[&route.config.domain]
+    }
+
     /// Number of configured routes.
     pub fn route_count(&self) -> usize {
         self.routes.len()
@@ -94,6 +108,11 @@ impl Upstreams {
     /// docs/protocol.md §6: whether at least one upstream endpoint was reachable recently. Without
     /// a recent session, one TCP connection is tried per route until one succeeds.
     pub async fn reachable(&self) -> bool {
+        // While every endpoint of every route is out, no probe on request is needed: the
+        // health probes are already dialling them, and sessions are refused.
+        if self.health.values().all(RouteHealth::all_down) {
+            return false;
+        }
         let last = self.last_reached_ms.load(Ordering::Relaxed);
         if last != 0
             && self.epoch.elapsed().as_millis() as u64 - last < REACHED_RECENTLY.as_millis() as u64

@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 
 use super::connect::UpstreamIo;
 use super::error::UpstreamError;
-use super::proxy_header;
 use super::resolve::{Resolved, Route};
 use super::routes::Upstreams;
+use super::{health, proxy_header};
 use crate::client_addr::ClientAddr;
 use crate::config::TlsPolicy;
 use crate::deadline::Deadline;
@@ -61,6 +61,8 @@ pub struct UpstreamStream {
     out: BytesMut,
     /// Bytes went into the socket (into TLS, for an encrypted stream) since the last flush.
     unflushed: bool,
+    /// The stream's place in its endpoint's session count (least-connections).
+    endpoint: Option<health::SessionOnEndpoint>,
 }
 
 const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -89,14 +91,18 @@ impl UpstreamStream {
             UpstreamError::Timeout
         })??;
         METRICS.connect_phase("dns", t.elapsed());
-        let mut last = UpstreamError::Resolve("no endpoints".into());
-        for resolved in endpoints.iter() {
+        // docs/protocol.md §1: the endpoints that are up, fewest sessions first; none while
+        // every one is down (the circuit breaker), and then the session fails at once.
+        let chosen = upstreams.health(route).choose(&endpoints);
+        let mut last = UpstreamError::AllDown;
+        for (resolved, health) in chosen {
             let endpoint = &resolved.endpoint;
             let attempt = Self::establish_one(upstreams, route, resolved, params, limits, client);
-            match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
-                Ok(Ok(done)) => {
+            let failure = match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
+                Ok(Ok((mut stream, opened))) => {
                     upstreams.mark_reached();
-                    return Ok(done);
+                    stream.endpoint = Some(health::opened(&health));
+                    return Ok((stream, opened));
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(endpoint = %endpoint, error = %e, "upstream endpoint failed");
@@ -104,13 +110,27 @@ impl UpstreamStream {
                     if matches!(e, UpstreamError::StreamError(_)) {
                         return Err(e);
                     }
-                    last = e;
+                    e
                 }
                 Err(_) => {
                     tracing::warn!(endpoint = %endpoint, "upstream endpoint timed out");
-                    last = UpstreamError::Timeout;
+                    UpstreamError::Timeout
                 }
+            };
+            // The endpoint itself did not answer; a TLS or XML problem is not one a probe fixes.
+            let how = match failure {
+                UpstreamError::Connect { .. } => Some(health::Failure::Refused),
+                UpstreamError::Timeout | UpstreamError::Io(_) => Some(health::Failure::NoAnswer),
+                _ => None,
+            };
+            if let Some(how) = how {
+                let probe = health::Probe {
+                    route: route.config.clone(),
+                    timeout: upstreams.connect_timeout,
+                };
+                health::failed(&health, resolved, &probe, how);
             }
+            last = failure;
         }
         Err(last)
     }
@@ -165,6 +185,7 @@ impl UpstreamStream {
             shut_down: false,
             out: BytesMut::new(),
             unflushed: false,
+            endpoint: None,
         };
         let t = std::time::Instant::now();
         let mut opened = stream.open(params).await?;
@@ -413,6 +434,7 @@ mod tests {
             shut_down: false,
             out: BytesMut::new(),
             unflushed: false,
+            endpoint: None,
         };
         stream.queue(&[b'x'; 3000]);
         stream.flush().await.unwrap();
@@ -432,12 +454,8 @@ mod tests {
         let mut config = Config::default();
         config.limits.connect_timeout_secs = 1;
         config.routes = vec![RouteConfig {
-            domain: "stalled.example.net".into(),
-            endpoints: Vec::new(),
             tls: TlsPolicy::Disabled,
-            direct_tls: false,
-            tls_name: None,
-            proxy_protocol: Default::default(),
+            ..RouteConfig::new("stalled.example.net")
         }];
         let mut upstreams = Upstreams::new(&config).unwrap();
         upstreams.resolver = Resolver::with_name_server(silent.local_addr().unwrap());

@@ -76,12 +76,9 @@ pub const FEATURES_BIND: &str = "<stream:features>\
 /// A route for `domain` to the given endpoints.
 pub fn route(domain: &str, endpoints: &[SocketAddr], tls: TlsPolicy) -> RouteConfig {
     RouteConfig {
-        domain: domain.to_string(),
         endpoints: endpoints.iter().map(ToString::to_string).collect(),
         tls,
-        direct_tls: false,
-        tls_name: None,
-        proxy_protocol: Default::default(),
+        ..RouteConfig::new(domain)
     }
 }
 

@@ -99,6 +99,14 @@ test('Prosody killed mid-session: clients told remote-connection-failed, log in 
 	assert.equal(refused.condition, 'remote-connection-failed');
 
 	await stack.prosody.restart();
+	// docs/protocol.md §1: the endpoint was taken out when it refused connections; the
+	// gateway's probe brings it back within route.backoff_max_ms (10 s), and /readyz says so.
+	const probed = Date.now();
+	await waitFor(async () => (await fetch(`${stack.gateway.adminUrl}/readyz`)).status === 200, {
+		what: '/readyz 200 once the probe finds Prosody again',
+		timeout: 15_000,
+	});
+	console.log(`endpoint back in use ${Date.now() - probed} ms after Prosody answered`);
 	const alice2 = await xmppjs.login(stack, 'alice', PASSWORD, { resource: 'ws2', mechanism: 'PLAIN' });
 	const bob2 = await strophe.login(stack, 'bob', PASSWORD, { resource: 'bosh2', transport: 'bosh', mechanism: 'PLAIN' });
 	await exchange(alice2, bob2, 'after the restart');
