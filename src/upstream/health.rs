@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rand::Rng;
@@ -139,7 +139,7 @@ pub fn failed(health: &Arc<EndpointHealth>, resolved: &Resolved, probe: &Probe, 
     tracing::warn!(endpoint = %resolved.endpoint, domain = %probe.route.domain,
         "upstream endpoint taken out; probing it until it answers");
     tokio::spawn(probe_until_up(
-        health.clone(),
+        Arc::downgrade(health),
         resolved.clone(),
         probe.clone(),
     ));
@@ -156,15 +156,21 @@ pub fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
     half + rand::thread_rng().gen_range(Duration::ZERO..=full - half)
 }
 
-async fn probe_until_up(health: Arc<EndpointHealth>, resolved: Resolved, probe: Probe) {
+/// Probes until the endpoint answers, or until nothing refers to its state any more (a reload
+/// replaced the routes, and the last session on the endpoint ended).
+async fn probe_until_up(health: Weak<EndpointHealth>, resolved: Resolved, probe: Probe) {
     let min = Duration::from_millis(probe.route.backoff_min_ms);
     let max = Duration::from_millis(probe.route.backoff_max_ms);
     loop {
+        let Some(state) = health.upgrade() else {
+            return;
+        };
         let failures = {
-            let mut f = health.failures.lock().unwrap();
+            let mut f = state.failures.lock().unwrap();
             *f = f.saturating_add(1);
             *f
         };
+        drop(state);
         tokio::time::sleep(backoff(failures, min, max)).await;
         match tokio::time::timeout(probe.timeout, answers(&resolved, &probe.route)).await {
             Ok(Ok(())) => break,
@@ -174,9 +180,12 @@ async fn probe_until_up(health: Arc<EndpointHealth>, resolved: Resolved, probe: 
             Err(_) => tracing::debug!(endpoint = %resolved.endpoint, "probe timed out"),
         }
     }
-    *health.failures.lock().unwrap() = 0;
-    health.strikes.store(0, Ordering::Relaxed);
-    health.down.store(false, Ordering::Release);
+    let Some(state) = health.upgrade() else {
+        return;
+    };
+    *state.failures.lock().unwrap() = 0;
+    state.strikes.store(0, Ordering::Relaxed);
+    state.down.store(false, Ordering::Release);
     tracing::info!(endpoint = %resolved.endpoint, domain = %probe.route.domain,
         "upstream endpoint answers again; back in use");
 }
@@ -245,6 +254,29 @@ mod tests {
         assert_eq!(order(&health, &both), [2, 1]);
         drop(on_first);
         assert_eq!(order(&health, &both), [1, 2]);
+    }
+
+    // After a reload nothing refers to the old routes' state: their probes stop, instead of
+    // dialling a dead server for the rest of the process's life.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_ends_when_its_endpoint_state_is_dropped() {
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let resolved = at(dead.local_addr().unwrap().port(), 0);
+        drop(dead);
+        let health = RouteHealth::default();
+        let state = health.of(&resolved);
+        let probe = Probe {
+            route: RouteConfig::new("a.example"),
+            timeout: Duration::from_secs(1),
+        };
+        let task = tokio::spawn(probe_until_up(Arc::downgrade(&state), resolved, probe));
+        state.down.store(true, Ordering::Release);
+        drop(state);
+        drop(health);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the probe ended")
+            .unwrap();
     }
 
     #[test]
