@@ -415,9 +415,34 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.render_with(std::iter::empty())
+    }
+
+    /// The text exposition, with `upstream_endpoints{route, state}` made from `routes` (route,
+    /// endpoints up, endpoints down): the routes in force at this scrape, so a reload's old
+    /// routes disappear, and nothing process-wide is kept for them.
+    pub fn render_with(&self, routes: impl Iterator<Item = (String, usize, usize)>) -> Vec<u8> {
+        let mut families = self.registry.gather();
+        let endpoints = IntGaugeVec::new(
+            opts(
+                "upstream_endpoints",
+                "Endpoints of each route the gateway knows, up (in use) or down (being probed).",
+            ),
+            &["route", "state"],
+        )
+        .expect("metric");
+        for (route, up, down) in routes {
+            for (state, n) in [("up", up), ("down", down)] {
+                endpoints
+                    .with_label_values(&[route.as_str(), state])
+                    .set(n as i64);
+            }
+        }
+        families.extend(prometheus::core::Collector::collect(&endpoints));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
 }

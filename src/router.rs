@@ -93,7 +93,9 @@ pub async fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )
-            .body(Full::new(Bytes::from(METRICS.render())))
+            .body(Full::new(Bytes::from(
+                METRICS.render_with(gw.settings().upstreams.endpoint_counts()),
+            )))
             .expect("static response parts are valid"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }

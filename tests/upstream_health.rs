@@ -50,6 +50,20 @@ async fn all_down_failures(gw: &TestGateway) -> u64 {
         .unwrap_or_else(|| panic!("no all_down series in:\n{text}"))
 }
 
+/// `xmpp_gateway_upstream_endpoints{route, state}` for [`DOMAIN`]: (up, down).
+async fn endpoints_by_state(gw: &TestGateway) -> (u64, u64) {
+    let text = http_get(gw.admin_addr, "/metrics", &[]).await.body;
+    let value = |state: &str| {
+        let series =
+            format!("xmpp_gateway_upstream_endpoints{{route=\"{DOMAIN}\",state=\"{state}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    (value("up"), value("down"))
+}
+
 #[tokio::test]
 async fn an_endpoint_that_does_not_answer_is_not_dialled_again_while_it_is_out() {
     let (stalled, stalled_handle) = server(Arc::new(AtomicBool::new(false))).await;
@@ -116,6 +130,7 @@ async fn while_every_endpoint_is_out_sessions_fail_at_once_and_the_route_comes_b
         asked.elapsed()
     );
     assert_eq!(all_down_failures(&gw).await, before + 1);
+    assert_eq!(endpoints_by_state(&gw).await, (0, 1));
     // Not ready either, though the server still accepts TCP connections.
     let ready = http_get(gw.admin_addr, "/readyz", &[]).await;
     assert_eq!(ready.status, 503, "{ready:?}");
@@ -141,6 +156,7 @@ async fn while_every_endpoint_is_out_sessions_fail_at_once_and_the_route_comes_b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(http_get(gw.admin_addr, "/readyz", &[]).await.status, 200);
+    assert_eq!(endpoints_by_state(&gw).await, (1, 0));
 }
 
 #[tokio::test]
@@ -148,7 +164,13 @@ async fn a_refused_connection_takes_the_endpoint_out_at_once() {
     let dead = dead_port().await;
     let (good, good_handle) = server(Arc::new(AtomicBool::new(true))).await;
     let gw = start_gateway(health_config(&[dead, good], 60_000)).await;
+    assert_eq!(
+        endpoints_by_state(&gw).await,
+        (2, 0),
+        "static endpoints are known up"
+    );
     let _first = gw.open_session().await;
+    assert_eq!(endpoints_by_state(&gw).await, (1, 1));
     let _second = gw.open_session().await;
     // Least connections would send the second session to the dead endpoint (no sessions)
     // if it were still in use; it went to the one that answers.

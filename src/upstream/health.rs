@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::proxy_header;
-use super::resolve::Resolved;
+use super::resolve::{Endpoint, Resolved};
 use crate::config::RouteConfig;
 
 /// One endpoint's state, shared by the sessions on it and its probe.
@@ -65,15 +65,33 @@ pub struct RouteHealth {
     endpoints: Mutex<HashMap<String, Arc<EndpointHealth>>>,
 }
 
-fn key(r: &Resolved) -> String {
-    format!("{}/{}", r.endpoint, r.endpoint.direct_tls)
+fn key(e: &Endpoint) -> String {
+    format!("{e}/{}", e.direct_tls)
 }
 
 impl RouteHealth {
+    /// Knows `endpoints` (a route's static ones) from the start, up.
+    pub fn with_endpoints(endpoints: &[Endpoint]) -> Self {
+        let known = endpoints.iter().map(|e| (key(e), Arc::default())).collect();
+        Self {
+            endpoints: Mutex::new(known),
+        }
+    }
+
     /// The state of `resolved`'s endpoint, created up.
     pub fn of(&self, resolved: &Resolved) -> Arc<EndpointHealth> {
         let mut endpoints = self.endpoints.lock().unwrap();
-        endpoints.entry(key(resolved)).or_default().clone()
+        endpoints
+            .entry(key(&resolved.endpoint))
+            .or_default()
+            .clone()
+    }
+
+    /// Endpoints up and down.
+    pub fn counts(&self) -> (usize, usize) {
+        let endpoints = self.endpoints.lock().unwrap();
+        let up = endpoints.values().filter(|h| h.is_up()).count();
+        (up, endpoints.len() - up)
     }
 
     /// The endpoints to try, in order: those that are up, by SRV priority, then fewest
@@ -226,7 +244,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::resolve::Endpoint;
 
     fn at(port: u16, priority: u16) -> Resolved {
         Resolved {

@@ -64,8 +64,13 @@ impl Upstreams {
             })
             .collect();
         let health = routes
-            .keys()
-            .map(|domain| (domain.clone(), RouteHealth::default()))
+            .iter()
+            .map(|(domain, route)| {
+                (
+                    domain.clone(),
+                    RouteHealth::with_endpoints(&route.endpoints),
+                )
+            })
             .collect();
         Ok(Self {
             routes,
@@ -92,6 +97,15 @@ impl Upstreams {
     /// The health of `route`'s endpoints.
     pub fn health(&self, route: &Route) -> &RouteHealth {
         &self.health[&route.config.domain]
+    }
+
+    /// Per route: its endpoints up and down, as far as they are known (static ones from the
+    /// start, SRV targets once resolved).
+    pub fn endpoint_counts(&self) -> impl Iterator<Item = (String, usize, usize)> + '_ {
+        self.health.iter().map(|(domain, h)| {
+            let (up, down) = h.counts();
+            (domain.clone(), up, down)
+        })
     }
 
     /// Number of configured routes.
