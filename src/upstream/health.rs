@@ -12,6 +12,7 @@
 //! and the route recovers by itself when a probe succeeds.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tokio::net::TcpStream;
 
 use super::proxy_header;
 use super::resolve::{Endpoint, Resolved};
-use crate::config::RouteConfig;
+use crate::config::{ProxyProtocol, RouteConfig};
 
 /// One endpoint's state, shared by the sessions on it and its probe.
 #[derive(Debug, Default)]
@@ -31,8 +32,8 @@ pub struct EndpointHealth {
     sessions: AtomicUsize,
     /// Taken out after a failure; a probe is under way.
     down: AtomicBool,
-    /// Consecutive failures, for the backoff.
-    failures: Mutex<u32>,
+    /// Consecutive failed probes, for the backoff.
+    failures: AtomicU32,
     /// Sessions in a row that timed out or lost the socket here, since the last success.
     strikes: AtomicU32,
 }
@@ -116,7 +117,7 @@ impl RouteHealth {
 
 /// A session's stream opened on `health`'s endpoint.
 pub fn opened(health: &Arc<EndpointHealth>) -> SessionOnEndpoint {
-    *health.failures.lock().unwrap() = 0;
+    health.failures.store(0, Ordering::Relaxed);
     health.strikes.store(0, Ordering::Relaxed);
     health.sessions.fetch_add(1, Ordering::Relaxed);
     SessionOnEndpoint(health.clone())
@@ -129,6 +130,8 @@ pub struct Probe {
     pub route: RouteConfig,
     /// Each dial, and the wait for the server's stream header, within this.
     pub timeout: Duration,
+    /// The stream header the probe sends, as a session would (`stream::header`).
+    pub stream_header: String,
 }
 
 /// Sessions in a row that time out or lose the socket on an endpoint before it is taken out; a
@@ -183,14 +186,13 @@ async fn probe_until_up(health: Weak<EndpointHealth>, resolved: Resolved, probe:
         let Some(state) = health.upgrade() else {
             return;
         };
-        let failures = {
-            let mut f = state.failures.lock().unwrap();
-            *f = f.saturating_add(1);
-            *f
-        };
+        let failures = state
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         drop(state);
         tokio::time::sleep(backoff(failures, min, max)).await;
-        match tokio::time::timeout(probe.timeout, answers(&resolved, &probe.route)).await {
+        match tokio::time::timeout(probe.timeout, answers(&resolved, &probe)).await {
             Ok(Ok(())) => break,
             Ok(Err(e)) => {
                 tracing::debug!(endpoint = %resolved.endpoint, error = %e, "probe failed")
@@ -201,7 +203,7 @@ async fn probe_until_up(health: Weak<EndpointHealth>, resolved: Resolved, probe:
     let Some(state) = health.upgrade() else {
         return;
     };
-    *state.failures.lock().unwrap() = 0;
+    state.failures.store(0, Ordering::Relaxed);
     state.strikes.store(0, Ordering::Relaxed);
     state.down.store(false, Ordering::Release);
     tracing::info!(endpoint = %resolved.endpoint, domain = %probe.route.domain,
@@ -210,20 +212,12 @@ async fn probe_until_up(health: Weak<EndpointHealth>, resolved: Resolved, probe:
 
 /// Whether the endpoint accepts a connection and answers a stream header with one of its own
 /// (for a direct-TLS endpoint, accepting the connection is all that is asked).
-async fn answers(resolved: &Resolved, route: &RouteConfig) -> std::io::Result<()> {
-    let mut tcp = TcpStream::connect(&resolved.addrs[..]).await?;
-    if let Some(header) = proxy_header::for_gateway(route.proxy_protocol) {
-        tcp.write_all(&header).await?;
-    }
+async fn answers(resolved: &Resolved, probe: &Probe) -> std::io::Result<()> {
+    let mut tcp = dial_own(&resolved.addrs, probe.route.proxy_protocol).await?;
     if resolved.endpoint.direct_tls {
         return Ok(());
     }
-    let open = format!(
-        "<?xml version='1.0'?><stream:stream to='{}' version='1.0' xml:lang='en' \
-         xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
-        route.domain
-    );
-    tcp.write_all(open.as_bytes()).await?;
+    tcp.write_all(probe.stream_header.as_bytes()).await?;
     let mut seen = Vec::new();
     let mut buf = [0u8; 512];
     while !contains(&seen, b"<stream:stream") {
@@ -235,6 +229,16 @@ async fn answers(resolved: &Resolved, route: &RouteConfig) -> std::io::Result<()
     }
     let _ = tcp.write_all(b"</stream:stream>").await;
     Ok(())
+}
+
+/// A connection the gateway makes on its own behalf (a probe, not a browser's session): after
+/// the connect, a route with `proxy_protocol` is told so with v2's LOCAL or v1's UNKNOWN.
+pub async fn dial_own(addrs: &[SocketAddr], version: ProxyProtocol) -> std::io::Result<TcpStream> {
+    let mut tcp = TcpStream::connect(addrs).await?;
+    if let Some(header) = proxy_header::for_gateway(version) {
+        tcp.write_all(&header).await?;
+    }
+    Ok(tcp)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -253,7 +257,7 @@ mod tests {
                 direct_tls: false,
                 priority,
             },
-            addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], port))],
         }
     }
 
@@ -285,6 +289,7 @@ mod tests {
         let probe = Probe {
             route: RouteConfig::new("a.example"),
             timeout: Duration::from_secs(1),
+            stream_header: String::new(),
         };
         let task = tokio::spawn(probe_until_up(Arc::downgrade(&state), resolved, probe));
         state.down.store(true, Ordering::Release);

@@ -7,11 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-
 use super::error::UpstreamError;
-use super::health::RouteHealth;
-use super::proxy_header;
+use super::health::{self, RouteHealth};
 use super::resolve::{self, Resolver, Route};
 use super::tls::TlsConnector;
 use crate::config::Config;
@@ -139,16 +136,9 @@ impl Upstreams {
             let Ok(Ok(endpoints)) = resolved.await else {
                 continue;
             };
-            let header = proxy_header::for_gateway(route.config.proxy_protocol);
             for ep in endpoints.iter() {
-                let connect = tokio::net::TcpStream::connect(&ep.addrs[..]);
-                if let Ok(Ok(mut tcp)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
-                    // A receiver that expects a PROXY header is told this connection is the
-                    // gateway's own, not a browser's.
-                    if let Some(header) = &header {
-                        let write = tcp.write_all(header);
-                        let _ = tokio::time::timeout(PROBE_TIMEOUT, write).await;
-                    }
+                let dial = health::dial_own(&ep.addrs, route.config.proxy_protocol);
+                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, dial).await {
                     self.mark_reached();
                     return true;
                 }

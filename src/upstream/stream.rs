@@ -22,7 +22,7 @@ use super::resolve::{Resolved, Route};
 use super::routes::Upstreams;
 use super::{health, proxy_header};
 use crate::client_addr::ClientAddr;
-use crate::config::TlsPolicy;
+use crate::config::{ProxyProtocol, TlsPolicy};
 use crate::deadline::Deadline;
 use crate::metrics::METRICS;
 use crate::xml::features::summarize_features;
@@ -127,6 +127,11 @@ impl UpstreamStream {
                 let probe = health::Probe {
                     route: route.config.clone(),
                     timeout: upstreams.connect_timeout,
+                    // Only the domain: a probe speaks for no user.
+                    stream_header: header(&StreamParams {
+                        to: params.to.clone(),
+                        ..StreamParams::default()
+                    }),
                 };
                 health::failed(&health, resolved, &probe, how);
             }
@@ -155,11 +160,11 @@ impl UpstreamStream {
         METRICS.connect_phase("tcp", t.elapsed());
         // Stanzas are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
-        let header = proxy_header::for_client(
-            route.config.proxy_protocol,
-            client.socket_addr(),
-            tcp.local_addr()?,
-        );
+        // The gateway's own address is only asked for when a header will carry it.
+        let header = match route.config.proxy_protocol {
+            ProxyProtocol::Off => None,
+            version => proxy_header::for_client(version, client.socket_addr(), tcp.local_addr()?),
+        };
         let mut tcp = Deadline::new(tcp, upstreams.write_timeout);
         if let Some(header) = header {
             // Before anything else, TLS included: the receiver reads it off the raw socket.
@@ -410,12 +415,12 @@ fn header(p: &StreamParams) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, RouteConfig};
+    use crate::upstream::resolve::Resolver;
 
     fn client() -> ClientAddr {
         ClientAddr::new(std::net::Ipv4Addr::LOCALHOST.into())
     }
-    use crate::config::{Config, RouteConfig};
-    use crate::upstream::resolve::Resolver;
 
     // docs/protocol.md §7: a session that has sent something and gone idle holds no write
     // buffer. (An advanced `BytesMut` reports no capacity but keeps its allocation: each idle
