@@ -26,6 +26,12 @@ export class Browser {
 		this.setCookies = [];
 		this.requests = 0;
 		this.requestsWithCookie = 0;
+		/**
+		 * Every request and its answer, for the assertions and their messages:
+		 * [{ sentAt, rid, ids, answeredAt, status, type, condition }], `ids` the
+		 * message ids the request carried.
+		 */
+		this.exchanges = [];
 		const options = { keepAlive: true, maxSockets: 6, localAddress };
 		this.agents = { 'http:': new http.Agent(options), 'https:': new https.Agent({ ...options, ca }) };
 	}
@@ -150,11 +156,22 @@ export class BrowserXMLHttpRequest {
 		if (cookie) headers.cookie = cookie;
 		b.requests += 1;
 		if (cookie) b.requestsWithCookie += 1;
+		const text = payload.toString('utf8');
+		const exchange = {
+			sentAt: Date.now(),
+			rid: /\srid=['"](\d+)['"]/.exec(text)?.[1],
+			ids: [...text.matchAll(/<message\b[^>]*?\sid=['"]([^'"]*)['"]/g)].map((m) => m[1]),
+		};
+		b.exchanges.push(exchange);
+		this._exchange = exchange;
 		const transport = url.protocol === 'https:' ? https : http;
 		const req = transport.request(url, { method: this._method, headers, agent: b.agents[url.protocol] }, (res) => {
 			const chunks = [];
 			res.on('data', (c) => chunks.push(c));
-			res.on('error', () => this._fail());
+			res.on('error', () => {
+				exchange.failedAt = Date.now();
+				this._fail();
+			});
 			res.on('end', () => {
 				b.store(res.headers['set-cookie']);
 				let data = Buffer.concat(chunks);
@@ -169,16 +186,25 @@ export class BrowserXMLHttpRequest {
 					.map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : v}`)
 					.join('\r\n');
 				this.responseText = data.toString('utf8');
+				exchange.answeredAt = Date.now();
+				exchange.status = res.statusCode;
+				const head = /<body\b[^>]*>/.exec(this.responseText)?.[0] ?? '';
+				exchange.type = /\stype=['"]([^'"]*)['"]/.exec(head)?.[1];
+				exchange.condition = /\scondition=['"]([^'"]*)['"]/.exec(head)?.[1];
 				this.responseXML = this._parse(this.responseText);
 				if (!this._aborted) this._setState(4);
 			});
 		});
-		req.on('error', () => this._fail());
+		req.on('error', () => {
+			exchange.failedAt = Date.now();
+			this._fail();
+		});
 		this._req = req;
 		req.end(payload);
 	}
 
 	abort() {
+		if (this._exchange && this._exchange.answeredAt === undefined) this._exchange.abortedAt = Date.now();
 		this._aborted = true;
 		this._req?.destroy();
 	}

@@ -233,8 +233,10 @@ export class BoshClient extends FleetClient {
 	}
 
 	async login() {
-		/** Every terminate body received: [{ at, condition, uri }]. */
+		/** Every terminate body received: [{ at, condition, uri, stale, repeat }]. */
 		this.terminates = [];
+		/** Strophe connection -> how its session ended (the first terminate body). */
+		this.endOf = new WeakMap();
 		await this.open(this.url);
 	}
 
@@ -283,8 +285,20 @@ export class BoshClient extends FleetClient {
 			const condition = body.getAttribute('condition');
 			let uri;
 			for (let n = body.firstChild; n; n = n.nextSibling) if (n.nodeType === 1 && n.localName === 'uri') uri = n.textContent;
-			this.terminates.push({ at: Date.now(), condition, uri, stale });
-			if (condition === 'see-other-uri' && uri && !stale) this.redirects.push({ at: Date.now(), uri });
+			// Every request open when the session ends is answered with the terminate body
+			// (XEP-0124 §13), and so is one that crossed it on the wire: the end of one
+			// session is one redirect however many of its requests tell it.
+			const first = this.endOf.get(conn);
+			const repeat = first !== undefined;
+			this.terminates.push({ at: Date.now(), condition, uri, stale, repeat });
+			if (repeat) {
+				if (first.condition !== condition || first.uri !== uri) {
+					this.problems.push(`session ended by ${first.condition} ${first.uri ?? ''}, then a request was told ${condition} ${uri ?? ''}`);
+				}
+			} else {
+				this.endOf.set(conn, { condition, uri });
+				if (condition === 'see-other-uri' && uri && !stale) this.redirects.push({ at: Date.now(), uri });
+			}
 		}
 		for (let n = body.firstChild; n; n = n.nextSibling) {
 			if (n.nodeType !== 1 || n.localName !== 'message') continue;
