@@ -93,6 +93,8 @@ async fn serve(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
     }
     gw.shutdown.begin();
+    // Nobody new will log in here: the ready streams go back to the server.
+    gw.settings().pools.retire();
     let drained = tokio::select! {
         d = gw.shutdown.wait(deadline) => d,
         _ = term.recv() => false,

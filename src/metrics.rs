@@ -415,13 +415,21 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        self.render_with(std::iter::empty())
+        self.render_with(std::iter::empty(), std::iter::empty())
     }
 
     /// The text exposition, with `upstream_endpoints{route, state}` made from `routes` (route,
     /// endpoints up, endpoints down): the routes in force at this scrape, so a reload's old
     /// routes disappear, and nothing process-wide is kept for them.
-    pub fn render_with(&self, routes: impl Iterator<Item = (String, usize, usize)>) -> Vec<u8> {
+    ///
+    /// `pools` (route, streams ready, session starts served from the pool, not served) gives
+    /// `upstream_pool_ready{route}` and `upstream_pool_sessions_total{route, result}`, the same
+    /// way: the counters start again with the pools a reload makes.
+    pub fn render_with(
+        &self,
+        routes: impl Iterator<Item = (String, usize, usize)>,
+        pools: impl Iterator<Item = (String, usize, u64, u64)>,
+    ) -> Vec<u8> {
         let mut families = self.registry.gather();
         let endpoints = IntGaugeVec::new(
             opts(
@@ -439,6 +447,33 @@ impl Metrics {
             }
         }
         families.extend(prometheus::core::Collector::collect(&endpoints));
+        let ready = IntGaugeVec::new(
+            opts(
+                "upstream_pool_ready",
+                "Streams ready in each route's warm pool (TCP, TLS, stream header and features done).",
+            ),
+            &["route"],
+        )
+        .expect("metric");
+        let taken = IntCounterVec::new(
+            opts(
+                "upstream_pool_sessions_total",
+                "Session starts on routes with a warm pool, by whether a ready stream served them (hit) or they opened their own (miss).",
+            ),
+            &["route", "result"],
+        )
+        .expect("metric");
+        for (route, n, hits, misses) in pools {
+            ready.with_label_values(&[route.as_str()]).set(n as i64);
+            taken
+                .with_label_values(&[route.as_str(), "hit"])
+                .inc_by(hits);
+            taken
+                .with_label_values(&[route.as_str(), "miss"])
+                .inc_by(misses);
+        }
+        families.extend(prometheus::core::Collector::collect(&ready));
+        families.extend(prometheus::core::Collector::collect(&taken));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for the text format.

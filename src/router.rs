@@ -93,10 +93,16 @@ pub async fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )
-            .body(Full::new(Bytes::from(
-                METRICS.render_with(gw.settings().upstreams.endpoint_counts()),
-            )))
+            .body(Full::new(Bytes::from(render_metrics(&gw.settings()))))
             .expect("static response parts are valid"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/metrics`: the process's metrics and those built from the settings in force.
+fn render_metrics(settings: &crate::settings::Settings) -> Vec<u8> {
+    METRICS.render_with(
+        settings.upstreams.endpoint_counts(),
+        settings.pools.counts(),
+    )
 }

@@ -47,6 +47,7 @@ impl Server {
         let settings = gateway.settings();
         let public = bind(settings.config.listen).await?;
         let admin = bind(settings.config.admin_listen).await?;
+        settings.start();
         Ok(Self {
             gateway: Arc::new(gateway),
             public,

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::upstream::pool::Pools;
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::xml::Limits;
 
@@ -17,7 +18,9 @@ pub struct Settings {
     /// The configuration in force.
     pub config: Config,
     /// Routes, resolver and TLS toward the XMPP servers.
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
+    /// The routes' warm pools (docs/protocol.md §1).
+    pub pools: Arc<Pools>,
     /// XML limits for what browsers send, derived from the configuration.
     pub xml_limits: Limits,
     /// XML limits for what the server sends: its size limit only (docs/protocol.md §2).
@@ -29,7 +32,8 @@ pub struct Settings {
 impl Settings {
     /// Builds routes, TLS material and limits from a configuration.
     pub fn new(config: Config) -> Result<Self, UpstreamError> {
-        let upstreams = Upstreams::new(&config)?;
+        let upstreams = Arc::new(Upstreams::new(&config)?);
+        let pools = Arc::new(Pools::new(&config));
         let xml_limits = Limits {
             max_element_bytes: config.limits.max_stanza_bytes,
             max_depth: config.limits.max_depth,
@@ -40,10 +44,20 @@ impl Settings {
         Ok(Self {
             config,
             upstreams,
+            pools,
             xml_limits,
             upstream_limits,
             listener_tls,
         })
+    }
+}
+
+impl Settings {
+    /// Starts what runs beside the sessions (the task that fills the warm pools). Inside the
+    /// runtime, once the settings are in force.
+    pub fn start(&self) {
+        self.pools
+            .start(self.upstreams.clone(), self.upstream_limits.clone());
     }
 }
 
@@ -80,7 +94,11 @@ impl LiveSettings {
         if old.config.log != config.log {
             needs_restart.push("log");
         }
-        self.0.store(Arc::new(Settings::new(config)?));
+        let new = Arc::new(Settings::new(config)?);
+        new.start();
+        self.0.store(new);
+        // Sessions that run on the old snapshot keep it; its ready streams serve nobody now.
+        old.pools.retire();
         Ok(needs_restart)
     }
 }

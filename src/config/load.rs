@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::schema::{Cli, Config, ConfigError, RouteConfig, TlsPolicy};
+use super::schema::{Cli, Config, ConfigError, ProxyProtocol, RouteConfig, TlsPolicy};
+
+/// The most ready streams one route may keep.
+const MAX_WARM: usize = 1000;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "XMPP_GATEWAY_";
@@ -115,6 +118,20 @@ impl Config {
             if route.backoff_min_ms == 0 || route.backoff_min_ms > route.backoff_max_ms {
                 return Err(ConfigError::Value(format!(
                     "route {}: backoff_min_ms must be at least 1 and at most backoff_max_ms",
+                    route.domain
+                )));
+            }
+            if route.pool.warm > MAX_WARM || (route.pool.warm > 0 && route.pool.max_age_secs == 0) {
+                return Err(ConfigError::Value(format!(
+                    "route {}: pool.warm must be at most {MAX_WARM}, and pool.max_age_secs at least 1",
+                    route.domain
+                )));
+            }
+            if route.pool.warm > 0 && route.proxy_protocol != ProxyProtocol::Off {
+                // A ready stream is opened before its browser is known; its PROXY header could
+                // only name the gateway.
+                return Err(ConfigError::Value(format!(
+                    "route {}: pool.warm needs proxy_protocol = \"off\" (a PROXY header names the browser, unknown when a ready stream opens)",
                     route.domain
                 )));
             }

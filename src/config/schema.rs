@@ -152,6 +152,30 @@ pub struct RouteConfig {
     /// The longest wait between probes of an endpoint that stays down, in milliseconds.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Streams kept open and ready for new sessions (docs/protocol.md §1, the warm pool).
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+/// A route's warm pool: upstream streams opened ahead of demand (TCP, TLS, stream header sent,
+/// features received), each handed to one new session.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Streams kept ready; 0, the default, means no pool.
+    pub warm: usize,
+    /// A ready stream older than this is closed and replaced; keep it below the server's
+    /// timeout for streams that do not authenticate.
+    pub max_age_secs: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            warm: 0,
+            max_age_secs: 120,
+        }
+    }
 }
 
 fn default_backoff_min_ms() -> u64 {
@@ -174,6 +198,7 @@ impl RouteConfig {
             proxy_protocol: ProxyProtocol::default(),
             backoff_min_ms: default_backoff_min_ms(),
             backoff_max_ms: default_backoff_max_ms(),
+            pool: PoolConfig::default(),
         }
     }
 }

@@ -378,3 +378,44 @@ fn endpoint_backoff_has_defaults_and_its_minimum_cannot_pass_its_maximum() {
         assert!(err.to_string().contains("backoff_min_ms"), "{err}");
     }
 }
+
+#[test]
+fn a_route_pool_is_read_as_the_issue_writes_it_and_off_by_default() {
+    let text = r#"
+[[route]]
+domain = "example.com"
+endpoints = ["xmpp1.example.com:5222", "xmpp2.example.com:5222"]
+proxy_protocol = "off"
+[route.pool]
+warm = 8
+max_age_secs = 120
+
+[[route]]
+domain = "other.example"
+"#;
+    let c = Config::from_sources(text, &[], &cli(&[])).unwrap();
+    assert_eq!(
+        (c.routes[0].pool.warm, c.routes[0].pool.max_age_secs),
+        (8, 120)
+    );
+    assert_eq!(c.routes[1].pool, PoolConfig::default());
+    assert_eq!(c.routes[1].pool.warm, 0);
+}
+
+#[test]
+fn a_pool_with_a_proxy_header_or_without_an_age_is_refused() {
+    let with = |extra: &str| {
+        let text = format!("[[route]]\ndomain = \"example.com\"\n{extra}");
+        Config::from_sources(&text, &[], &cli(&[])).map(|_| ())
+    };
+    let err = with("proxy_protocol = \"v2\"\n[route.pool]\nwarm = 2\n").unwrap_err();
+    assert!(err.to_string().contains("proxy_protocol"), "{err}");
+    let err = with("[route.pool]\nwarm = 2\nmax_age_secs = 0\n").unwrap_err();
+    assert!(err.to_string().contains("max_age_secs"), "{err}");
+    let err = with("[route.pool]\nwarm = 100000\n").unwrap_err();
+    assert!(err.to_string().contains("pool.warm"), "{err}");
+    assert!(
+        with("proxy_protocol = \"v1\"\n").is_ok(),
+        "no pool, no conflict"
+    );
+}

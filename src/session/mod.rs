@@ -269,14 +269,22 @@ impl Session {
             .upstreams
             .route(&params.to)
             .ok_or(UpstreamError::UnknownDomain)?;
-        let (upstream, opened) = UpstreamStream::establish(
-            &settings.upstreams,
-            &route,
-            &params,
-            &settings.upstream_limits,
-            client,
-        )
-        .await?;
+        // docs/protocol.md §1: a ready stream from the route's warm pool, when one was opened
+        // with the header this session's would have; else its own.
+        let ready = settings.pools.take(&route.config.domain, &params);
+        let (upstream, opened) = match ready {
+            Some(ready) => ready,
+            None => {
+                UpstreamStream::establish(
+                    &settings.upstreams,
+                    &route,
+                    &params,
+                    &settings.upstream_limits,
+                    client,
+                )
+                .await?
+            }
+        };
         let features = filter_features_for_client(&opened.features.bytes)?;
         tracing::info!(domain = %params.to, tls = upstream.is_tls(), "session open");
         METRICS.session_started(transport);

@@ -113,14 +113,10 @@ impl Dns {
 fn srv_route() -> Route {
     Route {
         config: RouteConfig {
-            domain: DOMAIN.into(),
-            endpoints: Vec::new(),
             tls: TlsPolicy::Disabled,
-            direct_tls: false,
-            tls_name: None,
-            proxy_protocol: Default::default(),
             backoff_min_ms: 1000,
             backoff_max_ms: 60000,
+            ..RouteConfig::new(DOMAIN)
         },
         endpoints: Vec::new(),
     }
