@@ -79,10 +79,10 @@ pub async fn admin(req: Request<Incoming>, gw: &Gateway) -> Response<Body> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if settings.upstreams.route_count() == 0 {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no routes configured\n")
-            } else if !settings.upstreams.reachable().await {
+            } else if !settings.upstreams.ready().await {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "no upstream endpoint reachable\n",
+                    "no upstream endpoint answers\n",
                 )
             } else {
                 text(StatusCode::OK, "ready\n")

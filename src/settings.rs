@@ -53,9 +53,11 @@ impl Settings {
 }
 
 impl Settings {
-    /// Starts what runs beside the sessions (the task that fills the warm pools). Inside the
+    /// Starts what runs beside the sessions (health checks, the task that fills the warm
+    /// pools). Inside the
     /// runtime, once the settings are in force.
     pub fn start(&self) {
+        crate::upstream::checks::start(&self.upstreams);
         self.pools
             .start(self.upstreams.clone(), self.upstream_limits.clone());
     }
@@ -99,6 +101,7 @@ impl LiveSettings {
         self.0.store(new);
         // Sessions that run on the old snapshot keep it; its ready streams serve nobody now.
         old.pools.retire();
+        old.upstreams.retire();
         Ok(needs_restart)
     }
 }

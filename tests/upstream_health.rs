@@ -178,3 +178,78 @@ async fn a_refused_connection_takes_the_endpoint_out_at_once() {
     let ready = http_get(gw.admin_addr, "/readyz", &[]).await;
     assert_eq!(ready.status, 200, "one endpoint is still up: {ready:?}");
 }
+
+/// Waits (within 5 s) until `check` holds, looking every 20 ms.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {TIMEOUT:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// docs/protocol.md §6: /readyz answers from the health state; a request dials nothing.
+#[tokio::test]
+async fn readiness_comes_from_the_checks_and_a_request_dials_nothing() {
+    let (up, handle) = server(Arc::new(AtomicBool::new(true))).await;
+    let mut c = health_config(&[up], 1000);
+    c.routes[0].check_interval_secs = 60;
+    let gw = start_gateway(c).await;
+    for _ in 0..5 {
+        let ready = http_get(gw.admin_addr, "/readyz", &[]).await;
+        assert_eq!(ready.status, 200, "{ready:?}");
+    }
+    assert_eq!(
+        handle.connections(),
+        1,
+        "the first round of checks, and nothing per request"
+    );
+}
+
+// docs/protocol.md §1: an endpoint that fails while no session uses it is taken out by the
+// checks (readiness follows), and its probe brings it back.
+#[tokio::test]
+async fn the_checks_take_out_an_endpoint_no_session_uses_and_it_comes_back() {
+    let (up, handle) = server(Arc::new(AtomicBool::new(true))).await;
+    let mut c = health_config(&[up], 50);
+    c.routes[0].check_interval_secs = 1;
+    let gw = start_gateway(c).await;
+    assert_eq!(http_get(gw.admin_addr, "/readyz", &[]).await.status, 200);
+    assert_eq!(endpoints_by_state(&gw).await, (1, 0));
+
+    // The server goes away: nothing listens on its port any more.
+    drop(handle);
+    eventually("the endpoint taken out without a session", || async {
+        endpoints_by_state(&gw).await == (0, 1)
+    })
+    .await;
+    let ready = http_get(gw.admin_addr, "/readyz", &[]).await;
+    assert_eq!(ready.status, 503, "{ready:?}");
+
+    // It is back on the same port: the probe finds it.
+    let listener = tokio::net::TcpListener::bind(up)
+        .await
+        .expect("the port again");
+    let serve = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let answer = format!("{}{FEATURES_SASL}", server_header("s-back"));
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    eventually("the endpoint back in use", || async {
+        endpoints_by_state(&gw).await == (1, 0)
+    })
+    .await;
+    assert_eq!(http_get(gw.admin_addr, "/readyz", &[]).await.status, 200);
+    serve.abort();
+}

@@ -138,7 +138,7 @@ async fn without_proxy_protocol_the_stream_header_comes_first() {
 
 // The readiness probe's connection is the gateway's own: v2's LOCAL command, v1's UNKNOWN.
 #[tokio::test]
-async fn the_readiness_probe_says_it_is_the_gateways_own_connection() {
+async fn the_health_check_says_it_is_the_gateways_own_connection() {
     for (version, expected) in [
         (ProxyProtocol::V1, b"PROXY UNKNOWN\r\n".to_vec()),
         (ProxyProtocol::V2, {
@@ -153,10 +153,14 @@ async fn the_readiness_probe_says_it_is_the_gateways_own_connection() {
             let tx = tx.clone();
             async move {
                 let _ = tx.send(conn.read_bytes(n).await);
+                conn.answer_stream("s-check", FEATURES_SASL).await;
+                conn.read_until(STREAM_END).await;
             }
         })
         .await;
-        let gw = start_gateway(gateway_config(up, version)).await;
+        let mut config = gateway_config(up, version);
+        config.routes[0].check_interval_secs = 60;
+        let gw = start_gateway(config).await;
         let ready = http_get(gw.admin_addr, "/readyz", &[]).await;
         assert_eq!(ready.status, 200, "{ready:?}");
         let got = header_of(&mut rx).await;

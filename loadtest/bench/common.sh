@@ -98,7 +98,8 @@ start_prosody() {
 # (host:port) with upstream TLS policy TLS (required|disabled), and the per-address and
 # per-session limits opened up: every benchmark session comes from one address and the
 # throughput runs send far more than a person types. Sets GATEWAY_HTTP (base URL),
-# GATEWAY_WS (WebSocket URL) and GATEWAY_PID.
+# GATEWAY_WS (WebSocket URL), GATEWAY_ADMIN (admin base URL) and GATEWAY_PID. ROUTE_EXTRA: more TOML lines for the route
+# (its [route.pool] table, say).
 start_gateway() {
 	local name=$1 upstream=$2 tls=$3 ca=${4:-} port admin ca_line=""
 	[[ -z $ca ]] || ca_line="upstream_ca = \"$ca\""
@@ -112,6 +113,7 @@ start_gateway() {
 		domain = "localhost"
 		endpoints = ["$upstream"]
 		tls = "$tls"
+		${ROUTE_EXTRA:-}
 		[log]
 		filter = "warn"
 		[limits]
@@ -130,6 +132,7 @@ start_gateway() {
 	STARTED_PIDS+=("$GATEWAY_PID")
 	wait_http_ok "http://127.0.0.1:$admin/healthz" 60 "$GATEWAY_PID"
 	GATEWAY_HTTP=http://127.0.0.1:$port
+	GATEWAY_ADMIN=http://127.0.0.1:$admin
 	GATEWAY_WS=ws://127.0.0.1:$port/xmpp-websocket
 }
 

@@ -152,6 +152,10 @@ pub struct RouteConfig {
     /// The longest wait between probes of an endpoint that stays down, in milliseconds.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Seconds between health checks of each endpoint that is up (docs/protocol.md §1); 0
+    /// turns them off, and then only sessions find out that an endpoint fails.
+    #[serde(default = "default_check_interval_secs")]
+    pub check_interval_secs: u64,
     /// Streams kept open and ready for new sessions (docs/protocol.md §1, the warm pool).
     #[serde(default)]
     pub pool: PoolConfig,
@@ -186,6 +190,10 @@ fn default_backoff_max_ms() -> u64 {
     10_000
 }
 
+fn default_check_interval_secs() -> u64 {
+    10
+}
+
 impl RouteConfig {
     /// A route for `domain` with every other setting at its default.
     pub fn new(domain: impl Into<String>) -> Self {
@@ -198,6 +206,7 @@ impl RouteConfig {
             proxy_protocol: ProxyProtocol::default(),
             backoff_min_ms: default_backoff_min_ms(),
             backoff_max_ms: default_backoff_max_ms(),
+            check_interval_secs: default_check_interval_secs(),
             pool: PoolConfig::default(),
         }
     }

@@ -36,12 +36,19 @@ pub struct EndpointHealth {
     failures: AtomicU32,
     /// Sessions in a row that timed out or lost the socket here, since the last success.
     strikes: AtomicU32,
+    /// It has answered since it was last taken out: a stream opened, or a check succeeded.
+    answered: AtomicBool,
 }
 
 impl EndpointHealth {
     /// Whether sessions may be sent here.
     pub fn is_up(&self) -> bool {
         !self.down.load(Ordering::Acquire)
+    }
+
+    /// Up, and known to answer (docs/protocol.md §6: what readiness counts).
+    pub fn answers(&self) -> bool {
+        self.is_up() && self.answered.load(Ordering::Acquire)
     }
 
     /// Sessions open on this endpoint now.
@@ -108,6 +115,16 @@ impl RouteHealth {
         up
     }
 
+    /// Some endpoint is up (known ones; none for an SRV route not resolved yet).
+    pub fn any_up(&self) -> bool {
+        self.endpoints.lock().unwrap().values().any(|h| h.is_up())
+    }
+
+    /// Some endpoint is up and has answered.
+    pub fn any_answers(&self) -> bool {
+        self.endpoints.lock().unwrap().values().any(|h| h.answers())
+    }
+
     /// Every endpoint this route has tried is out (and it has tried some): the breaker is open.
     pub fn all_down(&self) -> bool {
         let endpoints = self.endpoints.lock().unwrap();
@@ -117,10 +134,16 @@ impl RouteHealth {
 
 /// A session's stream opened on `health`'s endpoint.
 pub fn opened(health: &Arc<EndpointHealth>) -> SessionOnEndpoint {
-    health.failures.store(0, Ordering::Relaxed);
-    health.strikes.store(0, Ordering::Relaxed);
+    answered(health);
     health.sessions.fetch_add(1, Ordering::Relaxed);
     SessionOnEndpoint(health.clone())
+}
+
+/// The endpoint answered (a stream opened, or a check succeeded): its run of failures ends.
+pub fn answered(health: &EndpointHealth) {
+    health.failures.store(0, Ordering::Relaxed);
+    health.strikes.store(0, Ordering::Relaxed);
+    health.answered.store(true, Ordering::Release);
 }
 
 /// How a probe reaches an endpoint, and how long it waits.
@@ -154,6 +177,7 @@ pub fn failed(health: &Arc<EndpointHealth>, resolved: &Resolved, probe: &Probe, 
     if how == Failure::NoAnswer && health.strikes.fetch_add(1, Ordering::AcqRel) + 1 < STRIKES {
         return;
     }
+    health.answered.store(false, Ordering::Release);
     if health.down.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -203,8 +227,7 @@ async fn probe_until_up(health: Weak<EndpointHealth>, resolved: Resolved, probe:
     let Some(state) = health.upgrade() else {
         return;
     };
-    state.failures.store(0, Ordering::Relaxed);
-    state.strikes.store(0, Ordering::Relaxed);
+    answered(&state);
     state.down.store(false, Ordering::Release);
     tracing::info!(endpoint = %resolved.endpoint, domain = %probe.route.domain,
         "upstream endpoint answers again; back in use");
@@ -212,7 +235,7 @@ async fn probe_until_up(health: Weak<EndpointHealth>, resolved: Resolved, probe:
 
 /// Whether the endpoint accepts a connection and answers a stream header with one of its own
 /// (for a direct-TLS endpoint, accepting the connection is all that is asked).
-async fn answers(resolved: &Resolved, probe: &Probe) -> std::io::Result<()> {
+pub async fn answers(resolved: &Resolved, probe: &Probe) -> std::io::Result<()> {
     let mut tcp = dial_own(&resolved.addrs, probe.route.proxy_protocol).await?;
     if resolved.endpoint.direct_tls {
         return Ok(());

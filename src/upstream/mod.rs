@@ -7,9 +7,10 @@
 
 //!
 //! Inside, from the bottom: [`error`], [`tls`] (the rustls client), [`proxy_header`] (the
-//! PROXY protocol header toward servers), [`connect`] (the socket, plain or TLS), [`resolve`] (endpoints of a route), [`health`] (which endpoints are up, and their sessions), [`pool`] (streams opened ahead of sessions), [`routes`] (the shared table), and
+//! PROXY protocol header toward servers), [`connect`] (the socket, plain or TLS), [`resolve`] (endpoints of a route), [`health`] (which endpoints are up, and their sessions), [`checks`] (the periodic health checks), [`pool`] (streams opened ahead of sessions), [`routes`] (the shared table), and
 //! [`stream`] (one stream: dial, open, STARTTLS, then elements both ways).
 
+pub mod checks;
 pub mod connect;
 pub mod error;
 pub mod health;

@@ -27,7 +27,7 @@ pub fn for_client(
     )
 }
 
-/// The header for a connection the gateway makes on its own behalf (a readiness probe): v2's
+/// The header for a connection the gateway makes on its own behalf (a health check or probe): v2's
 /// LOCAL command, v1's `UNKNOWN`, which tell the receiver to use the socket's own addresses.
 pub fn for_gateway(version: ProxyProtocol) -> Option<Vec<u8>> {
     encode(version, &ProxyHeader::with_local())

@@ -3,12 +3,14 @@
 //! was reachable recently (for `/readyz`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use super::error::UpstreamError;
-use super::health::{self, RouteHealth};
+use super::health::RouteHealth;
 use super::resolve::{self, Resolver, Route};
 use super::tls::TlsConnector;
 use crate::config::Config;
@@ -23,15 +25,15 @@ pub struct Upstreams {
     pub(super) connect_timeout: Duration,
     /// How long a write to a server may wait for it to take bytes.
     pub(super) write_timeout: Duration,
-    /// When an upstream stream last opened (or a probe connected), in ms since `epoch`.
-    last_reached_ms: AtomicU64,
-    epoch: Instant,
+    /// The first round of health checks is done (`upstream::checks`).
+    checked: AtomicBool,
+    checked_notify: Notify,
+    /// Replaced by a reload: its checks stop.
+    retired: AtomicBool,
 }
 
-/// How recent a successful upstream connection must be for readiness without a new probe.
-const REACHED_RECENTLY: Duration = Duration::from_secs(60);
-/// How long a readiness probe waits for each endpoint.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `/readyz` waits for the first round of health checks after a start or reload.
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(3);
 
 impl Upstreams {
     /// Builds routes, the TLS client configuration and the (lazily created) resolver.
@@ -76,8 +78,9 @@ impl Upstreams {
             resolver: Resolver::default(),
             connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
             write_timeout: Duration::from_secs(config.limits.write_timeout_secs),
-            last_reached_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            checked: AtomicBool::new(false),
+            checked_notify: Notify::new(),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -110,40 +113,47 @@ impl Upstreams {
         self.routes.len()
     }
 
-    /// Records that an upstream server answered.
-    pub fn mark_reached(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_reached_ms.store(ms.max(1), Ordering::Relaxed);
+    /// The routes, each once.
+    pub fn routes(&self) -> impl Iterator<Item = Arc<Route>> + '_ {
+        self.routes.values().cloned()
     }
 
-    /// docs/protocol.md §6: whether at least one upstream endpoint was reachable recently. Without
-    /// a recent session, one TCP connection is tried per route until one succeeds.
-    pub async fn reachable(&self) -> bool {
-        // While every endpoint of every route is out, no probe on request is needed: the
-        // health probes are already dialling them, and sessions are refused.
-        if self.health.values().all(RouteHealth::all_down) {
-            return false;
-        }
-        let last = self.last_reached_ms.load(Ordering::Relaxed);
-        if last != 0
-            && self.epoch.elapsed().as_millis() as u64 - last < REACHED_RECENTLY.as_millis() as u64
-        {
-            return true;
-        }
-        for route in self.routes.values() {
-            let resolved =
-                tokio::time::timeout(self.connect_timeout, self.resolver.endpoints(route));
-            let Ok(Ok(endpoints)) = resolved.await else {
-                continue;
-            };
-            for ep in endpoints.iter() {
-                let dial = health::dial_own(&ep.addrs, route.config.proxy_protocol);
-                if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, dial).await {
-                    self.mark_reached();
-                    return true;
-                }
+    /// A reload replaced this table: its checks stop (sessions still on it keep it).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether [`retire`](Self::retire) was called.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// The first round of checks has finished.
+    pub(super) fn first_round_done(&self) {
+        self.checked.store(true, Ordering::Release);
+        self.checked_notify.notify_waiters();
+    }
+
+    /// docs/protocol.md §6: whether some route has an endpoint that is up and has answered
+    /// (a health check or a session's stream), from the health state; nothing is dialled
+    /// here. For a route without checks, up is enough. Right after a start or reload, waits (a little) for the first round of checks.
+    pub async fn ready(&self) -> bool {
+        if !self.checked.load(Ordering::Acquire) {
+            let first = self.checked_notify.notified();
+            tokio::pin!(first);
+            first.as_mut().enable();
+            if !self.checked.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(FIRST_ROUND_WAIT, first).await;
             }
         }
-        false
+        self.routes.values().any(|route| {
+            let health = self.health(route);
+            if route.config.check_interval_secs == 0 {
+                // Unchecked: what sessions found (static endpoints start up).
+                health.any_up()
+            } else {
+                health.any_answers()
+            }
+        })
     }
 }

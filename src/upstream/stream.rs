@@ -100,7 +100,6 @@ impl UpstreamStream {
             let attempt = Self::establish_one(upstreams, route, resolved, params, limits, client);
             let failure = match tokio::time::timeout(upstreams.connect_timeout, attempt).await {
                 Ok(Ok((mut stream, opened))) => {
-                    upstreams.mark_reached();
                     stream.endpoint = Some(health::opened(&health));
                     return Ok((stream, opened));
                 }
@@ -401,7 +400,7 @@ impl UpstreamStream {
 }
 
 /// The stream header sent upstream for a client's `<open/>`.
-fn header(p: &StreamParams) -> String {
+pub fn header(p: &StreamParams) -> String {
     let mut h = String::with_capacity(200);
     h.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'");
     push_attr(&mut h, "to", Some(&p.to));
