@@ -135,11 +135,16 @@ async fn fill(pools: Weak<Pools>, upstreams: Arc<Upstreams>, limits: Limits) {
         let wake = all.wake.clone();
         drop(all);
         tokio::select! {
-            _ = wake.notified() => {}
+            // A session just took a stream and is logging in on it: refilling at once would
+            // take the CPU (a TLS handshake) from that login's next steps.
+            _ = wake.notified() => tokio::time::sleep(REFILL_AFTER).await,
             _ = tokio::time::sleep_until(next) => {}
         }
     }
 }
+
+/// How long after a session took a ready stream the pool opens its replacement.
+const REFILL_AFTER: Duration = Duration::from_millis(20);
 
 /// Opens one stream for `domain`'s pool as a session would (the route's endpoints, their
 /// health, its TLS policy, within the connect timeout). It speaks for no browser: routes with
