@@ -261,6 +261,8 @@ impl Pool {
         let counter = if found.is_some() {
             &self.hits
         } else {
+            tracing::debug!(eligible, from = ?params.from, lang = ?params.lang,
+                "warm pool: no ready stream for this header; the session opens its own");
             &self.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -361,7 +363,16 @@ impl Pool {
 /// Whether the server has said nothing on a ready stream: a stream error, its closing tag, the
 /// end of the connection or anything else means it is not as it was opened.
 fn quiet(stream: &mut UpstreamStream) -> bool {
-    stream.next_item().now_or_never().is_none()
+    match stream.next_item().now_or_never() {
+        None => true,
+        Some(said) => {
+            tracing::debug!(
+                ?said,
+                "warm pool: the server spoke on a ready stream; not handed out"
+            );
+            false
+        }
+    }
 }
 
 /// Closes a stream nobody will use: its closing tag, then the socket, in the background.
