@@ -179,19 +179,6 @@ async fn a_refused_connection_takes_the_endpoint_out_at_once() {
     assert_eq!(ready.status, 200, "one endpoint is still up: {ready:?}");
 }
 
-/// Waits (within 5 s) until `check` holds, looking every 20 ms.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {TIMEOUT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // docs/protocol.md §6: /readyz answers from the health state; a request dials nothing.
 #[tokio::test]
 async fn readiness_comes_from_the_checks_and_a_request_dials_nothing() {

@@ -84,19 +84,6 @@ fn sessions_series(result: &str) -> String {
     format!("xmpp_gateway_upstream_pool_sessions_total{{result=\"{result}\",route=\"{DOMAIN}\"}}")
 }
 
-/// Waits (within 5 s) until `what` holds, checking every 20 ms.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {TIMEOUT:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn until_ready(gw: &TestGateway, n: u64) {
     eventually(&format!("{n} streams ready"), || async {
         metric(gw, &ready_series()).await == Some(n)

@@ -105,6 +105,23 @@ pub fn plain_config(upstream: SocketAddr) -> Config {
     config(vec![route(DOMAIN, &[upstream], TlsPolicy::Disabled)])
 }
 
+/// Waits until the async check `holds` is true, looking every 20 ms; fails naming `what`
+/// after [`TIMEOUT`].
+pub async fn eventually<F, Fut>(what: &str, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !holds().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {TIMEOUT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A gateway serving on ephemeral ports inside the test's runtime.
 pub struct TestGateway {
     /// Public listener (WebSocket, host-meta).
