@@ -93,8 +93,9 @@ async fn serve(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
     }
     gw.shutdown.begin();
-    // Nobody new will log in here: the ready streams go back to the server.
-    gw.settings().pools.retire();
+    // Nobody new will log in here: the ready streams go back to the server, before the
+    // process can exit with them open.
+    gw.settings().pools.close().await;
     let drained = tokio::select! {
         d = gw.shutdown.wait(deadline) => d,
         _ = term.recv() => false,

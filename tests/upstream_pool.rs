@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use common::*;
 use xmpp_gateway::config::{Config, TlsPolicy};
 
-/// What the server saw on each connection: its number, the gateway's stream header, and what
-/// came after it until the connection ended.
-type Seen = Arc<Mutex<Vec<(usize, String, String)>>>;
+/// What the server saw on each connection: its number, the gateway's stream header, what came
+/// after it until the stream or connection ended, and how long after its answer that was.
+type Seen = Arc<Mutex<Vec<(usize, String, String, Duration)>>>;
 
 /// A server that answers every stream with id `s-<connection number>`, then records what the
-/// gateway sends until it closes the stream (or the connection). With `hang_up_first`, it ends connection 0 itself right
-/// after answering, as a server whose timeout for unauthenticated streams is short does.
+/// gateway sends until it closes the stream (or the connection). With `hang_up_first`, it ends
+/// connection 0 itself right after answering, as a server whose timeout for unauthenticated streams is short does.
 async fn server(hang_up_first: bool) -> (std::net::SocketAddr, UpstreamHandle<()>, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
@@ -26,12 +26,13 @@ async fn server(hang_up_first: bool) -> (std::net::SocketAddr, UpstreamHandle<()
         let record = record.clone();
         async move {
             let header = conn.answer_stream(&format!("s-{n}"), FEATURES_SASL).await;
+            let answered = Instant::now();
             if hang_up_first && n == 0 {
                 conn.write(
                     "<stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>",
                 )
                 .await;
-                record.lock().unwrap().push((n, header, String::new()));
+                record.lock().unwrap().push((n, header, String::new(), answered.elapsed()));
                 return;
             }
             // Until the gateway closes the stream (answered, as a server does) or the socket.
@@ -42,7 +43,7 @@ async fn server(hang_up_first: bool) -> (std::net::SocketAddr, UpstreamHandle<()
                 }
                 Err(_) => String::from_utf8_lossy(conn.pending()).into_owned(),
             };
-            record.lock().unwrap().push((n, header, rest));
+            record.lock().unwrap().push((n, header, rest, answered.elapsed()));
         }
     })
     .await;
@@ -119,14 +120,14 @@ async fn a_session_takes_a_ready_stream_and_the_pool_fills_again() {
     ws.send(CLOSE_FRAME).await;
     let n: usize = id[2..].parse().unwrap();
     eventually("the session's stream closed", || async {
-        seen.lock().unwrap().iter().any(|(c, _, _)| *c == n)
+        seen.lock().unwrap().iter().any(|(c, ..)| *c == n)
     })
     .await;
-    let (_, header, rest) = seen
+    let (_, header, rest, _) = seen
         .lock()
         .unwrap()
         .iter()
-        .find(|(c, _, _)| *c == n)
+        .find(|(c, ..)| *c == n)
         .cloned()
         .unwrap();
     assert!(header.contains(&format!("to='{DOMAIN}'")), "{header}");
@@ -159,14 +160,14 @@ async fn a_client_whose_header_differs_gets_its_own_stream_and_the_pool_follows_
     assert_eq!(first, "s-1", "a fresh connection, not the ready s-0");
     ws.send(CLOSE_FRAME).await;
     eventually("the fresh stream closed", || async {
-        seen.lock().unwrap().iter().any(|(c, _, _)| *c == 1)
+        seen.lock().unwrap().iter().any(|(c, ..)| *c == 1)
     })
     .await;
     let header = seen
         .lock()
         .unwrap()
         .iter()
-        .find(|(c, _, _)| *c == 1)
+        .find(|(c, ..)| *c == 1)
         .unwrap()
         .1
         .clone();
@@ -206,7 +207,7 @@ async fn a_client_whose_header_differs_gets_its_own_stream_and_the_pool_follows_
     let seen = seen.lock().unwrap();
     let header_of = |id: &str| {
         let n: usize = id[2..].parse().unwrap();
-        seen.iter().find(|(c, _, _)| *c == n).unwrap().1.clone()
+        seen.iter().find(|(c, ..)| *c == n).unwrap().1.clone()
     };
     for id in [&de_first, &de_second] {
         assert!(
@@ -215,7 +216,7 @@ async fn a_client_whose_header_differs_gets_its_own_stream_and_the_pool_follows_
             header_of(id)
         );
     }
-    let replaced = seen.iter().find(|(c, _, _)| *c == 0).expect("s-0 closed");
+    let replaced = seen.iter().find(|(c, ..)| *c == 0).expect("s-0 closed");
     assert_eq!(
         replaced.2, STREAM_END,
         "s-0 was given back with its closing tag"
@@ -227,15 +228,19 @@ async fn a_ready_stream_is_closed_and_replaced_at_its_maximum_age() {
     let (addr, handle, seen) = server(false).await;
     let gw = start_gateway(pool_config(addr, 1, 1)).await;
     until_ready(&gw, 1).await;
-    let opened = Instant::now();
     eventually("the first ready stream closed", || async {
-        seen.lock().unwrap().iter().any(|(c, _, _)| *c == 0)
+        seen.lock().unwrap().iter().any(|(c, ..)| *c == 0)
     })
     .await;
-    let age = opened.elapsed();
+    // As the server measures it: from its answer to the gateway's closing tag.
+    let age = seen.lock().unwrap()[0].3;
     assert!(
-        age >= Duration::from_millis(900),
-        "closed after {age:?}, before its maximum age"
+        age >= Duration::from_secs(1),
+        "closed {age:?} after it opened, before its maximum age"
+    );
+    assert!(
+        age < Duration::from_secs(3),
+        "closed only {age:?} after it opened"
     );
     let rest = seen.lock().unwrap()[0].2.clone();
     assert_eq!(
@@ -267,14 +272,14 @@ async fn a_ready_stream_the_server_ended_is_not_handed_out() {
     ws.send(CLOSE_FRAME).await;
     let n: usize = id[2..].parse().unwrap();
     eventually("the session's stream closed", || async {
-        seen.lock().unwrap().iter().any(|(c, _, _)| *c == n)
+        seen.lock().unwrap().iter().any(|(c, ..)| *c == n)
     })
     .await;
     assert!(seen
         .lock()
         .unwrap()
         .iter()
-        .find(|(c, _, _)| *c == n)
+        .find(|(c, ..)| *c == n)
         .unwrap()
         .2
         .contains("<presence"));
@@ -285,4 +290,59 @@ async fn a_ready_stream_the_server_ended_is_not_handed_out() {
         handle.connections() == 3 && metric(&gw, &ready_series()).await == Some(1)
     })
     .await;
+}
+
+// A drain (and a reload) gives the ready streams back to the server at once, each with its
+// closing tag: the process must not exit, or keep them, with them open.
+#[tokio::test]
+async fn a_drain_and_a_reload_give_the_ready_streams_back() {
+    let (addr, handle, seen) = server(false).await;
+    let config = pool_config(addr, 2, 120);
+    let gw = start_gateway(config.clone()).await;
+    until_ready(&gw, 2).await;
+
+    // A reload: the old pool's streams are closed, the new pool opens its own.
+    gw.gateway.reload(config).expect("reload");
+    eventually("the old pool's streams closed", || async {
+        seen.lock().unwrap().len() == 2
+    })
+    .await;
+    for (n, _, rest, _) in seen.lock().unwrap().iter() {
+        assert_eq!(rest, STREAM_END, "s-{n} closed with its tag");
+    }
+    until_ready(&gw, 2).await;
+    assert_eq!(handle.connections(), 4);
+
+    // The drain: written and shut down before close() returns, and none opened after.
+    gw.gateway.settings().pools.close().await;
+    assert_eq!(metric(&gw, &ready_series()).await, Some(0));
+    eventually("both closed", || async { seen.lock().unwrap().len() == 4 }).await;
+    for (n, _, rest, _) in seen.lock().unwrap().iter() {
+        assert_eq!(rest, STREAM_END, "s-{n} closed with its tag");
+    }
+    assert_eq!(handle.connections(), 4, "nothing opened after the drain");
+}
+
+// docs/protocol.md §1: a ready stream on an endpoint taken out since (here by a health check
+// that found the port closed) is not handed out; the session is treated as a cold one.
+#[tokio::test]
+async fn a_ready_stream_on_an_endpoint_taken_out_is_not_handed_out() {
+    let (addr, handle, _seen) = server(false).await;
+    let mut config = pool_config(addr, 1, 120);
+    config.routes[0].check_interval_secs = 1;
+    let gw = start_gateway(config).await;
+    until_ready(&gw, 1).await;
+    // The server stops listening (the ready stream's connection stays open).
+    drop(handle);
+    eventually("the endpoint taken out", || async {
+        let text = http_get(gw.admin_addr, "/metrics", &[]).await.body;
+        text.contains(&format!(
+            "xmpp_gateway_upstream_endpoints{{route=\"{DOMAIN}\",state=\"down\"}} 1"
+        ))
+    })
+    .await;
+    let mut ws = gw.ws().await;
+    ws.send(&open_frame(DOMAIN)).await;
+    expect_stream_error_before_open(&mut ws, "remote-connection-failed").await;
+    assert_eq!(metric(&gw, &sessions_series("hit")).await, Some(0));
 }

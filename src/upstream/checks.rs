@@ -24,9 +24,11 @@ pub fn start(upstreams: &Arc<Upstreams>) {
 
 /// Checks `upstreams`' endpoints until it is retired or dropped: every route at once, then
 /// each again `check_interval_secs` after its last round. Marks the first round done
-/// (readiness waits for it).
+/// (readiness waits for it). A route without checks is resolved once, so that readiness
+/// knows its endpoints without waiting for a session.
 async fn run(upstreams: Weak<Upstreams>) {
     let mut due: HashMap<String, Instant> = HashMap::new();
+    let mut first = true;
     loop {
         let Some(table) = upstreams.upgrade() else {
             return;
@@ -35,14 +37,18 @@ async fn run(upstreams: Weak<Upstreams>) {
             return;
         }
         let now = Instant::now();
-        let routes: Vec<_> = table
+        let routes: Vec<(Arc<Route>, bool)> = table
             .routes()
-            .filter(|r| r.config.check_interval_secs > 0)
-            .filter(|r| due.get(&r.config.domain).map_or(true, |at| *at <= now))
+            .filter_map(|r| {
+                let checked = r.config.check_interval_secs > 0;
+                let is_due = due.get(&r.config.domain).map_or(true, |at| *at <= now);
+                ((checked && is_due) || (first && !checked)).then_some((r, checked))
+            })
             .collect();
         round(&table, &routes).await;
+        first = false;
         let done = Instant::now();
-        for route in &routes {
+        for (route, _) in routes.iter().filter(|(_, checked)| *checked) {
             let every = Duration::from_secs(route.config.check_interval_secs);
             due.insert(route.config.domain.clone(), done + every);
         }
@@ -55,31 +61,46 @@ async fn run(upstreams: Weak<Upstreams>) {
     }
 }
 
-/// One round: `routes`' endpoints that are up, concurrently, each within the connect timeout.
-async fn round(table: &Upstreams, routes: &[Arc<Route>]) {
-    let mut checks = tokio::task::JoinSet::new();
-    for route in routes {
-        let resolved = tokio::time::timeout(table.connect_timeout, table.resolver.endpoints(route));
-        let Ok(Ok(endpoints)) = resolved.await else {
-            continue;
-        };
-        let probe = Probe {
-            route: route.config.clone(),
-            timeout: table.connect_timeout,
-            stream_header: header(&StreamParams {
-                to: route.config.domain.clone(),
-                ..StreamParams::default()
-            }),
-        };
-        let health = table.health(route);
+/// One round over `routes`, all at once: a slow name server for one route delays no other.
+async fn round(table: &Arc<Upstreams>, routes: &[(Arc<Route>, bool)]) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (route, checked) in routes.iter().cloned() {
+        let table = table.clone();
+        tasks.spawn(async move { check_route(&table, &route, checked).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Resolves `route` and, when it is `checked`, checks each of its endpoints that is up,
+/// concurrently, each within the connect timeout.
+async fn check_route(table: &Upstreams, route: &Route, checked: bool) {
+    let resolved = tokio::time::timeout(table.connect_timeout, table.resolver.endpoints(route));
+    let Ok(Ok(endpoints)) = resolved.await else {
+        return;
+    };
+    let health = table.health(route);
+    if !checked {
         for resolved in endpoints.iter() {
-            let state = health.of(resolved);
-            if !state.is_up() {
-                continue; // Its own probe is on it.
-            }
-            let (resolved, probe) = (resolved.clone(), probe.clone());
-            checks.spawn(async move { check(&state, &resolved, &probe).await });
+            health.of(resolved);
         }
+        return;
+    }
+    let probe = Probe {
+        route: route.config.clone(),
+        timeout: table.connect_timeout,
+        stream_header: header(&StreamParams {
+            to: route.config.domain.clone(),
+            ..StreamParams::default()
+        }),
+    };
+    let mut checks = tokio::task::JoinSet::new();
+    for resolved in endpoints.iter() {
+        let state = health.of(resolved);
+        if !state.is_up() {
+            continue; // Its own probe is on it.
+        }
+        let (resolved, probe) = (resolved.clone(), probe.clone());
+        checks.spawn(async move { check(&state, &resolved, &probe).await });
     }
     while checks.join_next().await.is_some() {}
 }

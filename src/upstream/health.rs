@@ -61,6 +61,13 @@ impl EndpointHealth {
 #[derive(Debug)]
 pub struct SessionOnEndpoint(Arc<EndpointHealth>);
 
+impl SessionOnEndpoint {
+    /// Whether its endpoint is still in use (not taken out since).
+    pub fn endpoint_is_up(&self) -> bool {
+        self.0.is_up()
+    }
+}
+
 impl Drop for SessionOnEndpoint {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::Relaxed);

@@ -88,7 +88,26 @@ impl Pools {
     /// drains): their ready streams are closed and no more are opened.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        // Now, not at the filling task's next turn: the last reference to the pools may go
+        // before that, and dropping a stream closes it without its closing tag.
+        self.pools.values().flat_map(Pool::drain).for_each(retire);
         self.wake.notify_one();
+    }
+
+    /// [`retire`](Self::retire), and gives the ready streams back now: each gets its closing
+    /// tag and its socket is shut down, within a few seconds together. For a drain, so that
+    /// the process does not exit with them open.
+    pub async fn close(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let mut closing = tokio::task::JoinSet::new();
+        for mut stream in self.pools.values().flat_map(Pool::drain) {
+            closing.spawn(async move {
+                stream.close_stream();
+                stream.shutdown(CLOSE_DEADLINE, true).await;
+            });
+        }
+        while closing.join_next().await.is_some() {}
     }
 
     fn is_retired(&self) -> bool {
@@ -104,7 +123,7 @@ async fn fill(pools: Weak<Pools>, upstreams: Arc<Upstreams>, limits: Limits) {
             return;
         };
         if all.is_retired() {
-            all.pools.values().for_each(Pool::drain);
+            all.pools.values().flat_map(Pool::drain).for_each(retire);
             return;
         }
         let now = Instant::now();
@@ -199,6 +218,8 @@ struct State {
     starts: VecDeque<Instant>,
     /// No open before this, after a failure.
     retry_at: Option<Instant>,
+    /// Given back (a reload or a drain): what opens now is closed at once.
+    closed: bool,
 }
 
 struct Ready {
@@ -242,7 +263,10 @@ impl Pool {
         if eligible {
             while let Some(position) = state.ready.iter().position(|r| r.lang == params.lang) {
                 let mut ready = state.ready.remove(position).expect("a position found");
-                if now.duration_since(ready.born) < self.max_age && quiet(&mut ready.stream) {
+                if now.duration_since(ready.born) < self.max_age
+                    && ready.stream.endpoint_is_up()
+                    && quiet(&mut ready.stream)
+                {
                     found = Some(ready);
                     break;
                 }
@@ -304,6 +328,12 @@ impl Pool {
         {
             old.extend(state.ready.pop_front());
         }
+        // A stream on an endpoint taken out since would serve nobody well.
+        let (keep, down): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut state.ready)
+            .into_iter()
+            .partition(|r| r.stream.endpoint_is_up());
+        state.ready = keep;
+        old.extend(down);
         let mut next = state
             .ready
             .front()
@@ -331,6 +361,12 @@ impl Pool {
         let mut state = self.state.lock().unwrap();
         state.opening -= 1;
         state.retry_at = None;
+        if state.closed {
+            // Opened while the pool was being given back.
+            drop(state);
+            retire(stream);
+            return;
+        }
         state.ready.push_back(Ready {
             stream,
             opened,
@@ -352,11 +388,13 @@ impl Pool {
     }
 
     /// Gives every ready stream back to the server; the pool stays empty from then on.
-    fn drain(&self) {
-        let ready = std::mem::take(&mut self.state.lock().unwrap().ready);
-        for r in ready {
-            retire(r.stream);
-        }
+    fn drain(&self) -> Vec<UpstreamStream> {
+        let mut state = self.state.lock().unwrap();
+        state.closed = true;
+        std::mem::take(&mut state.ready)
+            .into_iter()
+            .map(|r| r.stream)
+            .collect()
     }
 }
 

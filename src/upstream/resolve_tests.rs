@@ -296,3 +296,23 @@ async fn static_host_names_are_resolved_once_and_literals_never() {
     );
     assert_eq!(dns.queries.lock().unwrap().len(), before);
 }
+
+// docs/protocol.md §6: a route resolved by SRV whose endpoints are not checked is still known
+// to readiness without any session (the first round resolves it); before, /readyz stayed 503
+// until a session came, which behind a load balancer never happens.
+#[tokio::test]
+async fn readiness_knows_an_unchecked_srv_route_without_a_session() {
+    let dns = Dns::start().await;
+    let mut config = crate::config::Config::default();
+    config.routes = vec![crate::config::RouteConfig {
+        tls: TlsPolicy::Disabled,
+        check_interval_secs: 0,
+        ..crate::config::RouteConfig::new(DOMAIN)
+    }];
+    let mut upstreams = crate::upstream::Upstreams::new(&config).unwrap();
+    upstreams.resolver = Resolver::with_name_server(dns.addr);
+    let upstreams = Arc::new(upstreams);
+    crate::upstream::checks::start(&upstreams);
+    assert!(upstreams.ready().await, "the SRV target is known, and up");
+    assert_eq!(dns.srv_queries(), 1);
+}

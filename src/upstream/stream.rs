@@ -388,6 +388,14 @@ impl UpstreamStream {
         self.shut_down
     }
 
+    /// Whether the endpoint it was opened on is still in use (health checks or sessions have
+    /// not taken it out since).
+    pub fn endpoint_is_up(&self) -> bool {
+        self.endpoint
+            .as_ref()
+            .map_or(true, health::SessionOnEndpoint::endpoint_is_up)
+    }
+
     /// Whether the stream is encrypted.
     pub fn is_tls(&self) -> bool {
         self.io.is_tls()

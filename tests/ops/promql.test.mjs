@@ -58,9 +58,22 @@ before(async () => {
 			'ping_interval_secs = 1',
 			'max_missed_pongs = 1',
 			'',
+			// Not health-checked: the stalling server answers no probe, and sessions to the
+			// dead port must fail at TCP themselves, not at an open breaker.
 			'[[route]]',
 			`domain = "${STALL_DOMAIN}"`,
 			'tls = "disabled"',
+			'check_interval_secs = 0',
+			'',
+			'[[route]]',
+			`domain = "${DEAD_DOMAIN}"`,
+			'check_interval_secs = 0',
+			'',
+			// Prosody's route keeps a warm pool, for the pool's panels.
+			'[[route]]',
+			'domain = "localhost"',
+			'[route.pool]',
+			'warm = 1',
 			'',
 		].join('\n'),
 	);
@@ -245,6 +258,8 @@ const MOVED_BY_LOAD = [
 	['xmpp_gateway_upstream_connect_failures_total{kind="unknown_domain"}', '<open/> to unknown.invalid'],
 	['xmpp_gateway_upstream_connect_failures_total{kind="tcp"}', `<open/> to ${DEAD_DOMAIN} (closed port)`],
 	['xmpp_gateway_inputs_rejected_total{reason="restricted"}', 'a DOCTYPE in a WebSocket message'],
+	['xmpp_gateway_upstream_pool_ready{route="localhost"}', 'the warm pool of the route to Prosody'],
+	['sum(xmpp_gateway_upstream_pool_sessions_total{route="localhost"})', 'every session started on the route to Prosody'],
 	['xmpp_gateway_websocket_pings_missed_total', 'a WebSocket client that stopped reading'],
 	['max_over_time(xmpp_gateway_bosh_held_requests[5m])', 'a BOSH request held across a scrape'],
 	['xmpp_gateway_bosh_request_duration_seconds_count', 'the BOSH requests of both rounds being answered'],
