@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::health::{self, Failure, Probe};
 use super::resolve::{Resolved, Route};
 use super::routes::Upstreams;
-use super::stream::{header, StreamParams};
+use super::stream::probe;
 
 /// Starts the health checks of `upstreams`' endpoints. Inside the runtime.
 pub fn start(upstreams: &Arc<Upstreams>) {
@@ -85,14 +85,7 @@ async fn check_route(table: &Upstreams, route: &Route, checked: bool) {
         }
         return;
     }
-    let probe = Probe {
-        route: route.config.clone(),
-        timeout: table.connect_timeout,
-        stream_header: header(&StreamParams {
-            to: route.config.domain.clone(),
-            ..StreamParams::default()
-        }),
-    };
+    let probe = probe(table, route, &route.config.domain);
     let mut checks = tokio::task::JoinSet::new();
     for resolved in endpoints.iter() {
         let state = health.of(resolved);

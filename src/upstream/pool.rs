@@ -122,8 +122,8 @@ async fn fill(pools: Weak<Pools>, upstreams: Arc<Upstreams>, limits: Limits) {
         let Some(all) = pools.upgrade() else {
             return;
         };
+        // Retiring gave the streams back already, and a late open closes its own.
         if all.is_retired() {
-            all.pools.values().flat_map(Pool::drain).for_each(retire);
             return;
         }
         let now = Instant::now();

@@ -123,15 +123,7 @@ impl UpstreamStream {
                 _ => None,
             };
             if let Some(how) = how {
-                let probe = health::Probe {
-                    route: route.config.clone(),
-                    timeout: upstreams.connect_timeout,
-                    // Only the domain: a probe speaks for no user.
-                    stream_header: header(&StreamParams {
-                        to: params.to.clone(),
-                        ..StreamParams::default()
-                    }),
-                };
+                let probe = probe(upstreams, route, &params.to);
                 health::failed(&health, resolved, &probe, how);
             }
             last = failure;
@@ -404,6 +396,19 @@ impl UpstreamStream {
     /// Bytes received and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.splitter.buffered()
+    }
+}
+
+/// How a probe or health check asks `route`'s endpoints for a stream header to `to`: the
+/// domain only, since it speaks for no user; each within the connect timeout.
+pub fn probe(upstreams: &Upstreams, route: &Route, to: &str) -> health::Probe {
+    health::Probe {
+        route: route.config.clone(),
+        timeout: upstreams.connect_timeout,
+        stream_header: header(&StreamParams {
+            to: to.to_string(),
+            ..StreamParams::default()
+        }),
     }
 }
 
