@@ -58,8 +58,14 @@ export function connect(stack, username, password, { transport = 'websocket', re
 		disconnected.then(() => reject(new LoginError(authFailed ? 'not-authorized' : 'disconnected')));
 	});
 	started.catch(() => {});
+	/** The `h` of the last XEP-0198 <a/> the client queued (see `acknowledged`); the count
+	 * starts at 0 when stream management is enabled, once per client here. */
+	const acks = { h: 0 };
+	client.sm.on('send', (sm) => {
+		if (sm.type === 'ack') acks.h = sm.handled;
+	});
 	client.connect();
-	return { client, inbox, streamErrors, terminations, disconnected, started };
+	return { client, inbox, streamErrors, terminations, disconnected, started, acks };
 }
 
 /**
@@ -87,6 +93,24 @@ export function quiet(client, what = 'the stanza client') {
 	return waitFor(() => idle(client), { timeout: 5_000, what: `${what} to finish sending` });
 }
 
+/**
+ * Resolves once the server has been told of every stanza the client handled (XEP-0198), so
+ * the server has no reason to ask for an acknowledgement again. stanza answers an <r/> with
+ * the count of the moment it read the <r/>, and its BOSH transport sends one queued item per
+ * request, so that <a/> may go out after more stanzas arrived: the server, still owed those,
+ * sends another <r/>, and if that one arrives after the logout began, stanza queues an <a/>
+ * its ended transport never sends, and never reports 'disconnected'. An unrequested <a/>
+ * with the current count (XEP-0198 §4 allows one at any time) settles the account first.
+ */
+async function acknowledged(c, what) {
+	const { client, acks } = c;
+	await quiet(client, what);
+	while (client.sm.started && acks.h !== client.sm.handled) {
+		client.sm.ack();
+		await quiet(client, what);
+	}
+}
+
 /** Logs in and returns { client, inbox, jid, bare, close, ... }. */
 export async function login(stack, username, password, options = {}) {
 	const c = connect(stack, username, password, options);
@@ -99,7 +123,7 @@ export async function login(stack, username, password, options = {}) {
 		/** Logs out (</stream:stream> or a BOSH terminate) and waits for 'disconnected'. */
 		async close() {
 			if (!client.transport) return;
-			await quiet(client, `${username}'s stanza client`);
+			await acknowledged(c, `${username}'s stanza client`);
 			client.disconnect();
 			await withTimeout(c.disconnected, 5_000, `logout of ${username} ('disconnected')`);
 		},
