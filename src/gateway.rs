@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::admission::Admission;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::session::Context;
 use crate::settings::{LiveSettings, Settings};
@@ -21,16 +22,32 @@ pub struct Gateway {
     pub bosh: Arc<bosh::Registry>,
     /// The session caps (docs/protocol.md §7).
     pub admission: Arc<Admission>,
+    /// This node's part in a cluster (docs/protocol.md §8), if it is in one. Set at start; a
+    /// reload changes the peers, not the listener or the secret.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// Why the shared state could not be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The upstream configuration (CA bundle) is unusable.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The cluster's secret is unusable.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 impl Gateway {
     /// Builds the shared state from a configuration.
-    pub fn new(config: Config) -> Result<Self, UpstreamError> {
+    pub fn new(config: Config) -> Result<Self, GatewayError> {
+        let cluster = Cluster::new(&config)?;
         Ok(Self {
             settings: LiveSettings::new(config)?,
             shutdown: Shutdown::default(),
-            bosh: Arc::default(),
+            bosh: Arc::new(bosh::Registry::new(cluster.clone())),
             admission: Arc::default(),
+            cluster,
         })
     }
 

@@ -35,6 +35,8 @@ pub mod session; // transport-neutral session core: open, relay, batch, drain, f
 
 pub mod http; // HTTP building blocks: responses, host-meta, static files
 
+pub mod cluster; // BOSH on any node: node tags in sids, members, signed forwarding
+
 pub mod transport; // WebSocket and BOSH framing adapters over the session core
 
 pub mod gateway; // the shared state: live settings, drain, BOSH registry

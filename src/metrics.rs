@@ -342,6 +342,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector defined elsewhere (the cluster's) to the process's metrics.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(c).expect("metric names are unique");
+    }
+
     /// Counts one relayed element of `len` bytes.
     pub fn relayed(&self, transport: Transport, direction: Direction, len: usize) {
         self.stanza_counters[transport as usize][direction as usize].inc();

@@ -12,7 +12,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::client_addr::ClientAddr;
+use crate::cluster::{self, auth, metrics::CLUSTER};
 use crate::gateway::Gateway;
+use crate::http::body::read_bounded;
 use crate::http::{hostmeta, static_files, text, Body};
 use crate::metrics::METRICS;
 use crate::transport::{bosh, websocket};
@@ -66,6 +68,59 @@ pub fn public<P: Send + 'static>(
         }
         _ => ready(text(StatusCode::NOT_FOUND, "not found\n")),
     }
+}
+
+/// Routes one request of a cluster node's internal listener (docs/protocol.md §8), from
+/// `peer`: which node this is, and BOSH requests other nodes forward to the sessions held
+/// here. Every request must be signed with the cluster's secret; anything else is 401.
+pub fn cluster(req: Request<Incoming>, gw: &Gateway, peer: SocketAddr) -> Answer {
+    let ready = |r: Response<Body>| -> Answer { Box::pin(std::future::ready(r)) };
+    let Some(cluster) = gw.cluster.clone() else {
+        return ready(text(StatusCode::NOT_FOUND, "not found\n"));
+    };
+    let ctx = gw.context();
+    let registry = gw.bosh.clone();
+    Box::pin(async move {
+        let (parts, body) = req.into_parts();
+        let method = parts.method.as_str();
+        let path = parts.uri.path();
+        if !matches!(
+            (&parts.method, path),
+            (&Method::GET, cluster::NODE_PATH) | (&Method::POST, cluster::BOSH_PATH)
+        ) {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        let limits = &ctx.settings.config.limits;
+        let deadline = std::time::Duration::from_secs(limits.body_read_timeout_secs);
+        let limit = ctx.settings.config.bosh.max_body_bytes;
+        let data = match read_bounded(body, limit, deadline).await {
+            Ok(d) => d.freeze(),
+            Err(e) => return e.response(),
+        };
+        let client = parts
+            .headers
+            .get(auth::CLIENT_HEADER)
+            .map_or(&[][..], |v| v.as_bytes());
+        let client = std::str::from_utf8(client).unwrap_or_default();
+        let signature = parts.headers.get(auth::HEADER).map(|v| v.as_bytes());
+        if let Err(refused) = cluster
+            .signer()
+            .verify(signature, method, path, client, &data)
+        {
+            CLUSTER.refused(refused.reason());
+            tracing::warn!(%peer, error = %refused, "cluster request refused");
+            return text(StatusCode::UNAUTHORIZED, "not signed by a member\n");
+        }
+        if parts.method == Method::GET {
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from(cluster.tag().to_owned())))
+                .expect("static response parts are valid");
+        }
+        // The browser's address, for this node's logs; the forwarding node when it names none.
+        let browser = client.parse::<SocketAddr>().unwrap_or(peer);
+        bosh::handler::handle_forwarded(data, ctx, registry, ClientAddr::from(browser)).await
+    })
 }
 
 /// Routes one request of the admin listener.

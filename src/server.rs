@@ -17,8 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::client_addr::proxy_protocol::{self, Prefixed};
 use crate::config::Config;
 use crate::deadline::Deadline;
-use crate::gateway::Gateway;
-use crate::upstream::UpstreamError;
+use crate::gateway::{Gateway, GatewayError};
 
 /// How long the public listener and each connection keep being served after the drain tells
 /// sessions to leave: as long as a draining BOSH session waits for requests already on their
@@ -33,6 +32,8 @@ pub struct Server {
     gateway: Arc<Gateway>,
     public: TcpListener,
     admin: TcpListener,
+    /// The internal listener of a cluster node (docs/protocol.md §8).
+    cluster: Option<TcpListener>,
 }
 
 impl Server {
@@ -47,11 +48,16 @@ impl Server {
         let settings = gateway.settings();
         let public = bind(settings.config.listen).await?;
         let admin = bind(settings.config.admin_listen).await?;
+        let cluster = match settings.config.cluster.listen {
+            Some(addr) if gateway.cluster.is_some() => Some(bind(addr).await?),
+            _ => None,
+        };
         settings.start();
         Ok(Self {
             gateway: Arc::new(gateway),
             public,
             admin,
+            cluster,
         })
     }
 
@@ -69,6 +75,13 @@ impl Server {
             .expect("bound listener has an address")
     }
 
+    /// Address of the cluster's internal listener, if the node is in a cluster.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.cluster
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+
     /// The shared state, for signal handling and tests.
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.clone()
@@ -81,6 +94,20 @@ impl Server {
         // The admin listener outlives the drain (/readyz answers 503 meanwhile); it ends when
         // the runtime does.
         tokio::spawn(admin_loop(self.admin, self.gateway.clone()));
+        if let (Some(listener), Some(cluster)) = (self.cluster, self.gateway.cluster.clone()) {
+            // docs/protocol.md §8: a draining node answers forwarded requests for its sessions
+            // until they have moved, so this listener, like the admin one, ends with the process.
+            tokio::spawn(cluster_loop(listener, self.gateway.clone()));
+            let gw = self.gateway.clone();
+            tokio::spawn(cluster.run_membership(move || {
+                let c = &gw.settings().config.cluster;
+                (
+                    c.peers.clone(),
+                    c.peers_dns.clone(),
+                    Duration::from_secs(c.refresh_secs),
+                )
+            }));
+        }
         public_loop(self.public, self.gateway).await;
     }
 }
@@ -219,6 +246,37 @@ async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
             let svc = service_fn(move |req| {
                 let gw = svc_gw.clone();
                 async move { Ok::<_, Infallible>(crate::router::admin(req, &gw).await) }
+            });
+            serve_http(tcp, svc, &gw, false).await;
+        });
+    }
+}
+
+async fn cluster_loop(listener: TcpListener, gw: Arc<Gateway>) {
+    // As many connections as the public listener: each forwarded request that is held keeps
+    // one, as the browser's request to the forwarding node does.
+    let slots = Arc::new(Semaphore::new(gw.settings().config.limits.max_connections));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "cluster connection limit reached; refusing connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc_gw = gw.clone();
+            let svc = service_fn(move |req| {
+                let answer = crate::router::cluster(req, &svc_gw, peer);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             serve_http(tcp, svc, &gw, false).await;
         });
@@ -426,7 +484,7 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The upstream configuration (CA bundle) is unusable.
+    /// The configuration is unusable (the upstream CA bundle, the cluster's secret).
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Gateway(#[from] GatewayError),
 }

@@ -75,6 +75,16 @@ impl ClientAddr {
     }
 }
 
+impl From<SocketAddr> for ClientAddr {
+    /// The client at this address and port (as another node of a cluster names it).
+    fn from(a: SocketAddr) -> Self {
+        Self {
+            ip: a.ip().to_canonical(),
+            port: a.port(),
+        }
+    }
+}
+
 impl From<ClientAddr> for IpAddr {
     fn from(c: ClientAddr) -> Self {
         c.ip

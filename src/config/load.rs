@@ -142,6 +142,22 @@ impl Config {
                 )));
             }
         }
+        let c = &self.cluster;
+        if c.listen.is_some() != c.secret_file.is_some() {
+            return Err(ConfigError::Value(
+                "cluster.listen and cluster.secret_file go together: set both or neither".into(),
+            ));
+        }
+        if c.listen.is_some() && c.refresh_secs == 0 {
+            return Err(ConfigError::Value(
+                "cluster.refresh_secs must be at least 1".into(),
+            ));
+        }
+        for peer in c.peers.iter().chain(&c.peers_dns) {
+            parse_endpoint(peer).ok_or_else(|| {
+                ConfigError::Value(format!("cluster: peer {peer:?} is not HOST:PORT"))
+            })?;
+        }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             return Err(ConfigError::Value(
                 "tls.cert_file and tls.key_file go together: set both or neither".into(),
@@ -320,6 +336,7 @@ pub(super) const TOP_LEVEL: &[&str] = &[
     "drain_timeout_secs",
     "drain_grace_secs",
     "drain",
+    "cluster",
 ];
 
 /// Applies one `XMPP_GATEWAY_*` variable: `XMPP_GATEWAY_LIMITS__MAX_DEPTH=8` sets

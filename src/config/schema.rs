@@ -9,6 +9,8 @@ use clap::Parser;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use super::cluster::ClusterConfig;
+
 /// Command-line flags. Every option can also be set in the file or the environment; the flags
 /// listed here are the contract scripts rely on.
 #[derive(Parser, Debug, Default, Clone)]
@@ -532,6 +534,8 @@ pub struct Config {
     pub drain_grace_secs: u64,
     /// What draining sessions are told.
     pub drain: DrainConfig,
+    /// BOSH on any node of a cluster.
+    pub cluster: ClusterConfig,
     /// `XMPP_GATEWAY_*` variables that name no option (other tools share the prefix, e.g. a
     /// test harness's `XMPP_GATEWAY_BIN`): ignored, and logged at start-up.
     #[serde(skip)]
@@ -555,6 +559,7 @@ impl Default for Config {
             drain_timeout_secs: 30,
             drain_grace_secs: 0,
             drain: DrainConfig::default(),
+            cluster: ClusterConfig::default(),
             ignored_env: Vec::new(),
         }
     }

@@ -419,3 +419,56 @@ fn a_pool_with_a_proxy_header_or_without_an_age_is_refused() {
         "no pool, no conflict"
     );
 }
+
+#[test]
+fn cluster_section_as_the_operator_writes_it() {
+    let c = Config::from_sources(
+        r#"
+[cluster]
+listen = "10.0.0.1:9281"
+peers = ["10.0.0.2:9281", "10.0.0.3:9281"]
+peers_dns = "xmpp-gateway-headless.chat.svc.cluster.local:9281"
+secret_file = "/etc/xmpp-gateway/cluster.secret"
+"#,
+        &[],
+        &cli(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.cluster.listen, Some("10.0.0.1:9281".parse().unwrap()));
+    assert_eq!(c.cluster.peers, vec!["10.0.0.2:9281", "10.0.0.3:9281"]);
+    assert_eq!(
+        c.cluster.peers_dns.as_deref(),
+        Some("xmpp-gateway-headless.chat.svc.cluster.local:9281")
+    );
+    assert_eq!(c.cluster.refresh_secs, 5);
+    // And from the environment, as every section.
+    let e = env(&[("XMPP_GATEWAY_CLUSTER__REFRESH_SECS", "2")]);
+    assert_eq!(
+        Config::from_sources("", &e, &cli(&[]))
+            .unwrap()
+            .cluster
+            .refresh_secs,
+        2
+    );
+}
+
+#[test]
+fn cluster_without_its_secret_or_with_a_bad_peer_is_refused() {
+    for (toml, says) in [
+        ("[cluster]\nlisten = \"127.0.0.1:9281\"\n", "secret_file"),
+        ("[cluster]\nsecret_file = \"/s\"\n", "secret_file"),
+        (
+            "[cluster]\nlisten = \"127.0.0.1:9281\"\nsecret_file = \"/s\"\npeers = [\"no-port\"]\n",
+            "no-port",
+        ),
+        (
+            "[cluster]\nlisten = \"127.0.0.1:9281\"\nsecret_file = \"/s\"\nrefresh_secs = 0\n",
+            "refresh_secs",
+        ),
+    ] {
+        let err = Config::from_sources(toml, &[], &cli(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{toml}: {err}");
+    }
+}

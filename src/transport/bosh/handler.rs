@@ -19,11 +19,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::body::{self, Body as BoshBody, BodyError};
-use super::registry::{new_sid, Handle, Registry, Routed};
+use super::registry::{Handle, Registry, Routed};
 use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
 use super::task;
 use crate::admission::Slot;
 use crate::client_addr::ClientAddr;
+use crate::cluster::metrics::CLUSTER;
+use crate::cluster::{forward, Owner};
 use crate::http::body::read_bounded;
 use crate::http::{text, Body};
 use crate::metrics::{Transport, METRICS};
@@ -54,7 +56,7 @@ pub fn handle(
             Ok(data) => data,
             Err(refused) => return with_cors(*refused, cors),
         };
-        let answer = match dispatch(&data, &ctx, &registry, peer, &cors) {
+        let answer = match dispatch(&data, &ctx, &registry, peer, &cors, false) {
             Next::Respond(r) => return *r,
             Next::Create(start) => start.await,
             Next::Route(waiting) => waiting.wait().await,
@@ -118,14 +120,31 @@ enum Next<'a> {
     Route(Waiting),
 }
 
+/// `forwarded`: the request came from another node of the cluster, which found its session's
+/// tag to be this node's (docs/protocol.md §8): it is answered here, never created or sent on.
 fn dispatch<'a>(
     data: &Bytes,
     ctx: &'a Context,
     registry: &'a Arc<Registry>,
     peer: ClientAddr,
     cors: &HeaderValue,
+    forwarded: bool,
 ) -> Next<'a> {
-    match body::parse(data, &ctx.settings.xml_limits) {
+    let parsed = body::parse(data, &ctx.settings.xml_limits);
+    if !forwarded {
+        let sid = match &parsed {
+            Ok(b) => b.sid.clone(),
+            Err(BodyError::NotBosh(_)) => None,
+            Err(_) => body::root_attributes(data).and_then(|r| r.sid),
+        };
+        if let Some(w) = sid.and_then(|sid| to_owner(sid, data, ctx, registry, peer)) {
+            return Next::Route(w);
+        }
+    }
+    match parsed {
+        Ok(b) if b.sid.is_none() && forwarded => Next::Route(Waiting::Answered(terminate_body(
+            &Terminate::Condition("bad-request"),
+        ))),
         Ok(b) if b.sid.is_none() && ctx.shutdown.is_stopping() => {
             // docs/protocol.md §6: no new sessions on a draining node. HTTP 503 (with the BOSH
             // answer in the body) lets a load balancer retry the request on another node,
@@ -259,7 +278,7 @@ async fn create(
         Ok(o) => o,
         Err(e) => return terminate_body(&Terminate::from_failure(&e)),
     };
-    let sid = new_sid();
+    let sid = registry.new_sid();
     let created = creation_body(
         &sid,
         &params,
@@ -347,6 +366,76 @@ fn negotiated_ver(client: Option<&str>) -> String {
     format!("{major}.{minor}")
 }
 
+/// docs/protocol.md §8: a request for a session of another node of the cluster goes to that
+/// node, whose answer is this request's; `None` for a session of this node (or of none).
+fn to_owner(
+    sid: String,
+    data: &Bytes,
+    ctx: &Context,
+    registry: &Arc<Registry>,
+    peer: ClientAddr,
+) -> Option<Waiting> {
+    let cluster = registry.cluster()?;
+    if cluster.owner(&sid) == Owner::Here || registry.get(&sid).is_some() {
+        return None;
+    }
+    let cluster = cluster.clone();
+    let data = data.clone();
+    // The member holds the request for up to the session's wait, at most `max_wait_secs`.
+    let deadline = Duration::from_secs(ctx.settings.config.bosh.max_wait_secs) + FORWARD_SLACK;
+    let gone = || terminate_body(&Terminate::Condition("item-not-found"));
+    Some(Waiting::Forwarded(Box::pin(async move {
+        match cluster.find(&sid, FIND_BOUND).await {
+            Owner::Peer(addr) => {
+                match forward::bosh(cluster.link(), addr, peer.socket_addr(), data, deadline).await
+                {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::info!(%peer, node = %addr, error = %e, "forwarded BOSH request failed");
+                        gone()
+                    }
+                }
+            }
+            Owner::Unknown => {
+                CLUSTER.forwarded("owner_unknown");
+                gone()
+            }
+            Owner::Here => gone(),
+        }
+    })))
+}
+
+/// Beyond the longest hold, how long a forwarded request may take.
+const FORWARD_SLACK: Duration = Duration::from_secs(10);
+/// How long a request for a node no member answers for waits for a round that may find it.
+const FIND_BOUND: Duration = Duration::from_secs(2);
+
+/// Answers a BOSH request that another node of the cluster forwarded here
+/// (docs/protocol.md §8): with the body the session's task sends, as for a request of this
+/// node's own; the forwarding node adds CORS and compression.
+pub async fn handle_forwarded(
+    data: Bytes,
+    ctx: Context,
+    registry: Arc<Registry>,
+    peer: ClientAddr,
+) -> Response<Body> {
+    CLUSTER.received.inc();
+    let answer = match dispatch(
+        &data,
+        &ctx,
+        &registry,
+        peer,
+        &HeaderValue::from_static("*"),
+        true,
+    ) {
+        Next::Respond(r) => return *r,
+        // Not reached: a forwarded request without a sid is answered at once.
+        Next::Create(_) => terminate_body(&Terminate::Condition("bad-request")),
+        Next::Route(waiting) => waiting.wait().await,
+    };
+    respond(answer, false, usize::MAX, HeaderValue::from_static("*"))
+}
+
 /// Hands a request to its session's task.
 fn route(b: BoshBody, registry: &Registry, kind: Kind) -> Waiting {
     let sid = b.sid.as_deref().unwrap_or_default();
@@ -383,6 +472,8 @@ enum Waiting {
     Queued(Handle, Routed, oneshot::Receiver<Bytes>),
     /// Answered already: unknown sid, ended session, bad input without a session.
     Answered(Bytes),
+    /// On its way to the node of the cluster that holds the session.
+    Forwarded(Pin<Box<dyn Future<Output = Bytes> + Send>>),
 }
 
 impl Waiting {
@@ -391,6 +482,7 @@ impl Waiting {
     async fn wait(self) -> Bytes {
         let answer = match self {
             Waiting::Answered(body) => return body,
+            Waiting::Forwarded(answer) => return answer.await,
             Waiting::Sent(answer) => answer,
             Waiting::Queued(handle, req, answer) => {
                 if handle.send(req).await.is_err() {

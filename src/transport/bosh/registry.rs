@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::state::Request;
+use crate::cluster::Cluster;
 
 /// Where a response goes: the HTTP handler waiting for it. If that handler is gone (the client
 /// dropped the connection), the response stays cached for a repeated rid.
@@ -23,20 +24,42 @@ pub type Handle = mpsc::Sender<Routed>;
 
 const SHARDS: usize = 64;
 
-/// Live sessions by sid.
+/// Live sessions by sid, and in a cluster, where the others' sessions are
+/// (docs/protocol.md §8).
 pub struct Registry {
     shards: Vec<Mutex<HashMap<Arc<str>, Handle>>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        Self::new(None)
     }
 }
 
 impl Registry {
+    /// An empty registry, of a node of `cluster` if it is one.
+    pub fn new(cluster: Option<Arc<Cluster>>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            cluster,
+        }
+    }
+
+    /// The cluster this node is part of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// A new session id: 128 random bits from the operating system's CSPRNG-seeded generator,
+    /// after this node's tag in a cluster.
+    pub fn new_sid(&self) -> Arc<str> {
+        match &self.cluster {
+            Some(c) => c.new_sid(),
+            None => format!("{:032x}", rand::random::<u128>()).into(),
+        }
+    }
+
     fn shard(&self, sid: &str) -> &Mutex<HashMap<Arc<str>, Handle>> {
         // sids are random, so their first bytes spread evenly.
         let h = sid
@@ -83,9 +106,4 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// A new session id: 128 random bits from the operating system's CSPRNG-seeded generator.
-pub fn new_sid() -> Arc<str> {
-    format!("{:032x}", rand::random::<u128>()).into()
 }

@@ -1,0 +1,176 @@
+//! The signature every request between nodes carries (docs/protocol.md §8): HMAC-SHA256 under
+//! the shared secret over the time, the method, the path, the client's address and the body,
+//! so the internal listener serves only the nodes that know the secret, and a request seen on
+//! the wire can neither be changed nor replayed once its time is out of the window.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::hmac;
+
+/// The header that carries the signature: `t=<unix seconds>,sig=<hex>`.
+pub const HEADER: &str = "x-xmpp-gateway-cluster";
+/// The header that carries the browser's address to the node holding the session, for its
+/// logs (signed with the rest).
+pub const CLIENT_HEADER: &str = "x-xmpp-gateway-client";
+/// How far a request's time may be from the receiver's clock.
+pub const WINDOW: Duration = Duration::from_secs(30);
+
+/// Why a request between nodes was refused (`cluster_requests_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No signature header, or one that does not parse.
+    #[error("no signature")]
+    Missing,
+    /// Signed too long ago or too far ahead: a replay or a clock far off.
+    #[error("signature time outside the window")]
+    Stale,
+    /// A signature that does not fit: another secret, or a changed request.
+    #[error("bad signature")]
+    Bad,
+}
+
+impl Refused {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Missing => "missing",
+            Refused::Stale => "stale",
+            Refused::Bad => "bad_signature",
+        }
+    }
+}
+
+/// Signs and checks requests with the cluster's secret.
+pub struct Signer {
+    key: hmac::Key,
+}
+
+impl Signer {
+    /// A signer for `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    fn tag(&self, time: u64, method: &str, path: &str, client: &str, body: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(format!("{time}\n{method} {path}\n{client}\n").as_bytes());
+        ctx.update(body);
+        ctx.sign()
+    }
+
+    /// The signature header's value for a request sent now.
+    pub fn sign(&self, method: &str, path: &str, client: &str, body: &[u8]) -> String {
+        let time = now();
+        let tag = self.tag(time, method, path, client, body);
+        format!("t={time},sig={}", hex(tag.as_ref()))
+    }
+
+    /// Checks `header` (the signature header's value, if any) against the request.
+    pub fn verify(
+        &self,
+        header: Option<&[u8]>,
+        method: &str,
+        path: &str,
+        client: &str,
+        body: &[u8],
+    ) -> Result<(), Refused> {
+        let (time, sig) = header.and_then(parse).ok_or(Refused::Missing)?;
+        if now().abs_diff(time) > WINDOW.as_secs() {
+            return Err(Refused::Stale);
+        }
+        let mut signed = format!("{time}\n{method} {path}\n{client}\n").into_bytes();
+        signed.extend_from_slice(body);
+        // Constant time: how much of a guess fits says nothing.
+        hmac::verify(&self.key, &signed, &sig).map_err(|_| Refused::Bad)
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `t=<secs>,sig=<64 hex digits>`.
+fn parse(value: &[u8]) -> Option<(u64, Vec<u8>)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (t, sig) = value.split_once(',')?;
+    let time = t.strip_prefix("t=")?.parse().ok()?;
+    let sig = sig.strip_prefix("sig=")?;
+    if sig.len() != 64 {
+        return None;
+    }
+    let bytes = (0..sig.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(sig.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((time, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_request_verifies_and_any_change_does_not() {
+        let s = Signer::new(b"0123456789abcdef0123");
+        let h = s.sign("POST", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body/>");
+        let ok = |m, p, c, b: &[u8]| s.verify(Some(h.as_bytes()), m, p, c, b);
+        assert_eq!(
+            ok("POST", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body/>"),
+            Ok(())
+        );
+        assert_eq!(
+            ok("GET", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body/>"),
+            Err(Refused::Bad)
+        );
+        assert_eq!(
+            ok("POST", "/cluster/v1/node", "192.0.2.7:5000", b"<body/>"),
+            Err(Refused::Bad)
+        );
+        assert_eq!(
+            ok("POST", "/cluster/v1/bosh", "192.0.2.8:5000", b"<body/>"),
+            Err(Refused::Bad)
+        );
+        assert_eq!(
+            ok("POST", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body />"),
+            Err(Refused::Bad)
+        );
+        let other = Signer::new(b"another secret of the same size");
+        assert_eq!(
+            other.verify(
+                Some(h.as_bytes()),
+                "POST",
+                "/cluster/v1/bosh",
+                "192.0.2.7:5000",
+                b"<body/>"
+            ),
+            Err(Refused::Bad)
+        );
+    }
+
+    #[test]
+    fn a_missing_malformed_or_stale_signature_is_refused() {
+        let s = Signer::new(b"0123456789abcdef0123");
+        let v = |h: Option<&str>| s.verify(h.map(str::as_bytes), "GET", "/", "", b"");
+        assert_eq!(v(None), Err(Refused::Missing));
+        assert_eq!(v(Some("t=1,sig=zz")), Err(Refused::Missing));
+        assert_eq!(v(Some("sig=00")), Err(Refused::Missing));
+        let old = now() - WINDOW.as_secs() - 5;
+        let tag = s.tag(old, "GET", "/", "", b"");
+        let stale = format!("t={old},sig={}", hex(tag.as_ref()));
+        assert_eq!(v(Some(&stale)), Err(Refused::Stale));
+        let fresh = now();
+        let tag = s.tag(fresh, "GET", "/", "", b"");
+        assert_eq!(
+            v(Some(&format!("t={fresh},sig={}", hex(tag.as_ref())))),
+            Ok(())
+        );
+    }
+}
