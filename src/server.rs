@@ -97,6 +97,9 @@ impl Server {
         if let (Some(listener), Some(cluster)) = (self.cluster, self.gateway.cluster.clone()) {
             // docs/protocol.md §8: a draining node answers forwarded requests for its sessions
             // until they have moved, so this listener, like the admin one, ends with the process.
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(node = cluster.tag(), listen = %addr, "cluster node");
+            }
             tokio::spawn(cluster_loop(listener, self.gateway.clone()));
             let gw = self.gateway.clone();
             tokio::spawn(cluster.run_membership(move || {

@@ -4,6 +4,7 @@
 #   OUT/xmpp/ca.pem                     CA the gateways verify Prosody with (--upstream-ca)
 #   OUT/xmpp/localhost.crt, .key        Prosody's certificate for localhost, signed by it
 #   OUT/lb/xmpp.pem                     HAProxy's certificate + key for https://localhost/
+#   OUT/cluster/cluster.secret          the secret the gateways of the cluster share
 #
 # Usage: gen-certs.sh OUT. Existing files are kept, so restarting the stack keeps its
 # certificates. POSIX sh + openssl only (the compose service runs it in a small Alpine image).
@@ -12,7 +13,7 @@
 set -eu
 
 out=${1:?usage: gen-certs.sh OUT}
-mkdir -p "$out/xmpp" "$out/lb"
+mkdir -p "$out/xmpp" "$out/lb" "$out/cluster"
 
 if [ ! -s "$out/xmpp/ca.pem" ] || [ ! -s "$out/xmpp/localhost.crt" ]; then
 	tmp=$(mktemp -d)
@@ -47,6 +48,13 @@ if [ ! -s "$out/lb/xmpp.pem" ]; then
 	cat "$tmp/lb.crt" "$tmp/lb.key" >"$out/lb/xmpp.pem"
 	rm -rf "$tmp"
 	chmod 0644 "$out/lb/xmpp.pem"
+fi
+
+if [ ! -s "$out/cluster/cluster.secret" ]; then
+	# 32 random bytes, base64: what [cluster] secret_file wants (at least 16 bytes). Readable by
+	# the gateways' distroless user; only their containers mount this volume.
+	openssl rand -base64 32 >"$out/cluster/cluster.secret"
+	chmod 0444 "$out/cluster/cluster.secret"
 fi
 
 echo "certificates in $out"

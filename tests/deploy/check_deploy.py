@@ -204,14 +204,18 @@ def check_kubernetes(defaults: dict, known_keys: set[str]) -> None:
     for docs in manifests.values():
         for doc in docs:
             by_kind.setdefault(doc["kind"], []).append(doc)
-    for kind in ("Deployment", "ConfigMap", "Service", "PodDisruptionBudget",
+    for kind in ("Deployment", "ConfigMap", "PodDisruptionBudget",
                  "HorizontalPodAutoscaler", "ServiceMonitor", "Kustomization"):
         check(f"kubernetes has one {kind}", len(by_kind.get(kind, [])) == 1,
               f"found {len(by_kind.get(kind, []))}")
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    check("kubernetes has the Services xmpp-gateway and xmpp-gateway-cluster (headless)",
+          set(services) == {"xmpp-gateway", "xmpp-gateway-cluster"}, str(sorted(services)))
     try:
-        dep, cm, svc, pdb, hpa, mon, kus = (by_kind[k][0] for k in (
-            "Deployment", "ConfigMap", "Service", "PodDisruptionBudget",
+        dep, cm, pdb, hpa, mon, kus = (by_kind[k][0] for k in (
+            "Deployment", "ConfigMap", "PodDisruptionBudget",
             "HorizontalPodAutoscaler", "ServiceMonitor", "Kustomization"))
+        svc, headless = services["xmpp-gateway"], services["xmpp-gateway-cluster"]
     except (KeyError, IndexError):
         return
 
@@ -262,11 +266,16 @@ def check_kubernetes(defaults: dict, known_keys: set[str]) -> None:
         check(f"service port {sp['name']} targets a container port",
               sp["targetPort"] in port_names or sp["targetPort"] in port_names.values(),
               str(sp["targetPort"]))
-    check("service has ClientIP affinity with a timeout above BOSH inactivity",
-          svc["spec"].get("sessionAffinity") == "ClientIP"
-          and svc["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
-          > setting({}, defaults, "bosh.inactivity_secs"),
-          str(svc["spec"].get("sessionAffinityConfig")))
+    check("service has no session affinity (the pods' cluster forwards BOSH requests)",
+          svc["spec"].get("sessionAffinity", "None") == "None", str(svc["spec"].get("sessionAffinity")))
+    check("headless cluster service: no cluster IP, not-ready pods published, selects the pods",
+          headless["spec"].get("clusterIP") == "None"
+          and headless["spec"].get("publishNotReadyAddresses") is True
+          and selects(headless["spec"]["selector"], labels), str(headless["spec"]))
+    hports = headless["spec"]["ports"]
+    check("headless cluster service targets the cluster container port",
+          len(hports) == 1 and hports[0]["targetPort"] in ("cluster", port_names.get("cluster")),
+          str(hports))
     svc_ports = {p["name"] for p in svc["spec"]["ports"]}
     check("servicemonitor selects the service", selects(mon["spec"]["selector"],
                                                        svc["metadata"]["labels"]), "no match")
@@ -310,6 +319,23 @@ def check_kubernetes(defaults: dict, known_keys: set[str]) -> None:
     check("configmap TOML has only keys the gateway knows", not unknown,
           f"unknown: {unknown} (reference: deploy/xmpp-gateway.toml)")
     check("configmap has at least one route", bool(cm_config.get("route")), "no [[route]]")
+
+    # docs/protocol.md §8: the pods form a cluster through the headless Service.
+    cluster = cm_config.get("cluster", {})
+    listen_port = str(cluster.get("listen", "")).rsplit(":", 1)[-1]
+    check("configmap [cluster] listens on the cluster container port",
+          listen_port == str(port_names.get("cluster")), f"{cluster.get('listen')} vs {port_names}")
+    dns_host, _, dns_port = str(cluster.get("peers_dns", "")).rpartition(":")
+    check("configmap [cluster] finds its peers through the headless Service",
+          dns_host.split(".")[0] == headless["metadata"]["name"]
+          and dns_port == str(hports[0]["port"]), f"{cluster.get('peers_dns')}")
+    secret_volumes = {v["name"]: v["secret"] for v in spec.get("volumes", []) if "secret" in v}
+    secret_file = Path(str(cluster.get("secret_file", "")))
+    check("configmap [cluster] secret_file is a key of a mounted Secret",
+          any(mounts.get(name) == str(secret_file.parent)
+              and any(i["path"] == secret_file.name for i in v.get("items", []))
+              for name, v in secret_volumes.items()),
+          f"{secret_file} vs mounts {mounts} and secrets {secret_volumes}")
 
     drain = setting(cm_config, defaults, "drain_timeout_secs")
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
@@ -364,12 +390,12 @@ def check_haproxy(defaults: dict) -> None:
     check("haproxy timeout http-request set (slowloris)", "http-request" in timeouts, "missing")
 
     frontends = [k for k in sections if k.startswith("frontend ")]
-    backends = [k for k in sections if k.startswith("backend ")]
-    check("haproxy has one frontend and one backend", len(frontends) == 1 and len(backends) == 1,
-          f"{frontends} {backends}")
-    if not (frontends and backends):
+    check("haproxy has one frontend and the backends gateways and bosh",
+          len(frontends) == 1 and "backend gateways" in sections and "backend bosh" in sections,
+          f"{frontends} {[k for k in sections if k.startswith('backend ')]}")
+    if not (frontends and "backend gateways" in sections and "backend bosh" in sections):
         return
-    front, back = sections[frontends[0]], sections[backends[0]]
+    front, back, bosh = sections[frontends[0]], sections["backend gateways"], sections["backend bosh"]
     check("haproxy terminates TLS on 443 with /etc/haproxy/certs/xmpp.pem",
           any(l.startswith("bind") and ":443" in l and "ssl crt /etc/haproxy/certs/xmpp.pem" in l
               for l in front), "no such bind")
@@ -382,11 +408,21 @@ def check_haproxy(defaults: dict) -> None:
     check("haproxy checks /readyz", "option httpchk" in back
           and any("/readyz" in l for l in back), "no /readyz check")
     servers = [l for l in back if l.startswith("server ")]
-    check("haproxy servers gw1 and gw2, each checked on its own admin port and with a cookie",
-          len(servers) == 2 and all(re.search(r"\bcheck port \S+", l) and " cookie " in l
-                                    for l in servers), str(servers))
-    check("haproxy inserts a persistence cookie for BOSH",
-          any(re.match(r"cookie \S+ insert indirect nocache", l) for l in back), "no cookie")
+    check("haproxy servers gw1 and gw2, each checked on its own admin port",
+          len(servers) == 2 and all(re.search(r"\bcheck port \S+", l) for l in servers),
+          str(servers))
+    check("haproxy sends /http-bind to the bosh backend",
+          "use_backend bosh if { path_beg /http-bind }" in front, "no use_backend for /http-bind")
+    bosh_servers = [l for l in bosh if l.startswith("server ")]
+    check("haproxy bosh backend: round robin, the same nodes tracking the checked ones",
+          "balance roundrobin" in bosh and len(bosh_servers) == 2
+          and all(re.search(r"\btrack gateways/gw[12]$", l) for l in bosh_servers),
+          str(bosh_servers))
+    everything = sum(sections.values(), [])
+    check("haproxy keeps BOSH on no node: no cookie, no stick table, no persist "
+          "(the gateways' cluster forwards)",
+          not any(re.match(r"(cookie|stick|stick-table|option persist)\b", l) for l in everything),
+          str([l for l in everything if re.match(r"(cookie|stick|option persist)\b", l)]))
     check("haproxy never shuts sessions of a node marked down",
           not any("shutdown-sessions" in l for l in sum(sections.values(), [])),
           "on-marked-down shutdown-sessions would cut WebSocket tunnels during a drain")
@@ -444,6 +480,18 @@ def check_compose() -> None:
         grace = svc.get("stop_grace_period", "10s")
         check(f"compose {name}: stop_grace_period covers the drain",
               haproxy_seconds(grace) >= 35, grace)
+
+    # docs/protocol.md §8: the gateways form a cluster, so HAProxy needs no BOSH stickiness.
+    for name, svc in gateways.items():
+        genv = svc.get("environment", {})
+        secret = genv.get("XMPP_GATEWAY_CLUSTER__SECRET_FILE", "")
+        peers = genv.get("XMPP_GATEWAY_CLUSTER__PEERS", "")
+        port = genv.get("XMPP_GATEWAY_CLUSTER__LISTEN", "").rsplit(":", 1)[-1]
+        check(f"compose {name}: in a cluster with every gateway, the secret from a mounted volume",
+              port and all(f"{g}:{port}" in peers for g in gateways)
+              and any(secret.startswith(v.split(":")[1] + "/") for v in svc.get("volumes", [])
+                      if ":" in v),
+              f"listen :{port}, peers {peers}, secret {secret}")
 
     env = services.get("haproxy", {}).get("environment", {})
     for gw in ("gw1", "gw2"):

@@ -1,16 +1,20 @@
 // Scale-out: 200 browser sessions behind the production HAProxy configuration
-// and two gateways, and what happens to them when one gateway is rolled.
+// and three gateways, and what happens to them when one gateway is rolled.
 //
-// A real Prosody, two xmpp-gateway processes, and HAProxy running
-// deploy/haproxy/haproxy.cfg with only ports and paths changed (TLS on its
-// https port with a certificate made at test time). 120 @xmpp/client sessions
+// A real Prosody, three xmpp-gateway processes forming a cluster (docs/protocol.md
+// §8: any node answers any BOSH request), and HAProxy running
+// deploy/haproxy/haproxy.cfg with only ports and paths changed and a third
+// server added (TLS on its https port with a certificate made at test time):
+// WebSocket by least connections, every BOSH request round robin, no
+// stickiness of any kind. 120 @xmpp/client sessions
 // over wss:// with XEP-0198 resumption and 80 strophe.js sessions over BOSH on
 // https://, each BOSH client in its own "browser" (cookie jar, connections,
-// source address), log in through HAProxy and exchange messages. Then the node
-// holding more sessions gets SIGTERM, as a rolling deployment sends it: its
+// source address), log in through HAProxy and exchange messages, each BOSH
+// request landing on whichever node is next. Then the node holding the most
+// sessions gets SIGTERM, as a rolling deployment sends it: its
 // /readyz fails, HAProxy takes it out, and after drain_grace_secs it tells its
 // clients to go elsewhere (see-other-uri). WebSocket clients come back through
-// HAProxy on the other node and resume their streams; BOSH clients start new
+// HAProxy on the other nodes and resume their streams; BOSH clients start new
 // sessions there. The checks below say what must hold; the figures printed at
 // the end say how it went.
 //
@@ -20,12 +24,13 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { REPO, startProsody, startGateway, freePort, waitFor, withTimeout } from '../interop/harness.mjs';
 import { DEPLOY_CFG, checkTiming, makeCertificate, startHaproxy } from './lib/haproxy.mjs';
-import { WsClient, BoshClient, trustCertificate } from './lib/fleet.mjs';
+import { WsClient, BoshClient, trustCertificate, nodeTags } from './lib/fleet.mjs';
 import { closeBrowsers } from './lib/browser-xhr.mjs';
 import { scrape } from './lib/metrics.mjs';
 
@@ -91,10 +96,26 @@ async function startServices() {
 		'trusted_proxies = ["127.0.0.1/32", "::1/128"]',
 		'',
 	].join('\n');
-	for (const name of ['gw1', 'gw2']) {
-		running.gateways.push(
-			await startGateway({ prosody, logDir, name, config, extraArgs: ['--drain-timeout', String(DRAIN_TIMEOUT_SECS)] }),
-		);
+	// docs/protocol.md §8: the three nodes form a cluster, each listing every node's internal
+	// listener (its own included, as a DNS name of all of them would).
+	const secretFile = path.join(logDir, 'cluster.secret');
+	await fsp.writeFile(secretFile, `${crypto.randomBytes(24).toString('base64')}\n`, { mode: 0o600 });
+	const names = ['gw1', 'gw2', 'gw3'];
+	const clusterPorts = await Promise.all(names.map(() => freePort()));
+	const peers = clusterPorts.map((p) => `"127.0.0.1:${p}"`).join(', ');
+	for (const [i, name] of names.entries()) {
+		const cluster = `\n[cluster]\nlisten = "127.0.0.1:${clusterPorts[i]}"\npeers = [${peers}]\nsecret_file = "${secretFile}"\nrefresh_secs = 1\n`;
+		const gateway = await startGateway({
+			prosody,
+			logDir,
+			name,
+			config: config + cluster,
+			extraArgs: ['--drain-timeout', String(DRAIN_TIMEOUT_SECS)],
+		});
+		const tag = /cluster node[^\n]*node="?([0-9a-f]{8})/.exec(fs.readFileSync(gateway.logFile, 'utf8'))?.[1];
+		if (!tag) throw new Error(`${name} logged no cluster node tag`);
+		nodeTags.set(tag, name);
+		running.gateways.push(gateway);
 	}
 	const cert = await makeCertificate(path.join(logDir, 'cert'));
 	trustCertificate(cert.ca);
@@ -202,12 +223,6 @@ async function runScenario(stack) {
 		{ timeout: 10_000, what: 'session gauges summing to the number of clients' },
 	);
 	r.boshNodes = Object.fromEntries(boshClients.map((c) => [c.index, c.node]));
-	r.boshCookieRequests = boshClients.map((c) => ({
-		jid: c.jid,
-		setCookies: [...c.browser.setCookies],
-		requests: c.browser.requests,
-		withCookie: c.browser.requestsWithCookie,
-	}));
 
 	// 2. A first round of messages, everyone online.
 	r.round1 = sendRound('r1', clients);
@@ -215,13 +230,27 @@ async function runScenario(stack) {
 	await settle(allDelivered(r.round1), { timeout: 15_000, what: 'round 1 delivered' });
 	r.round1Result = deliveries(r.round1);
 
-	// 3. Roll the node with more sessions.
-	const [victim, survivor] =
-		r.before.gw1.activeTotal >= r.before.gw2.activeTotal ? gateways : [gateways[1], gateways[0]];
+	// Where the BOSH requests of round 1 went: each answered request, the node HAProxy chose and
+	// the node holding its session (from the sid's tag).
+	r.boshSpread = boshClients.map((c) => {
+		const answered = c.browser.exchanges.filter((x) => x.answeredAt !== undefined && x.sid && x.servedBy);
+		return {
+			jid: c.jid,
+			setCookies: [...c.browser.setCookies],
+			requests: answered.length,
+			nodes: new Set(answered.map((x) => x.servedBy)),
+			elsewhere: answered.filter((x) => x.servedBy !== nodeTags.get(x.sid.slice(0, 8))).length,
+		};
+	});
+	r.forwardedBefore = {};
+	for (const g of gateways) r.forwardedBefore[g.name] = (await scrape(g)).forwarded;
+
+	// 3. Roll the node with the most sessions.
+	const victim = gateways.reduce((a, b) => (r.before[b.name].activeTotal > r.before[a.name].activeTotal ? b : a));
+	const survivors = gateways.filter((g) => g !== victim);
 	r.victim = victim.name;
-	r.survivor = survivor.name;
-	const survivorBefore = await scrape(survivor);
-	r.survivorBefore = survivorBefore;
+	r.survivors = survivors.map((g) => g.name);
+	r.survivorsBefore = await Promise.all(survivors.map((g) => scrape(g)));
 
 	// Watch HAProxy's view of the victim and the victim's own /metrics until it exits.
 	const watch = { down: null, scrapes: [], exit: null };
@@ -277,7 +306,7 @@ async function runScenario(stack) {
 	await bounded(Promise.all(scheduled), 10_000, 'messages written during the move going out');
 	r.watch = watch;
 	r.moved = clients.filter((c) => c.disconnects.length > 0);
-	r.survivorAfter = await scrape(survivor);
+	r.survivorsAfter = await Promise.all(survivors.map((g) => scrape(g)));
 	r.victimLog = fs.readFileSync(victim.logFile, 'utf8');
 
 	// 5. Everyone writes again after the move; every message must arrive.
@@ -371,9 +400,13 @@ function printFigures(r) {
 	for (const [name, f] of Object.entries(r.before)) {
 		lines.push(`before: ${name} holds ${f.activeTotal} sessions (${f.active.websocket} WebSocket, ${f.active.bosh} BOSH)`);
 	}
-	const cookies = {};
-	for (const node of Object.values(r.boshNodes)) cookies[node] = (cookies[node] ?? 0) + 1;
-	lines.push(`BOSH GWNODE cookies before: ${JSON.stringify(cookies)}`);
+	const held = {};
+	for (const node of Object.values(r.boshNodes)) held[node] = (held[node] ?? 0) + 1;
+	lines.push(`BOSH sessions by node (sid tag) before: ${JSON.stringify(held)}`);
+	const requests = r.boshSpread.reduce((n, b) => n + b.requests, 0);
+	const elsewhere = r.boshSpread.reduce((n, b) => n + b.elsewhere, 0);
+	lines.push(`BOSH requests answered before the move: ${requests}, of which HAProxy sent ${elsewhere} (${((100 * elsewhere) / requests).toFixed(1)} %) to a node that forwarded them`);
+	lines.push(`forwarded by each node (result: count) before the move: ${JSON.stringify(r.forwardedBefore)}`);
 	lines.push(`SIGTERM to ${r.victim}; HAProxy grace: inter ${r.timing.inter}s x fall ${r.timing.fall} = drain_grace_secs ${r.timing.markDownSecs}`);
 	const movedWs = r.moved.filter((c) => c.transport === 'websocket');
 	const movedBosh = r.moved.filter((c) => c.transport === 'bosh');
@@ -389,8 +422,10 @@ function printFigures(r) {
 		lines.push(`${r.victim} last /metrics before exit (${t(last.at)}, ${r.watch.scrapes.length} scrapes): active ${JSON.stringify(last.active)}, ended ${JSON.stringify(last.ended)}`);
 	}
 	lines.push(`${r.victim} log: ${countShutdownEnds(r.victimLog)} sessions ended reason="shutdown"`);
-	lines.push(`${r.survivor} before: active ${JSON.stringify(r.survivorBefore.active)}, started ${JSON.stringify(r.survivorBefore.started)}`);
-	lines.push(`${r.survivor} after:  active ${JSON.stringify(r.survivorAfter.active)}, started ${JSON.stringify(r.survivorAfter.started)}`);
+	r.survivors.forEach((name, i) => {
+		lines.push(`${name} before: active ${JSON.stringify(r.survivorsBefore[i].active)}, started ${JSON.stringify(r.survivorsBefore[i].started)}`);
+		lines.push(`${name} after:  active ${JSON.stringify(r.survivorsAfter[i].active)}, started ${JSON.stringify(r.survivorsAfter[i].started)}, forwarded ${JSON.stringify(r.survivorsAfter[i].forwarded)}`);
+	});
 	const d = (name, x) =>
 		`${name}: sent ${x.sent}, delivered once ${x.once}, duplicated ${x.duplicated.length}, lost ${x.lost.length}` +
 		(x.bounced.length ? ` (bounced back to the sender: ${x.bounced.length})` : '') +
@@ -454,19 +489,29 @@ test(`${WS_CLIENTS + BOSH_CLIENTS} clients log in through HAProxy; the nodes' se
 	const ws = seen.wsClients.length;
 	const bosh = seen.boshClients.length;
 	const sum = (transport) => Object.values(seen.before).reduce((n, f) => n + f.active[transport], 0);
-	assert.equal(sum('websocket'), ws, 'xmpp_gateway_sessions_active{transport="websocket"} over both nodes');
-	assert.equal(sum('bosh'), bosh, 'xmpp_gateway_sessions_active{transport="bosh"} over both nodes');
+	assert.equal(sum('websocket'), ws, 'xmpp_gateway_sessions_active{transport="websocket"} over the three nodes');
+	assert.equal(sum('bosh'), bosh, 'xmpp_gateway_sessions_active{transport="bosh"} over the three nodes');
 	for (const [name, f] of Object.entries(seen.before)) assert.ok(f.activeTotal > 0, `${name} got no session at all`);
 });
 
-test('each BOSH browser gets a GWNODE cookie, sends it back, and it names the node holding its session', () => {
-	for (const b of seen.boshCookieRequests) {
-		assert.ok(b.setCookies.some((h) => /^GWNODE=gw[12];/.test(h)), `${b.jid}: no GWNODE cookie set (${b.setCookies})`);
-		assert.ok(b.withCookie > 0 && b.withCookie < b.requests, `${b.jid}: sent the cookie on ${b.withCookie} of ${b.requests} requests`);
+test('BOSH requests of one session land on every node, which forward them to the one holding it', () => {
+	// Round robin over three nodes: about two requests in three reach a node that does not hold
+	// the session. No cookie pins anything.
+	for (const b of seen.boshSpread) {
+		assert.deepEqual(b.setCookies, [], `${b.jid}: a cookie was set`);
+		assert.ok(b.requests >= 4, `${b.jid}: only ${b.requests} answered requests`);
+		assert.ok(b.nodes.size >= 2, `${b.jid}: every one of ${b.requests} requests went to ${[...b.nodes]}`);
 	}
+	const requests = seen.boshSpread.reduce((n, b) => n + b.requests, 0);
+	const elsewhere = seen.boshSpread.reduce((n, b) => n + b.elsewhere, 0);
+	assert.ok(elsewhere > requests / 3, `only ${elsewhere} of ${requests} requests were forwarded`);
+	const forwarded = Object.values(seen.forwardedBefore).reduce((n, f) => n + (f.ok ?? 0), 0);
+	assert.ok(forwarded >= elsewhere, `the nodes count ${forwarded} forwarded requests, the browsers ${elsewhere}`);
+	const failed = Object.entries(seen.forwardedBefore).filter(([, f]) => Object.keys(f).some((k) => k !== 'ok'));
+	assert.deepEqual(failed, [], 'forwards that failed before the move');
 	for (const [name, f] of Object.entries(seen.before)) {
-		const pinned = Object.values(seen.boshNodes).filter((n) => n === name).length;
-		assert.equal(pinned, f.active.bosh, `browsers pinned to ${name} vs its BOSH sessions gauge`);
+		const held = Object.values(seen.boshNodes).filter((n) => n === name).length;
+		assert.equal(held, f.active.bosh, `BOSH sessions whose sid names ${name} vs its BOSH sessions gauge`);
 	}
 });
 
@@ -500,7 +545,7 @@ test('exactly the sessions of the drained node move, each told where with see-ot
 	assert.equal(movedWs.length, f.active.websocket, 'WebSocket clients moved vs the node\'s WebSocket gauge');
 	assert.equal(movedBosh.length, f.active.bosh, 'BOSH clients moved vs the node\'s BOSH gauge');
 	const wrongNode = movedBosh.filter((c) => seen.boshNodes[c.index] !== seen.victim);
-	assert.deepEqual(wrongNode.map((c) => `${c.jid} was pinned to ${seen.boshNodes[c.index]}`), []);
+	assert.deepEqual(wrongNode.map((c) => `${c.jid} had its session on ${seen.boshNodes[c.index]}`), []);
 	const notToldOnce = seen.moved
 		.filter((c) => {
 			const want = c.transport === 'websocket' ? seen.stack.wsRedirect : seen.stack.boshRedirect;
@@ -510,7 +555,7 @@ test('exactly the sessions of the drained node move, each told where with see-ot
 	assert.deepEqual(notToldOnce, [], 'each moved client ends once, by one redirect to the configured URL');
 });
 
-test('WebSocket clients resume their XEP-0198 stream through the other node', () => {
+test('WebSocket clients resume their XEP-0198 stream through the other nodes', () => {
 	const movedWs = seen.moved.filter((c) => c.transport === 'websocket');
 	assert.ok(movedWs.length > 0, 'no WebSocket session was on the drained node');
 	const notResumed = movedWs
@@ -525,18 +570,18 @@ test('WebSocket clients resume their XEP-0198 stream through the other node', ()
 	assert.deepEqual(notSame, []);
 });
 
-test('BOSH clients start a new session on the other node and HAProxy pins them there', () => {
+test('BOSH clients start a new session on a node that stays', () => {
 	const movedBosh = seen.moved.filter((c) => c.transport === 'bosh');
 	const wrong = movedBosh
-		.filter((c) => c.lastMove()?.how !== 'new-session' || c.node !== seen.survivor)
-		.map((c) => `${c.jid}: ${c.lastMove()?.how ?? 'not back'}, GWNODE=${c.node}`);
+		.filter((c) => c.lastMove()?.how !== 'new-session' || !seen.survivors.includes(c.node))
+		.map((c) => `${c.jid}: ${c.lastMove()?.how ?? 'not back'}, session on ${c.node}`);
 	assert.deepEqual(wrong, []);
 });
 
 test('no BOSH request of a live session reaches a node that does not own it (no item-not-found)', () => {
 	const hit = seen.boshClients
 		.filter((c) => c.terminates.some((x) => x.condition === 'item-not-found'))
-		.map((c) => `${c.jid} (pinned to ${seen.boshNodes[c.index]}): ${c.terminates.map((x) => `${x.condition}@+${x.at - seen.t0}ms`).join(', ')}`);
+		.map((c) => `${c.jid} (session on ${seen.boshNodes[c.index]}): ${c.terminates.map((x) => `${x.condition}@+${x.at - seen.t0}ms`).join(', ')}`);
 	assert.deepEqual(hit, []);
 });
 
@@ -565,11 +610,16 @@ test('/metrics show the sessions leaving the drained node and arriving on the ot
 
 	const movedWs = seen.moved.filter((c) => c.transport === 'websocket').length;
 	const movedBosh = seen.moved.filter((c) => c.transport === 'bosh').length;
-	const b = seen.survivorBefore;
-	const a = seen.survivorAfter;
-	assert.deepEqual(a.active, { websocket: seen.wsClients.length, bosh: seen.boshClients.length }, `${seen.survivor} holds every session`);
-	assert.equal(a.started.websocket - b.started.websocket, movedWs, `${seen.survivor} WebSocket sessions started`);
-	assert.equal(a.started.bosh - b.started.bosh, movedBosh, `${seen.survivor} BOSH sessions started`);
+	const sum = (figures, key, transport) => figures.reduce((n, f) => n + f[key][transport], 0);
+	const [b, a] = [seen.survivorsBefore, seen.survivorsAfter];
+	const names = seen.survivors.join(' and ');
+	assert.deepEqual(
+		{ websocket: sum(a, 'active', 'websocket'), bosh: sum(a, 'active', 'bosh') },
+		{ websocket: seen.wsClients.length, bosh: seen.boshClients.length },
+		`${names} hold every session`,
+	);
+	assert.equal(sum(a, 'started', 'websocket') - sum(b, 'started', 'websocket'), movedWs, `${names} WebSocket sessions started`);
+	assert.equal(sum(a, 'started', 'bosh') - sum(b, 'started', 'bosh'), movedBosh, `${names} BOSH sessions started`);
 });
 
 test('every message sent after reconnecting is delivered, once', () => {

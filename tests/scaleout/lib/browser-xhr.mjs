@@ -160,6 +160,7 @@ export class BrowserXMLHttpRequest {
 		const exchange = {
 			sentAt: Date.now(),
 			rid: /\srid=['"](\d+)['"]/.exec(text)?.[1],
+			sid: /\ssid=['"]([0-9a-f]+)['"]/.exec(text)?.[1],
 			ids: [...text.matchAll(/<message\b[^>]*?\sid=['"]([^'"]*)['"]/g)].map((m) => m[1]),
 		};
 		b.exchanges.push(exchange);
@@ -188,6 +189,8 @@ export class BrowserXMLHttpRequest {
 				this.responseText = data.toString('utf8');
 				exchange.answeredAt = Date.now();
 				exchange.status = res.statusCode;
+				// The node HAProxy sent it to (the test configuration adds the header).
+				exchange.servedBy = res.headers['x-test-served-by'];
 				const head = /<body\b[^>]*>/.exec(this.responseText)?.[0] ?? '';
 				exchange.type = /\stype=['"]([^'"]*)['"]/.exec(head)?.[1];
 				exchange.condition = /\scondition=['"]([^'"]*)['"]/.exec(head)?.[1];

@@ -218,6 +218,12 @@ export class WsClient extends FleetClient {
 	}
 }
 
+/**
+ * Node names by cluster tag (the first 8 hex digits of the sids a node makes,
+ * docs/protocol.md §8), filled in by the test from the gateways' logs.
+ */
+export const nodeTags = new Map();
+
 /** strophe.js over BOSH in its own "browser" (cookie jar, connections, source address). */
 export class BoshClient extends FleetClient {
 	transport = 'bosh';
@@ -227,9 +233,10 @@ export class BoshClient extends FleetClient {
 		return browser(this.index);
 	}
 
-	/** The node HAProxy pinned this browser to (its GWNODE cookie). */
+	/** The node that holds this client's current session: the one whose tag its sid begins with. */
 	get node() {
-		return this.browser.cookie('GWNODE');
+		const sid = this.browser.exchanges.findLast((x) => x.sid)?.sid;
+		return sid && nodeTags.get(sid.slice(0, 8));
 	}
 
 	async login() {

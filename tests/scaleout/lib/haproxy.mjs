@@ -1,5 +1,6 @@
 // The production HAProxy configuration (deploy/haproxy/haproxy.cfg), run for
-// real in front of two gateways. Only ports and paths are changed, by strict
+// real in front of three gateways (a third server added as an operator would).
+// Otherwise only ports and paths are changed, by strict
 // textual substitution: every line we change or rely on must be found exactly
 // as expected, so an edit to deploy/ that this test does not know about fails
 // here with the line it was looking for instead of silently testing something
@@ -66,7 +67,8 @@ export function ipv6Loopback() {
  * HAProxy needs to mark a draining node down (inter x fall, README step 5).
  */
 export function checkTiming(text) {
-	const m = expectLine(text, /^\s*default-server\b.*$/m)[0];
+	// The checked backend's default-server line (the bosh backend's tracks it and checks nothing).
+	const m = expectLine(text, /^\s*default-server\b.*\binter\b.*$/m)[0];
 	const seconds = (key) => {
 		const v = m.match(new RegExp(`\\b${key} (\\d+)(ms|s)\\b`));
 		if (!v) throw new Error(`default-server line has no ${key}: ${m}`);
@@ -90,23 +92,46 @@ export function checkTiming(text) {
  * production; a non-root run cannot setuid and drops those two lines. Where
  * the hard descriptor limit (`fdLimit`) cannot hold 2 x maxconn, maxconn is
  * lowered to fit: the only change that is not a port or a path.
- * Everything else (timeouts, stickiness, checks, no shutdown-sessions) is the
+ *   a third node gw3, as gw2 (presetenv GW3_* and a server line in each backend);
+ *   X-Test-Served-By on BOSH answers, naming the node HAProxy chose.
+ * Everything else (timeouts, no stickiness, checks, no shutdown-sessions) is the
  * deployed file unchanged.
  */
 export function testConfig(text, { httpPort, httpsPort, certPem, statsSocket, gateways, ipv6 = true, fdLimit = Infinity }) {
-	const [gw1, gw2] = gateways;
+	const [gw1, gw2, gw3] = gateways;
 	let cfg = text;
 	// What the scenario relies on, checked before anything is changed.
-	expectLine(cfg, /^\s*cookie GWNODE insert indirect nocache\b.*$/m);
-	expectLine(cfg, /^\s*stick on src if \{ path_beg \/http-bind \}.*$/m);
+	expectLine(cfg, /^\s*use_backend bosh if \{ path_beg \/http-bind \}$/m);
+	expectLine(cfg, /^\s*balance roundrobin$/m);
 	expectLine(cfg, /^\s*balance leastconn$/m);
 	expectLine(cfg, /^\s*option redispatch\b.*$/m);
 	expectLine(cfg, /^\s*http-check send meth GET uri \/readyz\b.*$/m);
-	expectLine(cfg, /^\s*server gw1 "\$\{GW1_ADDR\}" check port "\$\{GW1_ADMIN_PORT\}" cookie gw1$/m);
-	expectLine(cfg, /^\s*server gw2 "\$\{GW2_ADDR\}" check port "\$\{GW2_ADMIN_PORT\}" cookie gw2$/m);
+	if (/^\s*(cookie|stick|stick-table|option persist)\b/m.test(cfg)) {
+		throw new Error('deploy/haproxy/haproxy.cfg keeps BOSH clients on a node again (cookie, stick or persist)');
+	}
 	if (/^\s*[^#\n]*\bshutdown-sessions\b/m.test(cfg)) {
 		throw new Error('deploy/haproxy/haproxy.cfg now cuts sessions of a node marked down (shutdown-sessions)');
 	}
+	// A third node, added as an operator adds one: its address variables and a server line in
+	// each backend, like gw2's.
+	cfg = substitute(
+		cfg,
+		/^(\s*)presetenv GW2_ADMIN_PORT 9282$/m,
+		'$1presetenv GW2_ADMIN_PORT 9282\n$1presetenv GW3_ADDR 127.0.0.1:5283\n$1presetenv GW3_ADMIN_PORT 9283',
+	);
+	cfg = substitute(
+		cfg,
+		/^(\s*)server gw2 "\$\{GW2_ADDR\}" check port "\$\{GW2_ADMIN_PORT\}"$/m,
+		'$1server gw2 "${GW2_ADDR}" check port "${GW2_ADMIN_PORT}"\n$1server gw3 "${GW3_ADDR}" check port "${GW3_ADMIN_PORT}"',
+	);
+	cfg = substitute(
+		cfg,
+		/^(\s*)server gw2 "\$\{GW2_ADDR\}" track gateways\/gw2$/m,
+		'$1server gw2 "${GW2_ADDR}" track gateways/gw2\n$1server gw3 "${GW3_ADDR}" track gateways/gw3',
+	);
+	// For the test only: each BOSH answer names the node HAProxy sent the request to, so the
+	// browser can tell that its requests went everywhere.
+	cfg = substitute(cfg, /^(\s*)balance roundrobin$/m, '$1balance roundrobin\n$1http-response set-header X-Test-Served-By %s');
 
 	cfg = substitute(cfg, /^(\s*stats socket )\/var\/lib\/haproxy\/admin\.sock( .*)$/m, `$1${statsSocket}$2`);
 	cfg = substitute(cfg, /^(\s*bind ):80$/m, `$1127.0.0.1:${httpPort}`);
@@ -130,6 +155,8 @@ export function testConfig(text, { httpPort, httpsPort, certPem, statsSocket, ga
 	cfg = substitute(cfg, /^(\s*presetenv GW1_ADMIN_PORT )9281$/m, `$1${gw1.adminPort}`);
 	cfg = substitute(cfg, /^(\s*presetenv GW2_ADDR )127\.0\.0\.1:5282$/m, `$1127.0.0.1:${gw2.port}`);
 	cfg = substitute(cfg, /^(\s*presetenv GW2_ADMIN_PORT )9282$/m, `$1${gw2.adminPort}`);
+	cfg = substitute(cfg, /^(\s*presetenv GW3_ADDR )127\.0\.0\.1:5283$/m, `$1127.0.0.1:${gw3.port}`);
+	cfg = substitute(cfg, /^(\s*presetenv GW3_ADMIN_PORT )9283$/m, `$1${gw3.adminPort}`);
 	// HAProxy needs about two descriptors per connection and refuses to start
 	// when it cannot raise its limit that far (the comment on maxconn says so).
 	// A sandbox whose hard limit is below that gets the largest maxconn that
@@ -209,8 +236,8 @@ function runtimeCommand(socketPath, command) {
 }
 
 /**
- * Starts HAProxy with the test config in front of `gateways` ([gw1, gw2] from
- * startGateway) and waits until it reports both servers UP. `httpsPort` and
+ * Starts HAProxy with the test config in front of `gateways` ([gw1, gw2, gw3]
+ * from startGateway) and waits until it reports every server UP. `httpsPort` and
  * `httpPort` may be chosen beforehand (the gateways' redirects name them).
  */
 export async function startHaproxy({ gateways, certPem, dir, logDir, httpPort, httpsPort }) {
@@ -257,9 +284,9 @@ export async function startHaproxy({ gateways, certPem, dir, logDir, httpPort, h
 			async () => {
 				if (child.exitCode !== null) throw new GiveUp(`haproxy exited:\n${fs.readFileSync(logFile, 'utf8').slice(-2000)}`);
 				const s = await haproxy.serverStatus();
-				return s.gw1 === 'UP' && s.gw2 === 'UP';
+				return s.gw1 === 'UP' && s.gw2 === 'UP' && s.gw3 === 'UP';
 			},
-			{ timeout: 15_000, interval: 100, what: 'HAProxy reporting gw1 and gw2 UP' },
+			{ timeout: 15_000, interval: 100, what: 'HAProxy reporting gw1, gw2 and gw3 UP' },
 		);
 	} catch (err) {
 		await stopChild(child);

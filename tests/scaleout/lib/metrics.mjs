@@ -38,6 +38,14 @@ export function sessionFigures(samples) {
 		started: per('xmpp_gateway_sessions_started_total'),
 		ended,
 		draining: total(samples, 'xmpp_gateway_draining'),
+		// docs/protocol.md §8: BOSH requests this node forwarded to the node holding their session,
+		// by result, and those other nodes forwarded here.
+		forwarded: Object.fromEntries(
+			samples
+				.filter((s) => s.name === 'xmpp_gateway_cluster_forwarded_total' && s.value > 0)
+				.map((s) => [s.labels.result, s.value]),
+		),
+		received: total(samples, 'xmpp_gateway_cluster_received_total'),
 	};
 }
 
