@@ -37,10 +37,10 @@ pub static CLUSTER: LazyLock<ClusterMetrics> = LazyLock::new(ClusterMetrics::new
 
 impl ClusterMetrics {
     fn new() -> Self {
-        let opts = |name: &str, help: &str| Opts::new(format!("xmpp_gateway_cluster_{name}"), help);
+        let opts = |name: &str, help: &str| Opts::new(name, help);
         let forwarded = IntCounterVec::new(
             opts(
-                "forwarded_total",
+                "xmpp_gateway_cluster_forwarded_total",
                 "BOSH requests forwarded to the node holding their session, by result.",
             ),
             &["result"],
@@ -59,19 +59,19 @@ impl ClusterMetrics {
         .expect("metric");
         let refused = IntCounterVec::new(
             opts(
-                "requests_refused_total",
+                "xmpp_gateway_cluster_requests_refused_total",
                 "Requests to the internal listener refused, by reason.",
             ),
             &["reason"],
         )
         .expect("metric");
         let received = prometheus::IntCounter::with_opts(opts(
-            "received_total",
+            "xmpp_gateway_cluster_received_total",
             "BOSH requests forwarded here by other nodes.",
         ))
         .expect("metric");
         let members = IntGauge::with_opts(opts(
-            "members",
+            "xmpp_gateway_cluster_members",
             "Other nodes that answered the last membership round.",
         ))
         .expect("metric");

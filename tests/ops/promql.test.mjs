@@ -35,6 +35,9 @@ const STALL_DOMAIN = 'stall.localhost';
 
 let prosody;
 let gateway;
+/** The other node of the gateway's cluster, not scraped: forwards to it, and from it. */
+let peer;
+let clusterPort;
 let prometheus;
 let stall;
 let instance;
@@ -48,6 +51,16 @@ before(async () => {
 	await fsp.mkdir(LOG_DIR, { recursive: true });
 	stall = await startStallingUpstream(STALL_DOMAIN);
 	prosody = await startProsody({ users: USERS, logDir: LOG_DIR });
+	const secretFile = path.join(LOG_DIR, 'cluster.secret');
+	await fsp.writeFile(secretFile, 'the ops test cluster secret\n', { mode: 0o600 });
+	clusterPort = await freePort();
+	const peerClusterPort = await freePort();
+	peer = await startGateway({
+		prosody,
+		logDir: LOG_DIR,
+		name: 'peer',
+		config: clusterConfig(peerClusterPort, clusterPort, secretFile).join('\n'),
+	});
 	// Pings every second and one missed pong closes a session, so a client that
 	// stops reading is cut off within about two seconds.
 	const config = path.join(LOG_DIR, 'gateway.toml');
@@ -75,6 +88,8 @@ before(async () => {
 			'[route.pool]',
 			'warm = 1',
 			'',
+			// A cluster with `peer`, for the cluster's panels (docs/protocol.md §8).
+			...clusterConfig(clusterPort, peerClusterPort, secretFile),
 		].join('\n'),
 	);
 	const deadPort = await freePort();
@@ -101,8 +116,20 @@ before(async () => {
 	await prometheus.scrapedAfter(nowSeconds());
 }, { timeout: SETUP_TIMEOUT_MS });
 
+/** The `[cluster]` lines of a node listening on `own` whose peer listens on `other`. */
+function clusterConfig(own, other, secretFile) {
+	return [
+		'[cluster]',
+		`listen = "127.0.0.1:${own}"`,
+		`peers = ["127.0.0.1:${other}"]`,
+		`secret_file = "${secretFile}"`,
+		'refresh_secs = 1',
+		'',
+	];
+}
+
 after(async () => {
-	for (const stop of [() => gateway?.stop(), () => prosody?.stop(), () => prometheus?.stop(), () => stall?.stop()]) {
+	for (const stop of [() => gateway?.stop(), () => peer?.stop(), () => prosody?.stop(), () => prometheus?.stop(), () => stall?.stop()]) {
 		try {
 			await stop();
 		} catch (err) {
@@ -162,6 +189,31 @@ async function driveLoad({ first }) {
 	}
 	await bosh.terminate();
 	await held;
+
+	// The cluster: a BOSH session on the peer ended through the gateway (forwarded there, with
+	// its duration observed), one on the gateway ended through the peer (served here for it), a
+	// sid of a node nobody knows (owner_unknown), and an unsigned request to the internal
+	// listener (refused).
+	await waitFor(async () => (await gatewayValue('xmpp_gateway_cluster_members')) === 1, {
+		timeout: 10_000,
+		what: 'the gateway to know its peer',
+	});
+	const onPeer = boshClient(`http://127.0.0.1:${peer.port}/http-bind`, { to: 'localhost', wait: 10 });
+	await onPeer.create();
+	onPeer.via(`http://127.0.0.1:${gateway.port}/http-bind`);
+	assert.match(await onPeer.terminate(), /type=['"]terminate['"]/, 'terminate forwarded to the peer');
+	const onGateway = boshClient(`http://127.0.0.1:${gateway.port}/http-bind`, { to: 'localhost', wait: 10 });
+	await onGateway.create();
+	onGateway.via(`http://127.0.0.1:${peer.port}/http-bind`);
+	assert.match(await onGateway.terminate(), /type=['"]terminate['"]/, 'terminate forwarded to the gateway');
+	const nobodys = await fetch(`http://127.0.0.1:${gateway.port}/http-bind`, {
+		method: 'POST',
+		headers: { 'content-type': 'text/xml; charset=utf-8' },
+		body: `<body xmlns='http://jabber.org/protocol/httpbind' rid='7' sid='0badcafe${'0'.repeat(32)}'/>`,
+	});
+	assert.match(await nobodys.text(), /item-not-found/, 'a session of no known node');
+	const unsigned = await fetch(`http://127.0.0.1:${clusterPort}/cluster/v1/bosh`, { method: 'POST', body: '<body/>' });
+	assert.equal(unsigned.status, 401, 'an unsigned request to the internal listener');
 
 	if (first) {
 		// A WebSocket client that stops reading answers no ping: the gateway
@@ -263,6 +315,12 @@ const MOVED_BY_LOAD = [
 	['xmpp_gateway_websocket_pings_missed_total', 'a WebSocket client that stopped reading'],
 	['max_over_time(xmpp_gateway_bosh_held_requests[5m])', 'a BOSH request held across a scrape'],
 	['xmpp_gateway_bosh_request_duration_seconds_count', 'the BOSH requests of both rounds being answered'],
+	['xmpp_gateway_cluster_forwarded_total{result="ok"}', 'a BOSH session on the peer ended through the gateway'],
+	['xmpp_gateway_cluster_forward_seconds_count', 'a BOSH session on the peer ended through the gateway'],
+	['xmpp_gateway_cluster_forwarded_total{result="owner_unknown"}', 'a sid of a node nobody knows'],
+	['xmpp_gateway_cluster_received_total', 'a BOSH session on the gateway ended through the peer'],
+	['xmpp_gateway_cluster_requests_refused_total{reason="missing"}', 'an unsigned request to the internal listener'],
+	['xmpp_gateway_cluster_members == 1', 'the peer, found by the membership rounds'],
 	['xmpp_gateway_build_info', 'always 1'],
 	['xmpp_gateway_process_resident_memory_bytes', 'the process'],
 	['xmpp_gateway_process_virtual_memory_bytes', 'the process'],

@@ -8,6 +8,8 @@ import { REPO } from '../../interop/harness.mjs';
 
 export const DASHBOARD_FILE = path.join(REPO, 'grafana', 'dashboards', 'xmpp-gateway.json');
 export const METRICS_RS = path.join(REPO, 'src', 'metrics.rs');
+/** The cluster's metrics (docs/protocol.md §8), registered with the same registry. */
+export const CLUSTER_METRICS_RS = path.join(REPO, 'src', 'cluster', 'metrics.rs');
 
 export function loadDashboard(file = DASHBOARD_FILE) {
 	return JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -100,12 +102,15 @@ export function parseVariableQuery(text) {
  * The metric catalogue as src/metrics.rs defines it: `names` the exported
  * family names, `histograms` the subset exported as _bucket/_sum/_count.
  */
-export function catalogue(file = METRICS_RS) {
-	const src = fs.readFileSync(file, 'utf8');
+export function catalogue(files = [METRICS_RS, CLUSTER_METRICS_RS]) {
+	const src = [files].flat().map((f) => fs.readFileSync(f, 'utf8')).join('\n');
 	const names = new Set();
 	const histograms = new Set();
-	// opts("name", ...) prefixes the name with xmpp_gateway_.
-	for (const m of src.matchAll(/\bopts\(\s*"([a-z0-9_]+)"/g)) names.add(`xmpp_gateway_${m[1]}`);
+	// opts("name", ...) prefixes the name with xmpp_gateway_ in src/metrics.rs; the cluster's
+	// metrics spell out their whole name.
+	for (const m of src.matchAll(/\bopts\(\s*"([a-z0-9_]+)"/g)) {
+		names.add(m[1].startsWith('xmpp_gateway_') ? m[1] : `xmpp_gateway_${m[1]}`);
+	}
 	for (const m of src.matchAll(/HistogramOpts::new\(\s*"([a-z0-9_]+)"/g)) {
 		names.add(m[1]);
 		histograms.add(m[1]);

@@ -91,12 +91,13 @@ function plain(username, password) {
 export function boshClient(url, { to, wait = 10, hold = 1 } = {}) {
 	let rid = 1_000_000 + Math.floor(Math.random() * 1_000_000);
 	let sid = null;
+	let current = url;
 	async function request(attrs, children = '') {
 		const attrText = Object.entries({ rid: rid++, ...(sid ? { sid } : {}), ...attrs })
 			.map(([k, v]) => ` ${k}='${v}'`)
 			.join('');
 		const body = `<body xmlns='${HTTPBIND_NS}' xmlns:xmpp='urn:xmpp:xbosh'${attrText}>${children}</body>`;
-		const res = await fetch(url, {
+		const res = await fetch(current, {
 			method: 'POST',
 			headers: { 'content-type': 'text/xml; charset=utf-8' },
 			body,
@@ -108,6 +109,10 @@ export function boshClient(url, { to, wait = 10, hold = 1 } = {}) {
 	return {
 		get sid() {
 			return sid;
+		},
+		/** Sends the session's next requests to another node of a cluster (docs/protocol.md §8). */
+		via(other) {
+			current = other;
 		},
 		async create() {
 			const text = await withTimeout(
