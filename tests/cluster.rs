@@ -364,3 +364,27 @@ async fn a_node_added_to_the_peers_at_a_reload_is_forwarded_to() {
         vec!["back".to_string()]
     );
 }
+
+#[tokio::test]
+async fn members_are_found_through_a_dns_name() {
+    let mut up = Upstream::start().await;
+    let secret = secret();
+    let a = Node::start(node_config(up.addr), &secret, &[]);
+    // Every address of the name is a member: here `localhost`, whose 127.0.0.1 is A (and whose
+    // ::1, if it has one, answers nothing and is left out).
+    let mut config = node_config(up.addr);
+    config.cluster.peers_dns = Some(format!("localhost:{}", a.cluster.port()));
+    let b = Node::start(config, &secret, &[]);
+    knows(&b, &a.tag()).await;
+
+    let (on_a, mut server) = open_bosh(a.addr, &mut up).await;
+    let mut on_b = via(&on_a, &b).await;
+    on_b.send("", "").await;
+    server
+        .write(&format!("<message from='bob@{DOMAIN}' id='by-dns'/>"))
+        .await;
+    assert_eq!(
+        common::bosh::ids(&on_b.response().await),
+        vec!["by-dns".to_string()]
+    );
+}

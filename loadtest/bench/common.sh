@@ -99,7 +99,7 @@ start_prosody() {
 # per-session limits opened up: every benchmark session comes from one address and the
 # throughput runs send far more than a person types. Sets GATEWAY_HTTP (base URL),
 # GATEWAY_WS (WebSocket URL), GATEWAY_ADMIN (admin base URL) and GATEWAY_PID. ROUTE_EXTRA: more TOML lines for the route
-# (its [route.pool] table, say).
+# (its [route.pool] table, say); GATEWAY_EXTRA: more tables at the end (a [cluster] table).
 start_gateway() {
 	local name=$1 upstream=$2 tls=$3 ca=${4:-} port admin ca_line=""
 	[[ -z $ca ]] || ca_line="upstream_ca = \"$ca\""
@@ -124,6 +124,7 @@ start_gateway() {
 		session_stanzas_burst = 1000000
 		session_bytes_per_sec = 1000000000
 		session_bytes_burst = 1000000000
+		${GATEWAY_EXTRA:-}
 	EOF
 	# GATEWAY_WRAPPER: a command to run the gateway under (valgrind, in callgrind.sh).
 	# shellcheck disable=SC2086

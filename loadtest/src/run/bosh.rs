@@ -86,6 +86,13 @@ impl Bosh {
         Ok(bosh)
     }
 
+    /// Sends the session's next requests to `endpoint` (another node of a gateway cluster),
+    /// on new connections.
+    pub fn switch(&mut self, endpoint: Endpoint) {
+        self.endpoint = endpoint;
+        self.idle.clear();
+    }
+
     /// Sends stanzas now if a request is free, or with the next one.
     pub async fn send(&mut self, payload: String) -> Result<()> {
         self.pending.push_str(&payload);

@@ -35,6 +35,11 @@ pub struct Args {
     /// BOSH endpoint.
     #[arg(long, default_value = "http://127.0.0.1:5280/http-bind")]
     pub bosh: String,
+    /// After the session request, every request of a BOSH session goes to this endpoint
+    /// instead: another node of a gateway cluster, which forwards it to the node holding the
+    /// session (the cost of that hop, against a run without it).
+    #[arg(long)]
+    pub bosh_then: Option<String>,
     /// XMPP server for `--transport tcp`.
     #[arg(long, default_value = "127.0.0.1:5222")]
     pub tcp: String,
@@ -148,6 +153,8 @@ pub struct Plan {
     pub mechanism: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub bosh_wait: u64,
+    /// Where a BOSH session's requests go after the session request (`--bosh-then`).
+    pub bosh_then: Option<bosh::Endpoint>,
     pub login_timeout: Duration,
     pub jids: Vec<OnceLock<String>>,
     pub stats: Stats,
@@ -368,20 +375,22 @@ async fn plan(args: &Args) -> Result<Plan> {
             url: args.ws.clone(),
         })
     };
-    let bosh = || -> Result<Target> {
-        let uri: http::Uri = args.bosh.parse().context("--bosh")?;
+    let endpoint = |url: &str| -> Result<bosh::Endpoint> {
+        let uri: http::Uri = url.parse().context("--bosh")?;
         let authority = uri
             .authority()
             .context("--bosh has no host")?
             .as_str()
             .to_owned();
-        Ok(Target::Bosh(bosh::Endpoint {
+        Ok(bosh::Endpoint {
             addr: resolve(&authority)?,
             path: uri.path().to_owned(),
             authority,
             source: None,
-        }))
+        })
     };
+    let bosh = || -> Result<Target> { Ok(Target::Bosh(endpoint(&args.bosh)?)) };
+    let bosh_then = args.bosh_then.as_deref().map(endpoint).transpose()?;
     let targets = match args.transport {
         Transport::Ws => vec![ws()?],
         Transport::Bosh => vec![bosh()?],
@@ -408,6 +417,7 @@ async fn plan(args: &Args) -> Result<Plan> {
         },
         tls,
         bosh_wait: args.bosh_wait,
+        bosh_then,
         login_timeout: Duration::from_secs_f64(args.login_timeout),
         jids: (0..args.sessions).map(|_| OnceLock::new()).collect(),
         stats: Stats::new(),

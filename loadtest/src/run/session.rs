@@ -65,7 +65,13 @@ async fn connect_and_login(index: usize, plan: &Plan) -> Result<(Conn, String)> 
         Target::Bosh(endpoint) => {
             let mut endpoint = endpoint.clone();
             endpoint.source = source;
-            let bosh = super::bosh::Bosh::create(endpoint, domain, plan.bosh_wait).await?;
+            let mut bosh = super::bosh::Bosh::create(endpoint, domain, plan.bosh_wait).await?;
+            if let Some(then) = &plan.bosh_then {
+                bosh.switch(super::bosh::Endpoint {
+                    source,
+                    ..then.clone()
+                });
+            }
             Conn::Bosh(Box::new(bosh))
         }
         Target::Tcp { addr } => Conn::tcp(*addr, source, domain).await?,
