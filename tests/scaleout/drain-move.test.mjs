@@ -622,6 +622,19 @@ test('/metrics show the sessions leaving the drained node and arriving on the ot
 	assert.equal(sum(a, 'started', 'bosh') - sum(b, 'started', 'bosh'), movedBosh, `${names} BOSH sessions started`);
 });
 
+test('what each client hears from its sender arrives in the order it was written', () => {
+	const rounds = ['r1', 'mv', 'r3'];
+	const outOfOrder = seen.clients
+		.map((sender) => {
+			const ids = rounds.map((round) => `${round}-${sender.index}`);
+			const arrived = [...sender.partner.received.keys()].filter((id) => ids.includes(id));
+			const expected = ids.filter((id) => arrived.includes(id));
+			return arrived.join() === expected.join() ? null : `${sender.jid} -> ${sender.partner.jid}: ${arrived.join(', ')}`;
+		})
+		.filter(Boolean);
+	assert.deepEqual(outOfOrder, []);
+});
+
 test('every message sent after reconnecting is delivered, once', () => {
 	assert.deepEqual(seen.round3Result.lost, []);
 	assert.deepEqual(seen.round3Result.duplicated, []);
