@@ -129,6 +129,20 @@ async fn open_bosh(addr: SocketAddr, up: &mut Upstream) -> (BoshClient, Upstream
     (BoshClient::created(addr, http, &reply), conn)
 }
 
+/// The server sends the session's user a message with `id`.
+async fn speaks(server: &mut UpstreamConn<TcpStream>, id: &str) {
+    server
+        .write(&format!("<message from='bob@{DOMAIN}' id='{id}'/>"))
+        .await;
+}
+
+/// The answer to the request `client` sent last is alive and carries exactly the message `id`.
+async fn answered_with(client: &mut BoshClient, id: &str) {
+    let answer = client.response().await;
+    assert_eq!(common::bosh::ids(&answer), vec![id.to_string()], "{answer}");
+    assert_eq!(terminate_condition(&answer), None, "{answer}");
+}
+
 /// The same session, its next requests sent to `node`'s public listener.
 async fn via(client: &BoshClient, node: &Node) -> BoshClient {
     BoshClient {
@@ -164,30 +178,20 @@ async fn any_node_answers_for_a_session_of_another_held_requests_included() {
             "<message from='bob@{DOMAIN}' id='held-1'><body>hi</body></message>"
         ))
         .await;
-    let answer = on_b.response().await;
-    assert_eq!(common::bosh::ids(&answer), vec!["held-1"], "{answer}");
-    assert_eq!(terminate_condition(&answer), None, "{answer}");
+    answered_with(&mut on_b, "held-1").await;
 
     // What the browser sends through B reaches the server through A's stream.
     on_b.send("", &message("up-1")).await;
     server.read_until("id='up-1'").await;
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='down-1'/>"))
-        .await;
-    let answer = on_b.response().await;
-    assert_eq!(common::bosh::ids(&answer), vec!["down-1"], "{answer}");
+    speaks(&mut server, "down-1").await;
+    answered_with(&mut on_b, "down-1").await;
 
     // Back on A, in rid order, as if nothing had happened: the session is one.
     let mut on_a = via(&on_b, &a).await;
     on_a.send("", &message("up-2")).await;
     server.read_until("id='up-2'").await;
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='down-2'/>"))
-        .await;
-    assert_eq!(
-        common::bosh::ids(&on_a.response().await),
-        vec!["down-2".to_string()]
-    );
+    speaks(&mut server, "down-2").await;
+    answered_with(&mut on_a, "down-2").await;
 
     // A terminate through B ends the session on A, and closes its stream.
     let mut on_b = via(&on_a, &b).await;
@@ -206,13 +210,8 @@ async fn a_session_whose_node_is_gone_ends_at_once_with_item_not_found() {
     let mut on_b = via(&on_a, &b).await;
     // Served through B while A lives.
     on_b.send("", "").await;
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='alive'/>"))
-        .await;
-    assert_eq!(
-        common::bosh::ids(&on_b.response().await),
-        vec!["alive".to_string()]
-    );
+    speaks(&mut server, "alive").await;
+    answered_with(&mut on_b, "alive").await;
 
     // The node holding the session dies; B still counts it a member until its next round.
     a.kill();
@@ -300,13 +299,8 @@ async fn the_internal_listener_serves_only_requests_signed_with_the_secret() {
         got.contains("id='real'") && !got.contains("forged"),
         "{got}"
     );
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='r1'/>"))
-        .await;
-    assert_eq!(
-        common::bosh::ids(&client.response().await),
-        vec!["r1".to_string()]
-    );
+    speaks(&mut server, "r1").await;
+    answered_with(&mut client, "r1").await;
 
     // A request signed with the secret is served (the refusals were not a missing route).
     let rid = client.rid + 1;
@@ -320,9 +314,7 @@ async fn the_internal_listener_serves_only_requests_signed_with_the_secret() {
         body.as_bytes(),
     )
     .await;
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='r2'/>"))
-        .await;
+    speaks(&mut server, "r2").await;
     let signed = conn.response().await;
     assert_eq!(signed.status, 200, "{signed:?}");
     assert_eq!(common::bosh::ids(&signed.text()), vec!["r2"]);
@@ -356,13 +348,8 @@ async fn a_node_added_to_the_peers_at_a_reload_is_forwarded_to() {
     let mut on_a = via(&on_b, &a).await;
     on_a.send("", &message("via-a")).await;
     server.read_until("id='via-a'").await;
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='back'/>"))
-        .await;
-    assert_eq!(
-        common::bosh::ids(&on_a.response().await),
-        vec!["back".to_string()]
-    );
+    speaks(&mut server, "back").await;
+    answered_with(&mut on_a, "back").await;
 }
 
 #[tokio::test]
@@ -380,11 +367,6 @@ async fn members_are_found_through_a_dns_name() {
     let (on_a, mut server) = open_bosh(a.addr, &mut up).await;
     let mut on_b = via(&on_a, &b).await;
     on_b.send("", "").await;
-    server
-        .write(&format!("<message from='bob@{DOMAIN}' id='by-dns'/>"))
-        .await;
-    assert_eq!(
-        common::bosh::ids(&on_b.response().await),
-        vec!["by-dns".to_string()]
-    );
+    speaks(&mut server, "by-dns").await;
+    answered_with(&mut on_b, "by-dns").await;
 }

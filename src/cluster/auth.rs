@@ -122,26 +122,21 @@ mod tests {
         let s = Signer::new(b"0123456789abcdef0123");
         let h = s.sign("POST", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body/>");
         let ok = |m, p, c, b: &[u8]| s.verify(Some(h.as_bytes()), m, p, c, b);
-        assert_eq!(
-            ok("POST", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body/>"),
-            Ok(())
-        );
-        assert_eq!(
-            ok("GET", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body/>"),
-            Err(Refused::Bad)
-        );
-        assert_eq!(
-            ok("POST", "/cluster/v1/node", "192.0.2.7:5000", b"<body/>"),
-            Err(Refused::Bad)
-        );
-        assert_eq!(
-            ok("POST", "/cluster/v1/bosh", "192.0.2.8:5000", b"<body/>"),
-            Err(Refused::Bad)
-        );
-        assert_eq!(
-            ok("POST", "/cluster/v1/bosh", "192.0.2.7:5000", b"<body />"),
-            Err(Refused::Bad)
-        );
+        let browser = "192.0.2.7:5000";
+        assert_eq!(ok("POST", "/cluster/v1/bosh", browser, b"<body/>"), Ok(()));
+        // Any part changed: the method, the path, the browser's address, the body.
+        for (method, path, client, body) in [
+            ("GET", "/cluster/v1/bosh", browser, &b"<body/>"[..]),
+            ("POST", "/cluster/v1/node", browser, b"<body/>"),
+            ("POST", "/cluster/v1/bosh", "192.0.2.8:5000", b"<body/>"),
+            ("POST", "/cluster/v1/bosh", browser, b"<body />"),
+        ] {
+            assert_eq!(
+                ok(method, path, client, body),
+                Err(Refused::Bad),
+                "{method} {path} {client}"
+            );
+        }
         let other = Signer::new(b"another secret of the same size");
         assert_eq!(
             other.verify(

@@ -258,14 +258,19 @@ fn tag_of(sid: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn cluster() -> Arc<Cluster> {
-        let dir = std::env::temp_dir().join(format!("xgw-cluster-{}", rand::random::<u64>()));
-        std::fs::write(&dir, "  a secret of twenty bytes \n").unwrap();
+    /// A configuration with a cluster whose secret file is at `path`.
+    fn config(path: &std::path::Path) -> Config {
         let mut config = Config::default();
         config.cluster.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        config.cluster.secret_file = Some(dir.clone());
-        let c = Cluster::new(&config).unwrap().unwrap();
-        std::fs::remove_file(dir).unwrap();
+        config.cluster.secret_file = Some(path.to_path_buf());
+        config
+    }
+
+    fn cluster() -> Arc<Cluster> {
+        let path = std::env::temp_dir().join(format!("xgw-cluster-{}", rand::random::<u64>()));
+        std::fs::write(&path, "  a secret of twenty bytes \n").unwrap();
+        let c = Cluster::new(&config(&path)).unwrap().unwrap();
+        std::fs::remove_file(path).unwrap();
         c
     }
 
@@ -293,9 +298,7 @@ mod tests {
     fn a_short_or_missing_secret_is_refused() {
         let path = std::env::temp_dir().join(format!("xgw-short-{}", rand::random::<u64>()));
         std::fs::write(&path, "short\n").unwrap();
-        let mut config = Config::default();
-        config.cluster.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
-        config.cluster.secret_file = Some(path.clone());
+        let mut config = config(&path);
         let short = Cluster::new(&config).err().unwrap();
         assert!(matches!(short, ClusterError::ShortSecret(_)), "{short}");
         std::fs::remove_file(&path).unwrap();
