@@ -46,7 +46,7 @@ bash tests/deploy/validate.sh
 phase "operations tests (dashboard queries against a real Prometheus, tests/ops)"
 node --test --test-concurrency=1 tests/ops/
 
-phase "scale-out: two gateways behind HAProxy, one drained (tests/scaleout)"
+phase "scale-out: three gateways in a cluster behind HAProxy, no stickiness, one drained (tests/scaleout)"
 node --test tests/scaleout/
 
 # A minute of steady traffic with churn against a real Prosody (the long run is

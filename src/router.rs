@@ -90,6 +90,17 @@ pub fn cluster(req: Request<Incoming>, gw: &Gateway, peer: SocketAddr) -> Answer
         ) {
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
+        let signature = parts.headers.get(auth::HEADER).map(|v| v.as_bytes());
+        let refuse = |refused: auth::Refused| {
+            CLUSTER.refused(refused.reason());
+            // Counted; logged at debug only, so that refusals cannot flood the log.
+            tracing::debug!(%peer, error = %refused, "cluster request refused");
+            text(StatusCode::UNAUTHORIZED, "not signed by a member\n")
+        };
+        // No body is read for a request that cannot be a member's.
+        if let Err(refused) = cluster.signer().precheck(signature) {
+            return refuse(refused);
+        }
         let limits = &ctx.settings.config.limits;
         let deadline = std::time::Duration::from_secs(limits.body_read_timeout_secs);
         let limit = ctx.settings.config.bosh.max_body_bytes;
@@ -102,24 +113,34 @@ pub fn cluster(req: Request<Incoming>, gw: &Gateway, peer: SocketAddr) -> Answer
             .get(auth::CLIENT_HEADER)
             .map_or(&[][..], |v| v.as_bytes());
         let client = std::str::from_utf8(client).unwrap_or_default();
-        let signature = parts.headers.get(auth::HEADER).map(|v| v.as_bytes());
         if let Err(refused) = cluster
             .signer()
             .verify(signature, method, path, client, &data)
         {
-            CLUSTER.refused(refused.reason());
-            tracing::warn!(%peer, error = %refused, "cluster request refused");
-            return text(StatusCode::UNAUTHORIZED, "not signed by a member\n");
+            return refuse(refused);
         }
-        if parts.method == Method::GET {
-            return Response::builder()
-                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .body(Full::new(Bytes::from(cluster.tag().to_owned())))
-                .expect("static response parts are valid");
-        }
-        // The browser's address, for this node's logs; the forwarding node when it names none.
-        let browser = client.parse::<SocketAddr>().unwrap_or(peer);
-        bosh::handler::handle_forwarded(data, ctx, registry, ClientAddr::from(browser)).await
+        let answer = if parts.method == Method::GET {
+            Bytes::from(cluster.tag().to_owned())
+        } else {
+            // The browser's address, for this node's logs; the forwarding node when it names
+            // none.
+            let browser = client.parse::<SocketAddr>().unwrap_or(peer);
+            let forwarded =
+                bosh::handler::handle_forwarded(data, ctx, registry, ClientAddr::from(browser));
+            match forwarded.await {
+                Ok(body) => body,
+                Err(refused) => return refused,
+            }
+        };
+        // The answer is signed too, for this request: only a member answers a member.
+        let request_signature =
+            std::str::from_utf8(signature.unwrap_or_default()).unwrap_or_default();
+        let answer_signature = cluster.signer().sign_answer(request_signature, &answer);
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .header(auth::HEADER, answer_signature)
+            .body(Full::new(answer))
+            .expect("static response parts are valid")
     })
 }
 

@@ -361,3 +361,49 @@ async fn members_are_found_through_a_dns_name() {
     speaks(&mut server, "by-dns").await;
     answered_with(&mut on_b, "by-dns").await;
 }
+
+#[tokio::test]
+async fn an_address_that_answers_without_the_secret_is_no_member() {
+    // Something at a peer's address (a reassigned address, a stranger) that answers every
+    // request with HTTP 200 and a tag, unsigned.
+    let impostor = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = impostor.local_addr().unwrap();
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = impostor.accept().await {
+            let asked_tx = asked_tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let _ = asked_tx.send(());
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n0badcafe";
+                    if tcp.write_all(answer.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let up = Upstream::start().await;
+    let secret = secret();
+    let b = Node::start(node_config(up.addr), &secret, &[addr]);
+    // Two rounds have asked it.
+    for _ in 0..2 {
+        tokio::time::timeout(TIMEOUT, asked.recv())
+            .await
+            .expect("a round asks the address")
+            .expect("impostor alive");
+    }
+    let sid = format!("0badcafe{:032x}", 5u128);
+    let cluster = b.gateway.cluster.clone().unwrap();
+    assert_eq!(cluster.owner(&sid), xmpp_gateway::cluster::Owner::Unknown);
+    let metrics = http_get(b.admin, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains("xmpp_gateway_cluster_members 0"),
+        "{metrics}"
+    );
+}

@@ -67,6 +67,43 @@ impl Signer {
         format!("t={time},sig={}", hex(tag.as_ref()))
     }
 
+    /// Refuses at once a request whose signature header is missing, malformed or out of the
+    /// time window, before its body is read; `verify` checks the rest.
+    pub fn precheck(&self, header: Option<&[u8]>) -> Result<(), Refused> {
+        let (time, _) = header.and_then(parse).ok_or(Refused::Missing)?;
+        if now().abs_diff(time) > WINDOW.as_secs() {
+            return Err(Refused::Stale);
+        }
+        Ok(())
+    }
+
+    /// The signature of an answer: over the signature of the request it answers and the
+    /// answer's body, so that only a member can answer, and only this request.
+    pub fn sign_answer(&self, request_signature: &str, body: &[u8]) -> String {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(b"answer\n");
+        ctx.update(request_signature.as_bytes());
+        ctx.update(b"\n");
+        ctx.update(body);
+        hex(ctx.sign().as_ref())
+    }
+
+    /// Whether `header` (an answer's signature header) signs `body` as the answer to the
+    /// request signed `request_signature`.
+    pub fn verify_answer(
+        &self,
+        request_signature: &str,
+        header: Option<&[u8]>,
+        body: &[u8],
+    ) -> bool {
+        let Some(sig) = header.and_then(|h| unhex(std::str::from_utf8(h).ok()?)) else {
+            return false;
+        };
+        let mut signed = format!("answer\n{request_signature}\n").into_bytes();
+        signed.extend_from_slice(body);
+        hmac::verify(&self.key, &signed, &sig).is_ok()
+    }
+
     /// Checks `header` (the signature header's value, if any) against the request.
     pub fn verify(
         &self,
@@ -102,15 +139,18 @@ fn parse(value: &[u8]) -> Option<(u64, Vec<u8>)> {
     let value = std::str::from_utf8(value).ok()?;
     let (t, sig) = value.split_once(',')?;
     let time = t.strip_prefix("t=")?.parse().ok()?;
-    let sig = sig.strip_prefix("sig=")?;
+    Some((time, unhex(sig.strip_prefix("sig=")?)?))
+}
+
+/// 64 hex digits: an HMAC-SHA256.
+fn unhex(sig: &str) -> Option<Vec<u8>> {
     if sig.len() != 64 {
         return None;
     }
-    let bytes = (0..sig.len())
+    (0..sig.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(sig.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((time, bytes))
+        .collect()
 }
 
 #[cfg(test)]
@@ -151,6 +191,21 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_verifies_only_for_its_request_and_body() {
+        let s = Signer::new(b"0123456789abcdef0123");
+        let request = s.sign("POST", "/cluster/v1/bosh", "", b"<body/>");
+        let other = s.sign("POST", "/cluster/v1/bosh", "", b"<body rid='2'/>");
+        let sig = s.sign_answer(&request, b"<body>a</body>");
+        assert!(s.verify_answer(&request, Some(sig.as_bytes()), b"<body>a</body>"));
+        assert!(!s.verify_answer(&request, Some(sig.as_bytes()), b"<body>b</body>"));
+        assert!(!s.verify_answer(&other, Some(sig.as_bytes()), b"<body>a</body>"));
+        assert!(!s.verify_answer(&request, None, b"<body>a</body>"));
+        let impostor = Signer::new(b"not the cluster's secret at all")
+            .sign_answer(&request, b"<body>a</body>");
+        assert!(!s.verify_answer(&request, Some(impostor.as_bytes()), b"<body>a</body>"));
+    }
+
+    #[test]
     fn a_missing_malformed_or_stale_signature_is_refused() {
         let s = Signer::new(b"0123456789abcdef0123");
         let v = |h: Option<&str>| s.verify(h.map(str::as_bytes), "GET", "/", "", b"");
@@ -161,6 +216,8 @@ mod tests {
         let tag = s.tag(old, "GET", "/", "", b"");
         let stale = format!("t={old},sig={}", hex(tag.as_ref()));
         assert_eq!(v(Some(&stale)), Err(Refused::Stale));
+        assert_eq!(s.precheck(Some(stale.as_bytes())), Err(Refused::Stale));
+        assert_eq!(s.precheck(None), Err(Refused::Missing));
         let fresh = now();
         let tag = s.tag(fresh, "GET", "/", "", b"");
         assert_eq!(

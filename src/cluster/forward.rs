@@ -61,6 +61,9 @@ pub enum ForwardError {
     /// The connection failed after it was made, or the answer was not what was asked for.
     #[error("broken answer")]
     Answer,
+    /// An answer without a member's signature: the address is not a member.
+    #[error("answer not signed by a member")]
+    Unsigned,
 }
 
 impl ForwardError {
@@ -71,6 +74,7 @@ impl ForwardError {
             ForwardError::Timeout => "timeout",
             ForwardError::Status(_) => "refused",
             ForwardError::Answer => "broken",
+            ForwardError::Unsigned => "unsigned",
         }
     }
 }
@@ -86,16 +90,14 @@ pub async fn bosh(
     deadline: Duration,
 ) -> Result<Bytes, ForwardError> {
     let started = Instant::now();
-    let answer = call(
-        link,
-        addr,
-        "POST",
-        BOSH_PATH,
-        &client.to_string(),
-        body,
-        deadline,
-    )
-    .await;
+    let client = client.to_string();
+    let post = |body, deadline| call(link, addr, "POST", BOSH_PATH, &client, body, deadline);
+    let mut answer = post(body.clone(), deadline).await;
+    if matches!(answer, Err(ForwardError::Answer)) {
+        // A pooled connection the member closed as it was reused: once more, on a new one. A
+        // request it did take is answered from its cache (a repeated rid).
+        answer = post(body, deadline.saturating_sub(started.elapsed())).await;
+    }
     CLUSTER.forwarded(match &answer {
         Ok(_) => "ok",
         Err(e) => e.result(),
@@ -122,7 +124,7 @@ pub async fn call(
     let req = Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
-        .header(auth::HEADER, signature)
+        .header(auth::HEADER, signature.as_str())
         .header(auth::CLIENT_HEADER, client)
         .header(header::CONTENT_TYPE, "text/xml; charset=utf-8")
         .body(Full::new(body))
@@ -138,11 +140,19 @@ pub async fn call(
         if resp.status() != StatusCode::OK {
             return Err(ForwardError::Status(resp.status()));
         }
-        let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES);
-        body.collect()
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, MAX_ANSWER_BYTES)
+            .collect()
             .await
             .map(|b| b.to_bytes())
-            .map_err(|_| ForwardError::Answer)
+            .map_err(|_| ForwardError::Answer)?;
+        // Only a member answers: an address that is not one (reassigned, an impostor) is
+        // told nothing it could use, and what it says is not taken.
+        let sig = parts.headers.get(auth::HEADER).map(|v| v.as_bytes());
+        if !link.signer.verify_answer(&signature, sig, &body) {
+            return Err(ForwardError::Unsigned);
+        }
+        Ok(body)
     };
     tokio::time::timeout(deadline, exchange)
         .await

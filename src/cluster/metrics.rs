@@ -15,6 +15,7 @@ pub const FORWARD_RESULTS: &[&str] = &[
     "timeout",
     "refused",
     "broken",
+    "unsigned",
 ];
 
 /// Why requests to the internal listener were refused (`cluster_requests_refused_total`).

@@ -29,9 +29,15 @@ pub const TAG_LEN: usize = 8;
 pub const SID_LEN: usize = TAG_LEN + 32;
 /// How long a round waits for one peer's answer (its DNS lookup, then its tag).
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-/// A request whose node is unknown starts a round at most this often, so requests with made-up
-/// sids cannot keep the members busy.
+/// Rounds asked for by requests come at most this often, so requests with made-up sids cannot
+/// keep the members busy; a request for a node unknown to a round this recent is not held.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a request for an unknown node waits for the next round: longer than a round's
+/// lookups and questions together.
+pub const FIND_BOUND: Duration = Duration::from_secs(5);
+/// A member that fails to answer this many rounds in a row (a timeout, a broken answer) is
+/// forgotten; one that refuses the connection, or whose address has left the peers, at once.
+const MAX_MISSES: u32 = 3;
 
 /// Why the cluster could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -64,13 +70,21 @@ pub enum Owner {
 pub struct Cluster {
     tag: String,
     link: forward::Link,
-    /// Members by tag, from the last round.
-    members: RwLock<HashMap<String, SocketAddr>>,
+    /// Members by tag, from the rounds.
+    members: RwLock<HashMap<String, Member>>,
     /// Counts finished rounds; a request for an unknown node waits for the next one.
     rounds: watch::Sender<u64>,
     /// Asks the membership task for a round now.
     wanted: Notify,
-    last_asked: Mutex<Option<Instant>>,
+    /// When the last round finished.
+    last_round: Mutex<Option<Instant>>,
+}
+
+/// A member: where its internal listener is, and how many rounds in a row it missed.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    addr: SocketAddr,
+    misses: u32,
 }
 
 impl Cluster {
@@ -103,7 +117,7 @@ impl Cluster {
             members: RwLock::default(),
             rounds: watch::channel(0).0,
             wanted: Notify::new(),
-            last_asked: Mutex::new(None),
+            last_round: Mutex::new(None),
         })))
     }
 
@@ -141,32 +155,32 @@ impl Cluster {
             .unwrap_or_else(|e| e.into_inner())
             .get(tag)
         {
-            Some(addr) => Owner::Peer(*addr),
+            Some(m) => Owner::Peer(m.addr),
             None => Owner::Unknown,
         }
     }
 
-    /// Where `sid` lives, after one more round if the last one did not know its node (a node
-    /// that joined since). Waits at most `bound`.
+    /// Where `sid` lives, after the next round if the rounds so far did not know its node (a
+    /// node that joined since); unknown at once when a round that finished within the last
+    /// second did not know it either. Waits at most `bound`.
     pub async fn find(&self, sid: &str, bound: Duration) -> Owner {
         let owner = self.owner(sid);
-        if owner != Owner::Unknown || !self.may_ask() {
+        if owner != Owner::Unknown {
             return owner;
         }
         let mut rounds = self.rounds.subscribe();
+        let recent = self
+            .last_round
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < MIN_ROUND_INTERVAL);
+        if recent {
+            return Owner::Unknown;
+        }
+        // One permit however many requests ask; the membership task spaces the rounds.
         self.wanted.notify_one();
         let _ = tokio::time::timeout(bound, rounds.changed()).await;
         self.owner(sid)
-    }
-
-    fn may_ask(&self) -> bool {
-        let mut last = self.last_asked.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < MIN_ROUND_INTERVAL) {
-            return false;
-        }
-        *last = Some(now);
-        true
     }
 
     /// Asks every peer which node it is, every `refresh` and whenever a request needs it, for
@@ -179,15 +193,20 @@ impl Cluster {
         loop {
             let (listed, dns, every) = peers();
             self.round(&listed, dns.as_deref()).await;
+            let asked = async {
+                tokio::time::sleep(MIN_ROUND_INTERVAL).await;
+                self.wanted.notified().await;
+            };
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = self.wanted.notified() => {}
+                _ = asked => {}
             }
         }
     }
 
-    /// One round: every address of every peer is asked for its tag; those that answer are the
-    /// members until the next round.
+    /// One round: every address of every peer is asked for its tag. Those that answer are
+    /// members; a member that does not is kept for `MAX_MISSES` rounds in a row unless it
+    /// refused the connection or its address is no longer among the peers'.
     pub async fn round(&self, listed: &[String], dns: Option<&str>) {
         let lookups = listed
             .iter()
@@ -207,25 +226,49 @@ impl Cluster {
             .into_iter()
             .flatten()
             .collect();
-        let asks = addrs.into_iter().map(|addr| async move {
-            (
-                addr,
-                tokio::time::timeout(ASK_TIMEOUT, self.ask_tag(addr)).await,
-            )
+        let asks = addrs.iter().map(|&addr| async move {
+            let answer = tokio::time::timeout(ASK_TIMEOUT, self.ask_tag(addr))
+                .await
+                .unwrap_or(Err(forward::ForwardError::Timeout));
+            (addr, answer)
         });
         let mut members = HashMap::new();
+        let mut refused = HashSet::new();
         for (addr, answer) in futures_util::future::join_all(asks).await {
             match answer {
-                Ok(Ok(tag)) => {
-                    members.insert(tag, addr);
+                Ok(tag) => {
+                    members.insert(tag, Member { addr, misses: 0 });
                 }
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "cluster peer did not answer"),
-                Err(_) => tracing::debug!(%addr, "cluster peer did not answer in time"),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cluster peer did not answer");
+                    if matches!(e, forward::ForwardError::Connect(_)) {
+                        refused.insert(addr);
+                    }
+                }
             }
         }
-        let others = members.keys().filter(|t| **t != self.tag).count();
-        metrics::CLUSTER.members.set(others as i64);
-        *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+        {
+            let mut known = self.members.write().unwrap_or_else(|e| e.into_inner());
+            for (tag, m) in known.iter() {
+                let kept = !members.contains_key(tag)
+                    && addrs.contains(&m.addr)
+                    && !refused.contains(&m.addr)
+                    && m.misses + 1 < MAX_MISSES;
+                if kept {
+                    members.insert(
+                        tag.clone(),
+                        Member {
+                            misses: m.misses + 1,
+                            ..*m
+                        },
+                    );
+                }
+            }
+            let others = members.keys().filter(|t| **t != self.tag).count();
+            metrics::CLUSTER.members.set(others as i64);
+            *known = members;
+        }
+        *self.last_round.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.rounds.send_modify(|n| *n += 1);
     }
 
@@ -240,18 +283,26 @@ impl Cluster {
             ASK_TIMEOUT,
         )
         .await?;
-        let tag = std::str::from_utf8(&body).unwrap_or_default().trim();
-        if tag.len() == TAG_LEN && tag.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(tag.to_ascii_lowercase())
+        let tag = std::str::from_utf8(&body).unwrap_or_default();
+        if is_tag(tag) {
+            Ok(tag.to_owned())
         } else {
             Err(forward::ForwardError::Answer)
         }
     }
 }
 
-/// The node tag a sid begins with, if it is a cluster sid.
+/// The node tag a sid begins with, if it is a cluster sid (lowercase hex, as nodes make them).
 fn tag_of(sid: &str) -> Option<&str> {
-    (sid.len() == SID_LEN && sid.bytes().all(|b| b.is_ascii_hexdigit())).then(|| &sid[..TAG_LEN])
+    (sid.len() == SID_LEN && is_lower_hex(sid)).then(|| &sid[..TAG_LEN])
+}
+
+fn is_tag(s: &str) -> bool {
+    s.len() == TAG_LEN && is_lower_hex(s)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -290,7 +341,15 @@ mod tests {
         let other = format!("0badcafe{:032x}", 9u128);
         assert_eq!(c.owner(&other), Owner::Unknown);
         let peer = SocketAddr::from(([10, 0, 0, 2], 9281));
-        c.members.write().unwrap().insert("0badcafe".into(), peer);
+        c.members.write().unwrap().insert(
+            "0badcafe".into(),
+            Member {
+                addr: peer,
+                misses: 0,
+            },
+        );
+        // Nodes make lowercase sids: another spelling names no node.
+        assert_eq!(c.owner(&other.to_uppercase()), Owner::Here);
         assert_eq!(c.owner(&other), Owner::Peer(peer));
     }
 

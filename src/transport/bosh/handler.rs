@@ -20,12 +20,15 @@ use tracing::Instrument;
 
 use super::body::{self, Body as BoshBody, BodyError};
 use super::registry::{Handle, Registry, Routed};
-use super::state::{terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate};
+use super::state::{
+    retry_body, terminate_body, BoshState, Kind, Params, Request as BoshRequest, Terminate,
+};
 use super::task;
 use crate::admission::Slot;
 use crate::client_addr::ClientAddr;
+use crate::cluster::forward::{self, ForwardError};
 use crate::cluster::metrics::CLUSTER;
-use crate::cluster::{forward, Owner};
+use crate::cluster::{Owner, FIND_BOUND};
 use crate::http::body::read_bounded;
 use crate::http::{text, Body};
 use crate::metrics::{Transport, METRICS};
@@ -130,18 +133,15 @@ fn dispatch<'a>(
     cors: &HeaderValue,
     forwarded: bool,
 ) -> Next<'a> {
-    let parsed = body::parse(data, &ctx.settings.xml_limits);
     if !forwarded {
-        let sid = match &parsed {
-            Ok(b) => b.sid.clone(),
-            Err(BodyError::NotBosh(_)) => None,
-            Err(_) => body::root_attributes(data).and_then(|r| r.sid),
-        };
+        // docs/protocol.md §8: the wrapper's sid is all a request for another node's session is
+        // read for here; the node holding it checks the rest.
+        let sid = body::root_attributes(data).and_then(|r| r.sid);
         if let Some(w) = sid.and_then(|sid| to_owner(sid, data, ctx, registry, peer)) {
             return Next::Route(w);
         }
     }
-    match parsed {
+    match body::parse(data, &ctx.settings.xml_limits) {
         Ok(b) if b.sid.is_none() && forwarded => Next::Route(Waiting::Answered(terminate_body(
             &Terminate::Condition("bad-request"),
         ))),
@@ -390,6 +390,13 @@ fn to_owner(
                 match forward::bosh(cluster.link(), addr, peer.socket_addr(), data, deadline).await
                 {
                     Ok(body) => body,
+                    // No answer in time, or a broken one: the session may well be alive, so the
+                    // client repeats the request (a recoverable error, XEP-0124 §17.3) and gets
+                    // the owner's answer to that rid.
+                    Err(e @ (ForwardError::Timeout | ForwardError::Answer)) => {
+                        tracing::info!(%peer, node = %addr, error = %e, "forwarded BOSH request unanswered; the client repeats it");
+                        retry_body()
+                    }
                     Err(e) => {
                         tracing::info!(%peer, node = %addr, error = %e, "forwarded BOSH request failed");
                         gone()
@@ -407,33 +414,25 @@ fn to_owner(
 
 /// Beyond the longest hold, how long a forwarded request may take.
 const FORWARD_SLACK: Duration = Duration::from_secs(10);
-/// How long a request for a node no member answers for waits for a round that may find it.
-const FIND_BOUND: Duration = Duration::from_secs(2);
 
 /// Answers a BOSH request that another node of the cluster forwarded here
 /// (docs/protocol.md §8): with the body the session's task sends, as for a request of this
-/// node's own; the forwarding node adds CORS and compression.
+/// node's own; the forwarding node adds CORS and compression. `Err` is a refusal that is not
+/// a BOSH answer (HTTP 400 for a body that is not BOSH).
 pub async fn handle_forwarded(
     data: Bytes,
     ctx: Context,
     registry: Arc<Registry>,
     peer: ClientAddr,
-) -> Response<Body> {
+) -> Result<Bytes, Response<Body>> {
     CLUSTER.received.inc();
-    let answer = match dispatch(
-        &data,
-        &ctx,
-        &registry,
-        peer,
-        &HeaderValue::from_static("*"),
-        true,
-    ) {
-        Next::Respond(r) => return *r,
+    let cors = HeaderValue::from_static("*");
+    Ok(match dispatch(&data, &ctx, &registry, peer, &cors, true) {
+        Next::Respond(r) => return Err(*r),
         // Not reached: a forwarded request without a sid is answered at once.
         Next::Create(_) => terminate_body(&Terminate::Condition("bad-request")),
         Next::Route(waiting) => waiting.wait().await,
-    };
-    respond(answer, false, usize::MAX, HeaderValue::from_static("*"))
+    })
 }
 
 /// Hands a request to its session's task.

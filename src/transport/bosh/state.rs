@@ -521,9 +521,10 @@ impl<R> BoshState<R> {
     }
 }
 
-/// XEP-0124 §17.3: a recoverable error, for a copy of a request that a newer copy replaced;
-/// its reader, if any, repeats the request.
-fn retry_body() -> Bytes {
+/// XEP-0124 §17.3: a recoverable error, for a copy of a request that a newer copy replaced, or
+/// a forwarded request its session's node did not answer (docs/protocol.md §8); its reader, if
+/// any, repeats the request.
+pub fn retry_body() -> Bytes {
     Bytes::from_static(b"<body xmlns='http://jabber.org/protocol/httpbind' type='error'/>")
 }
 
