@@ -80,7 +80,8 @@ impl LiveSettings {
     /// Replaces routes, limits and TLS material (the listener's certificate included) for
     /// sessions and connections that start from now on. Returns
     /// the names of changed options that only a restart applies (listener addresses, the
-    /// connection limit, logging). On error nothing changes.
+    /// connection limit, logging, the cluster's listener and secret file). On error nothing
+    /// changes.
     pub fn reload(&self, config: Config) -> Result<Vec<&'static str>, UpstreamError> {
         let old = self.load();
         let mut needs_restart = Vec::new();
@@ -95,6 +96,14 @@ impl LiveSettings {
         }
         if old.config.log != config.log {
             needs_restart.push("log");
+        }
+        // docs/protocol.md §8: the peers are read at each round; the listener and the secret
+        // are the node's for its life.
+        if old.config.cluster.listen != config.cluster.listen {
+            needs_restart.push("cluster.listen");
+        }
+        if old.config.cluster.secret_file != config.cluster.secret_file {
+            needs_restart.push("cluster.secret_file");
         }
         let new = Arc::new(Settings::new(config)?);
         new.start();

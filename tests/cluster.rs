@@ -332,7 +332,9 @@ async fn a_node_added_to_the_peers_at_a_reload_is_forwarded_to() {
     let mut config = node_config(up.addr);
     config.cluster = a.gateway.settings().config.cluster.clone();
     config.cluster.peers = vec![b.cluster.to_string()];
-    a.gateway.reload(config).expect("reload");
+    // The peers change at a reload; nothing else of the cluster's needs a restart for it.
+    let needs_restart = a.gateway.reload(config.clone()).expect("reload");
+    assert_eq!(needs_restart, Vec::<&str>::new());
     knows(&a, &b.tag()).await;
     drop(server);
     let (on_b, mut server) = open_bosh(b.addr, &mut up).await;
@@ -341,6 +343,12 @@ async fn a_node_added_to_the_peers_at_a_reload_is_forwarded_to() {
     server.read_until("id='via-a'").await;
     speaks(&mut server, "back").await;
     answered_with(&mut on_a, "back").await;
+
+    // The listener and the secret file are the node's for its life: a reload says so.
+    config.cluster.listen = Some(SocketAddr::from(([127, 0, 0, 1], 1)));
+    config.cluster.secret_file = Some("/elsewhere".into());
+    let needs_restart = a.gateway.reload(config).expect("reload");
+    assert_eq!(needs_restart, vec!["cluster.listen", "cluster.secret_file"]);
 }
 
 #[tokio::test]
