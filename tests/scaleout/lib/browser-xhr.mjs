@@ -1,10 +1,11 @@
 // An XMLHttpRequest for strophe.js's BOSH transport in Node that behaves like
 // one browser per client, which the fetch() shim of the interop tests does not
-// need to: each "browser" has its own cookie jar (HAProxy's GWNODE stickiness
-// cookie is stored from Set-Cookie and sent back, as a browser does for a
-// same-origin XHR), its own keep-alive connections, its own source address
-// (127.0.1.x, so HAProxy's source-address stick table sees distinct clients),
-// gzip like any browser, and trust in the test CA for https.
+// need to: each "browser" has its own cookie jar (any Set-Cookie is stored and
+// sent back, as a browser does for a same-origin XHR; the test requires that the
+// load balancer sets none), its own keep-alive connections, its own source
+// address (127.0.1.x, distinct clients as the load balancer sees them), gzip
+// like any browser, trust in the test CA for https, and a log of every request
+// (rid, sid, message ids, the node that served it, how it ended).
 //
 // Strophe creates its XHRs itself, so the browser a request belongs to comes
 // from the URL: `https://host/http-bind#browser=17`. A fragment never goes on
