@@ -61,9 +61,11 @@ impl Registry {
     }
 
     fn shard(&self, sid: &str) -> &Mutex<HashMap<Arc<str>, Handle>> {
-        // sids are random, so their first bytes spread evenly.
+        // The end of a sid is random, so its last bytes spread evenly; its start is the same
+        // for every session of a cluster node (the node's tag, docs/protocol.md §8).
         let h = sid
             .bytes()
+            .rev()
             .take(4)
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         &self.shards[h % SHARDS]
@@ -105,5 +107,24 @@ impl Registry {
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sessions_of_one_cluster_node_spread_over_the_shards() {
+        let registry = Registry::default();
+        let shards: std::collections::HashSet<*const Mutex<_>> = (0..1000)
+            .map(|_| format!("0badcafe{:032x}", rand::random::<u128>()))
+            .map(|sid| registry.shard(&sid) as *const _)
+            .collect();
+        assert!(
+            shards.len() > SHARDS * 3 / 4,
+            "{} of {SHARDS} shards used",
+            shards.len()
+        );
     }
 }
