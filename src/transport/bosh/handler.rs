@@ -28,7 +28,7 @@ use crate::admission::Slot;
 use crate::client_addr::ClientAddr;
 use crate::cluster::forward::{self, ForwardError};
 use crate::cluster::metrics::CLUSTER;
-use crate::cluster::{Owner, FIND_BOUND};
+use crate::cluster::{Cluster, Owner, FIND_BOUND};
 use crate::http::body::read_bounded;
 use crate::http::{text, Body};
 use crate::metrics::{Transport, METRICS};
@@ -133,13 +133,12 @@ fn dispatch<'a>(
     cors: &HeaderValue,
     forwarded: bool,
 ) -> Next<'a> {
-    if !forwarded {
-        // docs/protocol.md §8: the wrapper's sid is all a request for another node's session is
-        // read for here; the node holding it checks the rest.
-        let sid = body::root_attributes(data).and_then(|r| r.sid);
-        if let Some(w) = sid.and_then(|sid| to_owner(sid, data, ctx, registry, peer)) {
-            return Next::Route(w);
-        }
+    if let Some(w) = registry
+        .cluster()
+        .filter(|_| !forwarded)
+        .and_then(|cluster| to_owner(cluster, data, ctx, peer))
+    {
+        return Next::Route(w);
     }
     match body::parse(data, &ctx.settings.xml_limits) {
         Ok(b) if b.sid.is_none() && forwarded => Next::Route(Waiting::Answered(terminate_body(
@@ -367,16 +366,16 @@ fn negotiated_ver(client: Option<&str>) -> String {
 }
 
 /// docs/protocol.md §8: a request for a session of another node of the cluster goes to that
-/// node, whose answer is this request's; `None` for a session of this node (or of none).
+/// node, whose answer is this request's; `None` for a session of this node (or of none). The
+/// wrapper's sid is all such a request is read for here; the node holding it checks the rest.
 fn to_owner(
-    sid: String,
+    cluster: &Arc<Cluster>,
     data: &Bytes,
     ctx: &Context,
-    registry: &Arc<Registry>,
     peer: ClientAddr,
 ) -> Option<Waiting> {
-    let cluster = registry.cluster()?;
-    if cluster.owner(&sid) == Owner::Here || registry.get(&sid).is_some() {
+    let sid = body::root_attributes(data)?.sid?;
+    if cluster.owner(&sid) == Owner::Here {
         return None;
     }
     let cluster = cluster.clone();
