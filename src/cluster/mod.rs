@@ -13,7 +13,7 @@ pub mod metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -72,12 +72,10 @@ pub struct Cluster {
     link: forward::Link,
     /// Members by tag, from the rounds.
     members: RwLock<HashMap<String, Member>>,
-    /// Counts finished rounds; a request for an unknown node waits for the next one.
-    rounds: watch::Sender<u64>,
+    /// When the last round finished; a request for an unknown node waits for the next one.
+    rounds: watch::Sender<Option<Instant>>,
     /// Asks the membership task for a round now.
     wanted: Notify,
-    /// When the last round finished.
-    last_round: Mutex<Option<Instant>>,
 }
 
 /// A member: where its internal listener is, and how many rounds in a row it missed.
@@ -115,9 +113,8 @@ impl Cluster {
             tag: format!("{:08x}", rand::random::<u32>()),
             link,
             members: RwLock::default(),
-            rounds: watch::channel(0).0,
+            rounds: watch::channel(None).0,
             wanted: Notify::new(),
-            last_round: Mutex::new(None),
         })))
     }
 
@@ -169,10 +166,8 @@ impl Cluster {
             return owner;
         }
         let mut rounds = self.rounds.subscribe();
-        let recent = self
-            .last_round
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let recent = rounds
+            .borrow()
             .is_some_and(|t| t.elapsed() < MIN_ROUND_INTERVAL);
         if recent {
             return Owner::Unknown;
@@ -268,8 +263,7 @@ impl Cluster {
             metrics::CLUSTER.members.set(others as i64);
             *known = members;
         }
-        *self.last_round.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        self.rounds.send_modify(|n| *n += 1);
+        self.rounds.send_replace(Some(Instant::now()));
     }
 
     async fn ask_tag(&self, addr: SocketAddr) -> Result<String, forward::ForwardError> {
