@@ -224,52 +224,53 @@ async fn read_proxy_header(
 async fn admin_loop(listener: TcpListener, gw: Arc<Gateway>) {
     // docs/protocol.md §7: the admin listener is bounded too, by a cap small enough that
     // probes and scrapes always fit and a flood of connections costs little.
-    let slots = Arc::new(Semaphore::new(
-        gw.settings().config.limits.admin_max_connections,
-    ));
     // docs/protocol.md §6: /readyz answers 503 while the drain lasts, so the admin listener keeps
     // serving until the process exits.
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!("admin connection limit reached; refusing connection");
-            continue;
-        };
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let svc_gw = gw.clone();
-            let svc = service_fn(move |req| {
-                let gw = svc_gw.clone();
-                async move { Ok::<_, Infallible>(crate::router::admin(req, &gw).await) }
-            });
-            serve_http(tcp, svc, &gw, false).await;
-        });
-    }
+    let cap = gw.settings().config.limits.admin_max_connections;
+    private_loop(listener, gw, cap, "admin", |req, gw, _| {
+        Box::pin(async move { crate::router::admin(req, &gw).await })
+    })
+    .await;
 }
 
 async fn cluster_loop(listener: TcpListener, gw: Arc<Gateway>) {
     // As many connections as the public listener: each forwarded request that is held keeps
     // one, as the browser's request to the forwarding node does.
-    let slots = Arc::new(Semaphore::new(gw.settings().config.limits.max_connections));
+    let cap = gw.settings().config.limits.max_connections;
+    private_loop(listener, gw, cap, "cluster", |req, gw, peer| {
+        crate::router::cluster(req, &gw, peer)
+    })
+    .await;
+}
+
+/// The accept loop of a listener that is not the public one (admin, cluster): at most `cap`
+/// connections, each served by `route` until it closes; the drain does not stop it, the
+/// process's exit does.
+async fn private_loop<F>(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    cap: usize,
+    what: &'static str,
+    route: F,
+) where
+    F: Fn(hyper::Request<hyper::body::Incoming>, Arc<Gateway>, SocketAddr) -> crate::router::Answer
+        + Copy
+        + Send
+        + Sync
+        + 'static,
+{
+    let slots = Arc::new(Semaphore::new(cap));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "cluster accept failed");
+                tracing::warn!(error = %e, listener = what, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "cluster connection limit reached; refusing connection");
+            tracing::warn!(%peer, listener = what, "connection limit reached; refusing connection");
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -278,7 +279,7 @@ async fn cluster_loop(listener: TcpListener, gw: Arc<Gateway>) {
             let _permit = permit;
             let svc_gw = gw.clone();
             let svc = service_fn(move |req| {
-                let answer = crate::router::cluster(req, &svc_gw, peer);
+                let answer = route(req, svc_gw.clone(), peer);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
             serve_http(tcp, svc, &gw, false).await;
