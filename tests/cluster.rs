@@ -156,6 +156,18 @@ async fn ends_with_item_not_found(client: &mut BoshClient, bound: Duration) {
     assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
 }
 
+/// An empty request of `client` is held until the server sends the message `id`, which its
+/// answer then carries.
+async fn held_until_the_server_speaks(
+    client: &mut BoshClient,
+    server: &mut UpstreamConn<TcpStream>,
+    id: &str,
+) {
+    client.send("", "").await;
+    speaks(server, id).await;
+    answered_with(client, id).await;
+}
+
 /// The same session, its next requests sent to `node`'s public listener.
 async fn via(client: &BoshClient, node: &Node) -> BoshClient {
     BoshClient {
@@ -185,13 +197,7 @@ async fn any_node_answers_for_a_session_of_another_held_requests_included() {
     let mut on_b = via(&on_a, &b).await;
 
     // A request sent to B is held at A, and answered through B when the server speaks.
-    on_b.send("", "").await;
-    server
-        .write(&format!(
-            "<message from='bob@{DOMAIN}' id='held-1'><body>hi</body></message>"
-        ))
-        .await;
-    answered_with(&mut on_b, "held-1").await;
+    held_until_the_server_speaks(&mut on_b, &mut server, "held-1").await;
 
     // What the browser sends through B reaches the server through A's stream.
     on_b.send("", &message("up-1")).await;
@@ -222,9 +228,7 @@ async fn a_session_whose_node_is_gone_ends_at_once_with_item_not_found() {
     let (on_a, mut server) = open_bosh(a.addr, &mut up).await;
     let mut on_b = via(&on_a, &b).await;
     // Served through B while A lives.
-    on_b.send("", "").await;
-    speaks(&mut server, "alive").await;
-    answered_with(&mut on_b, "alive").await;
+    held_until_the_server_speaks(&mut on_b, &mut server, "alive").await;
 
     // The node holding the session dies; B still counts it a member until its next round.
     a.kill();
@@ -365,9 +369,7 @@ async fn members_are_found_through_a_dns_name() {
 
     let (on_a, mut server) = open_bosh(a.addr, &mut up).await;
     let mut on_b = via(&on_a, &b).await;
-    on_b.send("", "").await;
-    speaks(&mut server, "by-dns").await;
-    answered_with(&mut on_b, "by-dns").await;
+    held_until_the_server_speaks(&mut on_b, &mut server, "by-dns").await;
 }
 
 #[tokio::test]
