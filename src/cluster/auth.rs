@@ -53,55 +53,34 @@ impl Signer {
         }
     }
 
-    fn tag(&self, time: u64, method: &str, path: &str, client: &str, body: &[u8]) -> hmac::Tag {
+    /// The HMAC of `head` followed by `body`, computed without copying the body.
+    fn mac(&self, head: &str, body: &[u8]) -> hmac::Tag {
         let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(format!("{time}\n{method} {path}\n{client}\n").as_bytes());
+        ctx.update(head.as_bytes());
         ctx.update(body);
         ctx.sign()
+    }
+
+    /// Whether `sig` is the HMAC of `head` followed by `body`, compared in constant time: how
+    /// much of a guess fits says nothing.
+    fn fits(&self, head: &str, body: &[u8], sig: &[u8]) -> bool {
+        let mut signed = Vec::with_capacity(head.len() + body.len());
+        signed.extend_from_slice(head.as_bytes());
+        signed.extend_from_slice(body);
+        hmac::verify(&self.key, &signed, sig).is_ok()
     }
 
     /// The signature header's value for a request sent now.
     pub fn sign(&self, method: &str, path: &str, client: &str, body: &[u8]) -> String {
         let time = now();
-        let tag = self.tag(time, method, path, client, body);
+        let tag = self.mac(&request_head(time, method, path, client), body);
         format!("t={time},sig={}", hex(tag.as_ref()))
     }
 
     /// Refuses at once a request whose signature header is missing, malformed or out of the
     /// time window, before its body is read; `verify` checks the rest.
     pub fn precheck(&self, header: Option<&[u8]>) -> Result<(), Refused> {
-        let (time, _) = header.and_then(parse).ok_or(Refused::Missing)?;
-        if now().abs_diff(time) > WINDOW.as_secs() {
-            return Err(Refused::Stale);
-        }
-        Ok(())
-    }
-
-    /// The signature of an answer: over the signature of the request it answers and the
-    /// answer's body, so that only a member can answer, and only this request.
-    pub fn sign_answer(&self, request_signature: &str, body: &[u8]) -> String {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(b"answer\n");
-        ctx.update(request_signature.as_bytes());
-        ctx.update(b"\n");
-        ctx.update(body);
-        hex(ctx.sign().as_ref())
-    }
-
-    /// Whether `header` (an answer's signature header) signs `body` as the answer to the
-    /// request signed `request_signature`.
-    pub fn verify_answer(
-        &self,
-        request_signature: &str,
-        header: Option<&[u8]>,
-        body: &[u8],
-    ) -> bool {
-        let Some(sig) = header.and_then(|h| unhex(std::str::from_utf8(h).ok()?)) else {
-            return false;
-        };
-        let mut signed = format!("answer\n{request_signature}\n").into_bytes();
-        signed.extend_from_slice(body);
-        hmac::verify(&self.key, &signed, &sig).is_ok()
+        fresh(header).map(|_| ())
     }
 
     /// Checks `header` (the signature header's value, if any) against the request.
@@ -113,15 +92,50 @@ impl Signer {
         client: &str,
         body: &[u8],
     ) -> Result<(), Refused> {
-        let (time, sig) = header.and_then(parse).ok_or(Refused::Missing)?;
-        if now().abs_diff(time) > WINDOW.as_secs() {
-            return Err(Refused::Stale);
-        }
-        let mut signed = format!("{time}\n{method} {path}\n{client}\n").into_bytes();
-        signed.extend_from_slice(body);
-        // Constant time: how much of a guess fits says nothing.
-        hmac::verify(&self.key, &signed, &sig).map_err(|_| Refused::Bad)
+        let (time, sig) = fresh(header)?;
+        let head = request_head(time, method, path, client);
+        self.fits(&head, body, &sig)
+            .then_some(())
+            .ok_or(Refused::Bad)
     }
+
+    /// The signature of an answer: over the signature of the request it answers and the
+    /// answer's body, so that only a member can answer, and only this request.
+    pub fn sign_answer(&self, request_signature: &str, body: &[u8]) -> String {
+        hex(self.mac(&answer_head(request_signature), body).as_ref())
+    }
+
+    /// Whether `header` (an answer's signature header) signs `body` as the answer to the
+    /// request signed `request_signature`.
+    pub fn verify_answer(
+        &self,
+        request_signature: &str,
+        header: Option<&[u8]>,
+        body: &[u8],
+    ) -> bool {
+        header
+            .and_then(|h| unhex(std::str::from_utf8(h).ok()?))
+            .is_some_and(|sig| self.fits(&answer_head(request_signature), body, &sig))
+    }
+}
+
+/// What a request's signature covers ahead of its body.
+fn request_head(time: u64, method: &str, path: &str, client: &str) -> String {
+    format!("{time}\n{method} {path}\n{client}\n")
+}
+
+/// What an answer's signature covers ahead of its body.
+fn answer_head(request_signature: &str) -> String {
+    format!("answer\n{request_signature}\n")
+}
+
+/// The time and signature of a request's header, if it parses and its time is in the window.
+fn fresh(header: Option<&[u8]>) -> Result<(u64, Vec<u8>), Refused> {
+    let (time, sig) = header.and_then(parse).ok_or(Refused::Missing)?;
+    if now().abs_diff(time) > WINDOW.as_secs() {
+        return Err(Refused::Stale);
+    }
+    Ok((time, sig))
 }
 
 fn now() -> u64 {
@@ -213,15 +227,15 @@ mod tests {
         assert_eq!(v(Some("t=1,sig=zz")), Err(Refused::Missing));
         assert_eq!(v(Some("sig=00")), Err(Refused::Missing));
         let old = now() - WINDOW.as_secs() - 5;
-        let tag = s.tag(old, "GET", "/", "", b"");
+        let tag = s.mac(&request_head(old, "GET", "/", ""), b"");
         let stale = format!("t={old},sig={}", hex(tag.as_ref()));
         assert_eq!(v(Some(&stale)), Err(Refused::Stale));
         assert_eq!(s.precheck(Some(stale.as_bytes())), Err(Refused::Stale));
         assert_eq!(s.precheck(None), Err(Refused::Missing));
-        let fresh = now();
-        let tag = s.tag(fresh, "GET", "/", "", b"");
+        let recent = now();
+        let tag = s.mac(&request_head(recent, "GET", "/", ""), b"");
         assert_eq!(
-            v(Some(&format!("t={fresh},sig={}", hex(tag.as_ref())))),
+            v(Some(&format!("t={recent},sig={}", hex(tag.as_ref())))),
             Ok(())
         );
     }
